@@ -1,0 +1,188 @@
+"""The `normbench` command. Thin: each command parses its options and calls a plain function.
+
+    normbench run configs/morvan_tf23.yaml --set train.lr=0.01
+    normbench plot results/morvan_tf23
+    normbench summary results --format json
+    normbench demo dead-neurons
+
+A mistake in the user's input (config, option, path) is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from normbench.config import ConfigError, load_experiment, packaged_configs
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train grids of small networks and see what normalization layers do inside them.",
+)
+demo_app = typer.Typer(no_args_is_help=True, help="Reproduce a classic demonstration with one command.")
+app.add_typer(demo_app, name="demo")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+ConfigArg = Annotated[str, typer.Argument(help="A YAML config file, or the name of a packaged config.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a dotted key, e.g. --set train.lr=0.01 or --set grid.seed=[1,2]."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Results folder; the experiment goes to OUT/<name>/.")]
+ResultsArg = Annotated[Path, typer.Argument(help="An experiment folder (OUT/<name>) or a results folder.")]
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class FigFormat(StrEnum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+class Point(StrEnum):
+    pre_norm = "pre_norm"
+    post_norm = "post_norm"
+    post_act = "post_act"
+    all = "all"
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"error: {message}", markup=False)
+    return typer.Exit(code=2)
+
+
+def _load(config: str, overrides: list[str] | None):
+    try:
+        return load_experiment(config, overrides or [])
+    except ConfigError as e:
+        raise fail(str(e)) from None
+
+
+def _experiments(path: Path) -> list[Path]:
+    from normbench.store import find_experiments
+
+    try:
+        return find_experiments(path)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out_dir: OutOpt = Path("results"),
+    force: Annotated[bool, typer.Option("--force", help="Re-run runs that already finished.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run runs recorded as failed.")] = False,
+) -> None:
+    """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
+    from normbench.sweep import run_experiment
+
+    exp = _load(config, set_)
+    table = run_experiment(exp, out_dir, force=force, retry_failed=retry_failed, console=err)
+    counts = table.status.value_counts().to_dict()
+    err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Check CONFIG and print the size of its grid."""
+    exp = _load(config, set_)
+    axes = exp.config.axes()
+    shape = " x ".join(f"{k} ({len(v)})" for k, v in axes.items()) or "no grid"
+    out.print(f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {shape}")
+
+
+@app.command("list")
+def list_() -> None:
+    """What the registries hold and the packaged configs."""
+    from normbench.data import DATASETS
+    from normbench.models import ACTIVATIONS, INITS, MODELS
+    from normbench.norms import NORMS
+    from normbench.train import OPTIMIZERS
+
+    for title, reg in (
+        ("norms", NORMS),
+        ("activations", ACTIVATIONS),
+        ("inits", INITS),
+        ("optimizers", OPTIMIZERS),
+        ("datasets", DATASETS),
+        ("models", MODELS),
+    ):
+        out.print(f"[bold]{title}[/]")
+        for name in reg:
+            out.print(f"  {name:<12} {reg.help(name)}")
+    out.print("[bold]configs[/] (run by name, e.g. `normbench run morvan_tf23`)")
+    for name in packaged_configs():
+        out.print(f"  {name}")
+
+
+@app.command()
+def summary(
+    results: ResultsArg,
+    format: Annotated[Format, typer.Option("--format", help="table, csv or json.")] = Format.table,
+) -> None:
+    """One record per run: status, diverged step, final losses, grid parameters, dead/saturated per layer."""
+    from normbench.report import records_csv, summary_records, summary_table
+    from normbench.store import experiment_axes
+
+    exps = _experiments(results)
+    records = [r for e in exps for r in summary_records(e)]
+    if format is Format.json:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+    elif format is Format.csv:
+        sys.stdout.write(records_csv(records))
+    else:
+        for e in exps:
+            recs = [r for r in records if r["experiment"] == e.name]
+            out.print(summary_table(recs, experiment_axes(e), title=e.name))
+
+
+@app.command()
+def plot(
+    results: ResultsArg,
+    format: Annotated[FigFormat, typer.Option("--format", help="png, svg or pdf.")] = FigFormat.png,
+    compare: Annotated[
+        str | None, typer.Option(help="Grid key whose values are compared side by side (default model.norm).")
+    ] = None,
+    point: Annotated[Point, typer.Option(help="Which values the histogram grids show.")] = Point.post_act,
+) -> None:
+    """Write the figures of each experiment to OUT/<name>/figures/."""
+    from normbench.plot import PlotError, plot_experiment
+
+    for e in _experiments(results):
+        try:
+            paths = plot_experiment(e, compare=compare, point=point.value, fmt=format.value)
+        except PlotError as ex:
+            raise fail(str(ex)) from None
+        err.print(f"{e.name}: {len(paths)} figures -> {e / 'figures'}")
+
+
+@demo_app.command("dead-neurons")
+def dead_neurons(
+    out_dir: OutOpt = Path("results"),
+    force: Annotated[bool, typer.Option("--force", help="Re-run runs that already finished.")] = False,
+) -> None:
+    """The seed's batch-norm demonstration: ReLU/tanh, with and without BN; runs, figures and verdicts."""
+    from normbench.demo import run_dead_neurons
+
+    run_dead_neurons(out_dir, force=force, console=out)
+
+
+def main() -> None:  # python -m normbench
+    app()

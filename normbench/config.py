@@ -1,0 +1,364 @@
+"""Experiment configs: YAML -> typed, validated objects -> a grid of runs.
+
+    exp = load_experiment("configs/morvan_tf23.yaml", overrides=["train.lr=0.01"])
+    for run in exp.runs:        # the Cartesian product of exp.config.grid (and seeds)
+        run.run_id, run.params, run.config   # '3f2a9c1b7e40', {'model.norm': 'batch', ...}, RunConfig
+
+Everything is checked here, once: unknown keys, wrong types, unknown names (with the valid choices), bad
+ranges, bad grid keys. Every problem becomes a ConfigError with a one-line message naming the dotted field.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from normbench.data import DATASETS
+from normbench.models import ACTIVATIONS, INITS, MODELS
+from normbench.norms import NORMS
+from normbench.registry import Registry, UnknownName
+from normbench.train import OPTIMIZERS
+
+PACKAGED_CONFIGS = [Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs"]
+
+
+class ConfigError(ValueError):
+    """A mistake in a config or an override; the message is one line, meant for the user."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _name_in(registry: Registry[Any]):
+    """A field validator that accepts any spelling of a registered name and stores the canonical one."""
+
+    def check(cls, v: str) -> str:
+        return registry.canonical(v)
+
+    return check
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Range = tuple[float, float]
+
+
+class DataConfig(Strict):
+    name: str = "quadratic"
+    n: int = Field(500, gt=0, description="training points")
+    n_test: int = Field(0, ge=0, description="held-out test points (0: no test split)")
+    x_min: float = -7.0
+    x_max: float = 10.0
+    noise: float = Field(8.0, ge=0, description="std of the Normal noise added to y")
+    seed: int = Field(1, description="seed of the data itself; the run's `seed` varies init and batch order")
+    shuffle: bool = Field(False, description="present the training points in a new order every epoch")
+
+    _name = field_validator("name")(_name_in(DATASETS))
+
+    @model_validator(mode="after")
+    def _range(self) -> DataConfig:
+        if not self.x_min < self.x_max:
+            raise ValueError(f"x_min ({self.x_min}) must be below x_max ({self.x_max})")
+        return self
+
+
+class InitConfig(Strict):
+    name: str = "normal"
+    std: PositiveFloat = 1.0  # normal only
+    gain: PositiveFloat = 1.0  # xavier only
+
+    _name = field_validator("name")(_name_in(INITS))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v  # `weight_init: xavier`
+
+
+class ModelConfig(Strict):
+    name: str = "mlp"
+    depth: int = Field(7, gt=0, description="hidden layers")
+    width: int = Field(30, gt=0, description="units per hidden layer")
+    activation: str = "relu"
+    norm: str = "none"
+    norm_eps: PositiveFloat = 1e-5
+    norm_momentum: float = Field(0.1, ge=0, le=1, description="PyTorch convention: weight of the new batch")
+    norm_affine: bool = True
+    normalize_input: bool = Field(False, description="apply the norm to the input x too (layer 0)")
+    placement: Literal["before", "after"] = Field("before", description="norm before or after the activation")
+    weight_init: InitConfig = InitConfig()
+    bias_init: float = 0.0
+    bias: bool = True
+
+    _name = field_validator("name")(_name_in(MODELS))
+    _activation = field_validator("activation")(_name_in(ACTIVATIONS))
+    _norm = field_validator("norm")(_name_in(NORMS))
+
+
+class TrainConfig(Strict):
+    optimizer: str = "sgd"
+    lr: PositiveFloat = 0.001
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum and nesterov only")
+    betas: tuple[float, float] = (0.9, 0.999)  # adam only
+    weight_decay: float = Field(0.0, ge=0)
+    steps: int = Field(251, gt=0, description="parameter updates")
+    batch_size: Literal["full"] | Annotated[int, Field(gt=0)] = "full"
+
+    _optimizer = field_validator("optimizer")(_name_in(OPTIMIZERS))
+
+
+class Ranges(Strict):
+    """Histogram bin ranges [low, high] per recorded point; values outside are counted, not dropped."""
+
+    input: Range = (-7.0, 10.0)  # layer 0, the (normalized) input
+    pre_norm: Range = (-4.0, 4.0)
+    post_norm: Range = (-4.0, 4.0)
+    post_act: Range = (-1.0, 1.0)
+
+    @field_validator("*")
+    @classmethod
+    def _ordered(cls, v: Range) -> Range:
+        if not v[0] < v[1]:
+            raise ValueError(f"range low ({v[0]}) must be below high ({v[1]})")
+        return v
+
+
+class RecordConfig(Strict):
+    loss_every: int = Field(5, gt=0, description="steps between loss records")
+    hist_every: int = Field(50, gt=0, description="steps between histograms and layer statistics")
+    bins: int = Field(30, gt=0, le=1000)
+    ranges: Ranges = Ranges()
+    eval_split: Literal["train", "test"] = Field("train", description="the samples histograms are taken on")
+    eval_mode: Literal["train", "eval"] = Field(
+        "train", description="norms use batch statistics (train) or running statistics (eval) for histograms"
+    )
+    saturation_threshold: float = Field(0.99, gt=0, lt=1)
+
+
+class RunConfig(Strict):
+    """Everything one training run depends on. Its hash is the run id."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    record: RecordConfig = RecordConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.record.eval_split == "test" and self.data.n_test == 0:
+            raise ValueError("record.eval_split is 'test' but data.n_test is 0 (no test split)")
+        return self
+
+    def run_id(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+class ExperimentConfig(RunConfig):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the results folder's name")
+    description: str = ""
+    seeds: list[int] | None = Field(None, min_length=1, description="shorthand for a grid axis `seed`")
+    grid: dict[str, list[Any]] | None = None
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if grid is None:
+            return None
+        if not grid:
+            raise ValueError("grid is empty: give at least one dotted key with a list of values, or remove it")
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"grid key {key!r} has an empty list of values")
+            if key in ("name", "description", "seeds", "grid") or key.startswith("grid."):
+                raise ValueError(f"grid key {key!r} cannot vary")
+        return grid
+
+    @model_validator(mode="after")
+    def _seed_axis(self) -> ExperimentConfig:
+        if self.seeds is not None and self.grid and "seed" in self.grid:
+            raise ValueError("give seeds either as `seeds:` or as grid key `seed`, not both")
+        return self
+
+    def axes(self) -> dict[str, list[Any]]:
+        axes = dict(self.grid or {})
+        if self.seeds is not None:
+            axes["seed"] = list(self.seeds)
+        return axes
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    params: dict[str, Any]  # the grid's dotted keys -> this run's (canonical) values
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class Experiment:
+    config: ExperimentConfig
+    runs: list[Run]
+    source: str  # where the config came from
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.config.axes())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A file path, or the name of a packaged config (`morvan_tf23` or `morvan_tf23.yaml`)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.exists():
+        raise ConfigError(f"{p}: is not a file")
+    if len(p.parts) == 1:
+        for folder in PACKAGED_CONFIGS:
+            for candidate in (folder / p.name, folder / f"{p.name}.yaml"):
+                if candidate.is_file():
+                    return candidate
+    raise ConfigError(f"config file not found: {p} (packaged configs: {', '.join(packaged_configs()) or 'none'})")
+
+
+def packaged_configs() -> list[str]:
+    for folder in PACKAGED_CONFIGS:
+        if folder.is_dir():
+            return sorted(f.stem for f in folder.glob("*.yaml"))
+    return []
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    p = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections (name, data, model, ...), got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return experiment_from_dict(raw, source=str(p))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """`model.norm=batch` or `grid.model.norm=[none, batch]`: the value is read as YAML."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.01")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    if key.startswith("grid."):  # grid keys themselves contain dots
+        grid = raw.get("grid") or {}
+        raw["grid"] = grid
+        grid[key[len("grid.") :]] = value
+        return
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experiment:
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe(e, ExperimentConfig)}") from None
+    base = cfg.model_dump(mode="json", exclude={"name", "description", "seeds", "grid"})
+    axes = cfg.axes()
+    runs: list[Run] = []
+    seen: set[str] = set()
+    for values in itertools.product(*axes.values()):
+        d = copy.deepcopy(base)
+        for key, value in zip(axes, values, strict=True):
+            _set_dotted(d, key, value, source)
+        try:
+            run_cfg = RunConfig.model_validate(d)
+        except ValidationError as e:
+            point = ", ".join(f"{k}={v!r}" for k, v in zip(axes, values, strict=True))
+            raise ConfigError(f"{source}: grid point ({point}): {describe(e, RunConfig)}") from None
+        run = Run(run_cfg.run_id(), {k: _get_dotted(run_cfg, k) for k in axes}, run_cfg)
+        if run.run_id in seen:
+            raise ConfigError(f"{source}: grid has duplicate runs (e.g. {run.params}); remove repeated values")
+        seen.add(run.run_id)
+        runs.append(run)
+    return Experiment(cfg, runs, source)
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node: Any = d
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"{source}: grid.{key}: unknown config key {where!r}")
+        if i == len(parts) - 1:
+            node[part] = value
+        node = node[part]
+
+
+def _get_dotted(cfg: BaseModel, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node
+
+
+def describe(e: ValidationError, model: type[BaseModel]) -> str:
+    """One line naming each dotted field and what is wrong with it."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model, err["loc"][:-1])
+            msg = "unknown key" + (f" (valid keys: {', '.join(valid)})" if valid else "")
+        elif err["type"] == "missing":
+            msg = "required"
+        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+            msg = f"{msg} (got {err['input']!r})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+__all__ = ["ConfigError", "Experiment", "ExperimentConfig", "Run", "RunConfig", "UnknownName", "load_experiment"]

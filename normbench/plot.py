@@ -1,0 +1,291 @@
+"""Figures from a results folder: the article's histogram grid, cost curves, dead/saturated heatmaps.
+
+    paths = plot_experiment(Path("results/morvan_tf23"), compare="model.norm", point="post_act", fmt="png")
+
+Runs are grouped by every grid key except the compared one and `seed`: one figure set per group (e.g. per
+activation). Histogram grids show one seed (the first); cost curves aggregate seeds as mean with a min-max band.
+Nothing is left out silently: values outside a histogram's range and NaN/inf are printed on each panel, and a
+diverged run is drawn up to its divergence step, marked with an x and labelled.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from normbench.record import POINTS  # noqa: E402
+from normbench.store import FINISHED, experiment_axes, load_runs, load_table  # noqa: E402
+
+POINT_TITLES = {"pre_norm": "before the norm", "post_norm": "after the norm", "post_act": "after the activation"}
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+class PlotError(ValueError):
+    pass
+
+
+def plot_experiment(
+    exp_dir: Path, compare: str | None = None, point: str = "post_act", fmt: str = "png"
+) -> list[Path]:
+    runs = load_runs(exp_dir)
+    axes = [a for a in experiment_axes(exp_dir) if a in runs.columns]
+    compare = compare or ("model.norm" if "model.norm" in axes else (axes[0] if axes else None))
+    if compare is not None and compare not in axes:
+        raise PlotError(f"--compare {compare!r} is not a grid key of {exp_dir.name}; grid keys: {', '.join(axes)}")
+    group_keys = [a for a in axes if a not in (compare, "seed")]
+    points = list(POINTS) if point == "all" else [point]
+    out = exp_dir / "figures"
+    out.mkdir(exist_ok=True)
+    for old in out.glob(f"*.{fmt}"):  # figures of an earlier plot of this experiment would mislead
+        old.unlink()
+
+    finished = runs[runs.status.isin(FINISHED)]
+    tables = {name: load_table(exp_dir, name, finished.run_id.tolist()) for name in ("curves", "histograms", "layers")}
+    groups = list(finished.groupby(group_keys, sort=False)) if group_keys else [((), finished)]
+    paths = [_cost_figure(exp_dir.name, groups, group_keys, compare, tables["curves"], out / f"cost.{fmt}")]
+    for key, grp in groups:
+        slug = _slug(group_keys, key)
+        label = _label(group_keys, key)
+        first_seed = grp[grp.seed == grp.seed.min()] if "seed" in grp.columns else grp
+        hists = tables["histograms"]
+        hists = hists[hists.run_id.isin(first_seed.run_id)]
+        for p in points:
+            for step in _regular_steps(hists, first_seed):
+                path = out / f"hist_{p}_{slug}_step{int(step):05d}.{fmt}"
+                paths.append(_hist_figure(exp_dir.name, first_seed, compare, hists, p, int(step), label, path))
+        layers = tables["layers"]
+        paths.append(
+            _units_figure(exp_dir.name, grp, compare, layers[layers.run_id.isin(grp.run_id)], label, out / f"units_{slug}.{fmt}")
+        )
+    return paths
+
+
+def _slug(keys: list[str], values: Any) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return "_".join(f"{k.split('.')[-1]}-{v}" for k, v in zip(keys, values, strict=True)) or "all"
+
+
+def _label(keys: list[str], values: Any) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
+
+
+def _run_label(run: pd.Series, compare: str | None) -> str:
+    return f"{compare.split('.')[-1]}={run[compare]}" if compare else str(run.run_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Histogram grid: rows = compared runs, columns = layers
+
+
+def _hist_figure(
+    exp: str, runs: pd.DataFrame, compare: str | None, hists: pd.DataFrame, point: str, step: int, label: str, path: Path
+) -> Path:
+    layers = sorted(hists.layer.unique())
+    fig, axs = plt.subplots(
+        len(runs), len(layers), figsize=(1.9 * len(layers), 2.0 * len(runs) + 0.6), squeeze=False, sharey="row"
+    )
+    for r, (_, run) in enumerate(runs.iterrows()):
+        for c, layer in enumerate(layers):
+            ax = axs[r][c]
+            mine = hists[(hists.run_id == run.run_id) & (hists.layer == layer) & (hists.point == point)]
+            row = mine[mine.step == step]
+            shown = step
+            if row.empty and run.status == "diverged" and (mine.step <= step).any():
+                # A diverged run stopped early: show its last values (at the divergence step), labelled as such.
+                shown = int(mine.step[mine.step <= step].max())
+                row = mine[mine.step == shown]
+            if c == 0:
+                ax.set_ylabel(_run_label(run, compare) + "\nfraction of values", fontsize=8)
+            if r == 0:
+                ax.set_title("input" if layer == 0 else f"layer {layer}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if row.empty:
+                why = f"diverged at step {run.diverged_step}\nno values after it" if run.status == "diverged" else "not recorded"
+                ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=7, color="tab:red", transform=ax.transAxes)
+                ax.set_xticks([])
+                continue
+            _hist_panel(ax, row.iloc[0])
+            if shown != step:
+                ax.text(0.03, 0.95, f"step {shown}:\ndiverged", ha="left", va="top", fontsize=7, color="tab:red",
+                        transform=ax.transAxes)
+    fig.suptitle(f"{exp}: values {POINT_TITLES[point]} ({point}) at step {step}" + (f" | {label}" if label else "") + (
+        f" | seed {runs.seed.iloc[0]}" if "seed" in runs.columns else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _regular_steps(hists: pd.DataFrame, runs: pd.DataFrame) -> list[int]:
+    """The scheduled histogram steps; a diverged run's extra record at its divergence step gets no figure of its
+    own (its row in later figures shows it instead), unless every run diverged."""
+    healthy = runs[runs.status != "diverged"].run_id
+    steps = hists[hists.run_id.isin(healthy)].step if len(healthy) else hists.step
+    return sorted(int(s) for s in steps.unique())
+
+
+def _hist_panel(ax: plt.Axes, h: pd.Series) -> None:
+    counts = np.asarray(h["counts"], dtype=float)
+    n = float(h["n"])
+    edges = np.linspace(h["lo"], h["hi"], len(counts) + 1)
+    ax.bar(edges[:-1], counts / n, width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white", linewidth=0.3)
+    ax.set_xlim(h["lo"], h["hi"])
+    notes = []
+    if h["below"]:
+        notes.append(f"<{h['lo']:g}: {h['below'] / n:.0%}")
+    if h["above"]:
+        notes.append(f">{h['hi']:g}: {h['above'] / n:.0%}")
+    if h["nan"]:
+        notes.append(f"NaN: {h['nan'] / n:.0%}")
+    if h["inf"]:
+        notes.append(f"inf: {h['inf'] / n:.0%}")
+    if notes:
+        bad = h["nan"] or h["inf"]
+        ax.text(
+            0.97, 0.95, "\n".join(notes), ha="right", va="top", fontsize=7, transform=ax.transAxes,
+            color="tab:red" if bad else "black", bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cost curves: one panel per group, one line per compared value, seeds as mean and min-max band
+
+
+def _cost_figure(
+    exp: str, groups: list, group_keys: list[str], compare: str | None, curves: pd.DataFrame, path: Path
+) -> Path:
+    fig, axs = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.8), squeeze=False)
+    for ax, (key, grp) in zip(axs[0], groups, strict=True):
+        variants = list(grp.groupby(compare, sort=False)) if compare else [("", grp)]
+        finite_all: list[float] = []
+        marks = []
+        for i, (value, runs) in enumerate(variants):
+            color = COLORS[i % len(COLORS)]
+            name = f"{compare.split('.')[-1]}={value}" if compare else "all runs"
+            for split, mode, style in (("train", "train", "-"), ("test", "eval", "--")):
+                c = curves[curves.run_id.isin(runs.run_id) & (curves.split == split) & (curves["mode"] == mode)]
+                if c.empty:
+                    continue
+                wide = c.pivot_table(index="step", columns="run_id", values="loss", aggfunc="first", dropna=False)
+                vals = wide.to_numpy(dtype=float, copy=True)
+                vals[~np.isfinite(vals)] = np.nan  # a diverged seed leaves the aggregate at its divergence step
+                with np.errstate(all="ignore"), _quiet():
+                    mean, lo, hi = np.nanmean(vals, 1), np.nanmin(vals, 1), np.nanmax(vals, 1)
+                steps = wide.index.to_numpy()
+                ok = np.isfinite(mean)
+                finite_all += list(mean[ok]) + list(lo[ok]) + list(hi[ok])
+                lbl = f"{name} {split}" + (" (running stats)" if mode == "eval" else "") if split == "test" else name
+                nseeds = vals.shape[1]
+                ax.plot(steps[ok], mean[ok], style, color=color, lw=1.6,
+                        label=lbl + (f" (mean of {nseeds})" if nseeds > 1 and split == "train" else ""))
+                if nseeds > 1:
+                    ax.fill_between(steps[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
+                if split == "train":
+                    for _, run in runs[runs.status == "diverged"].iterrows():
+                        col = wide[run.run_id].to_numpy(dtype=float)
+                        fin = np.isfinite(col)
+                        last = (steps[fin][-1], col[fin][-1]) if fin.any() else (steps[0], np.nan)
+                        marks.append((color, int(run.diverged_step), last))
+        ylog = _wide(finite_all)
+        if ylog:
+            ax.set_yscale("log")
+        for color, dstep, (s, v) in marks:
+            y = v if np.isfinite(v) else (max(finite_all) if finite_all else 1.0)
+            ax.plot([s], [y], "x", color=color, ms=10, mew=2.5)
+            ax.axvline(dstep, color=color, ls=":", lw=1)
+        if marks:
+            by_color: dict[str, list[int]] = {}
+            for color, dstep, _ in marks:
+                by_color.setdefault(color, []).append(dstep)
+            text = "\n".join(
+                f"{len(v)} run(s) diverged at step {min(v)}" + (f"-{max(v)}" if max(v) != min(v) else "") + " (x: last finite loss)"
+                for v in by_color.values()
+            )
+            ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=8, color="tab:red",
+                    bbox=dict(facecolor="white", alpha=0.85, edgecolor="tab:red"))
+        ax.set_xlabel("step (parameter updates)")
+        ax.set_ylabel("loss" + (" (log scale)" if ylog else ""))
+        ax.set_title(_label(group_keys, key) or exp, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left" if not ylog else "best")
+    fig.suptitle(f"{exp}: cost curves", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _wide(values: list[float]) -> bool:
+    pos = [v for v in values if v > 0 and math.isfinite(v)]
+    return bool(pos) and max(pos) / min(pos) > 100
+
+
+class _quiet:
+    """numpy warns on all-NaN slices (the steps after every seed diverged); that is expected here."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dead / saturated heatmaps: layer x step, one row of panels per run
+
+
+def _units_figure(
+    exp: str, runs: pd.DataFrame, compare: str | None, layers: pd.DataFrame, label: str, path: Path
+) -> Path:
+    fig, axs = plt.subplots(len(runs), 2, figsize=(10, 1.6 * len(runs) + 0.8), squeeze=False)
+    image = None
+    for r, (_, run) in enumerate(runs.iterrows()):
+        data = layers[layers.run_id == run.run_id]
+        name = _run_label(run, compare) + (f", seed {run.seed}" if "seed" in runs.columns else "")
+        for c, metric in enumerate(("dead_fraction", "saturated_fraction")):
+            ax = axs[r][c]
+            wide = data.pivot_table(index="layer", columns="step", values=metric, aggfunc="first", dropna=False)
+            if r == 0:
+                ax.set_title("dead units (output 0 for every sample)" if c == 0 else "saturated values", fontsize=9)
+            ax.set_ylabel(name + "\nlayer", fontsize=8)
+            if wide.empty or wide.isna().all().all():
+                why = "no saturating region" if metric == "saturated_fraction" and run.status != "diverged" else "no finite values"
+                ax.text(0.5, 0.5, f"n/a: {why}", ha="center", va="center", transform=ax.transAxes, fontsize=8, color="gray")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            masked = np.ma.masked_invalid(wide.to_numpy(dtype=float))
+            cmap = plt.get_cmap("magma_r").copy()
+            cmap.set_bad("lightgray")
+            image = ax.imshow(masked, aspect="auto", cmap=cmap, vmin=0, vmax=1, origin="lower",
+                              extent=(-0.5, wide.shape[1] - 0.5, wide.index.min() - 0.5, wide.index.max() + 0.5))
+            steps = list(wide.columns)
+            ticks = range(0, len(steps), max(1, len(steps) // 8))
+            ax.set_xticks(list(ticks), [str(steps[t]) for t in ticks], fontsize=7)
+            ax.set_yticks(list(wide.index))
+            ax.tick_params(labelsize=7)
+            if run.status == "diverged":
+                ax.text(0.99, 0.02, f"diverged at step {run.diverged_step} (gray: NaN/inf)", ha="right", va="bottom",
+                        transform=ax.transAxes, fontsize=7, color="tab:red")
+    for ax in axs[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axs.ravel().tolist(), fraction=0.02, pad=0.01, label="fraction")
+    fig.suptitle(f"{exp}: dead and saturated units" + (f" | {label}" if label else ""), fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

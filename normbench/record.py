@@ -1,0 +1,205 @@
+"""What happens inside a network while it trains: losses, histograms, dead and saturated units, gradients.
+
+Points recorded in every recorded layer (models.recorded_layers), on the evaluation set:
+    pre_norm   the input of the layer's norm      (fc output Wx+b, or the activation output if placement=after)
+    post_norm  the output of the layer's norm     (= pre_norm when norm is none)
+    post_act   the output of the activation       (layer 0, the input, has the identity as activation)
+
+Histograms have fixed bins over a configured range and count, beside the bins, the finite values below and
+above the range and the NaN and inf values: counts + below + above + nan + inf == n, always. Nothing silently
+falls out of a picture (the seed's own histograms dropped every NaN of a diverged net and looked "empty").
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from normbench.models import ACTIVATIONS, recorded_layers
+from normbench.norms import frozen_running_stats
+
+if TYPE_CHECKING:
+    from normbench.config import RunConfig
+    from normbench.data import Dataset
+
+POINTS = ("pre_norm", "post_norm", "post_act")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements on plain tensors
+
+
+@dataclass
+class Histogram:
+    counts: np.ndarray  # (bins,) int64; the last bin includes its right edge, as numpy.histogram
+    lo: float
+    hi: float
+    below: int  # finite values < lo
+    above: int  # finite values > hi
+    nan: int
+    inf: int  # +inf and -inf
+    n: int  # all values
+    mean: float  # over finite values (NaN if none)
+    std: float
+    min: float
+    max: float
+
+
+def histogram(values: torch.Tensor, lo: float, hi: float, bins: int) -> Histogram:
+    v = values.detach().reshape(-1).to(torch.float64)
+    finite_mask = torch.isfinite(v)
+    finite = v[finite_mask]
+    inside = finite[(finite >= lo) & (finite <= hi)]
+    idx = ((inside - lo) * (bins / (hi - lo))).floor().long().clamp_(0, bins - 1)
+    counts = torch.bincount(idx, minlength=bins)
+    nan = int(torch.isnan(v).sum())
+    has = finite.numel() > 0
+    return Histogram(
+        counts=counts.numpy().astype(np.int64),
+        lo=lo,
+        hi=hi,
+        below=int((finite < lo).sum()),
+        above=int((finite > hi).sum()),
+        nan=nan,
+        inf=int(v.numel() - finite.numel() - nan),
+        n=v.numel(),
+        mean=float(finite.mean()) if has else float("nan"),
+        std=float(finite.std(unbiased=False)) if has else float("nan"),
+        min=float(finite.min()) if has else float("nan"),
+        max=float(finite.max()) if has else float("nan"),
+    )
+
+
+def unit_metrics(act: torch.Tensor, activation: str, threshold: float) -> dict[str, float]:
+    """Dead and saturated units of one layer's post-activation values `act` (N, C), N = evaluation samples.
+
+    dead_fraction       units whose output is exactly 0 for every sample
+    saturated_fraction  values in the activation's saturated region (NaN when the activation has none)
+    zero_fraction       values exactly 0
+    All three are NaN when a value is NaN or inf: a diverged layer is neither dead nor alive.
+    """
+    a = act.detach().to(torch.float64)
+    a = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 2).reshape(-1, a.shape[1]) if a.dim() > 2 else a
+    if not torch.isfinite(a).all():
+        return {"dead_fraction": float("nan"), "saturated_fraction": float("nan"), "zero_fraction": float("nan")}
+    saturated = ACTIVATIONS.get(activation).saturated
+    zero = a == 0
+    return {
+        "dead_fraction": float(zero.all(dim=0).double().mean()),
+        "saturated_fraction": float(saturated(a, threshold).double().mean()) if saturated else float("nan"),
+        "zero_fraction": float(zero.double().mean()),
+    }
+
+
+@contextmanager
+def capture(model: nn.Module):
+    """Collect {(layer, point): tensor} from every recorded layer's norm and act during the forwards inside."""
+    found: dict[tuple[int, str], torch.Tensor] = {}
+    handles = []
+    for i, block in enumerate(recorded_layers(model)):
+
+        def on_norm(module, inputs, output, i=i):
+            found[(i, "pre_norm")] = inputs[0]
+            found[(i, "post_norm")] = output
+
+        def on_act(module, inputs, output, i=i):
+            found[(i, "post_act")] = output
+
+        handles.append(block.norm.register_forward_hook(on_norm))
+        handles.append(block.act.register_forward_hook(on_act))
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def norm_mode(model: nn.Module, mode: str):
+    """mode 'train': norms use the statistics of the samples given (running statistics are left untouched);
+    mode 'eval': norms use their running statistics. Restores the model's mode after."""
+    was_training = model.training
+    model.train(mode == "train")
+    try:
+        if mode == "train":
+            with frozen_running_stats(model):
+                yield
+        else:
+            yield
+    finally:
+        model.train(was_training)
+
+
+def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of the squared error summed over outputs (the seed's reduce_mean(reduce_sum(...)))."""
+    return (pred - target).square().sum(dim=1).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recorder of one run
+
+
+class Recorder:
+    """Accumulates a run's tidy tables; see docs/results-format.md for every column."""
+
+    def __init__(self, cfg: RunConfig, model: nn.Module, data: Dataset):
+        self.cfg, self.model, self.data = cfg, model, data
+        self.splits = ["train"] + (["test"] if data.x_test is not None else [])
+        self.rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._loss_steps: set[int] = set()
+        self._layer_steps: set[int] = set()
+
+    def losses(self, step: int) -> None:
+        """Loss on every split, with batch statistics (mode train) and running statistics (mode eval)."""
+        if step in self._loss_steps:
+            return
+        self._loss_steps.add(step)
+        with torch.no_grad():
+            for split in self.splits:
+                x, y = self.data.split(split)
+                for mode in ("train", "eval"):
+                    with norm_mode(self.model, mode):
+                        loss = float(loss_fn(self.model(x), y))
+                    self.rows["curves"].append({"step": step, "split": split, "mode": mode, "loss": loss})
+
+    def layers(self, step: int) -> None:
+        """Histograms of every point and unit metrics of every hidden layer, from one forward and backward on the
+        evaluation set (record.eval_split, record.eval_mode). Parameters and their gradients are left as found."""
+        if step in self._layer_steps:
+            return
+        self._layer_steps.add(step)
+        rc = self.cfg.record
+        x, y = self.data.split(rc.eval_split)
+        saved_grads = {p: p.grad for p in self.model.parameters()}
+        self.model.zero_grad(set_to_none=True)
+        with norm_mode(self.model, rc.eval_mode), capture(self.model) as found:
+            loss_fn(self.model(x), y).backward()
+        blocks = recorded_layers(self.model)
+        for (layer, point), values in sorted(found.items()):
+            lo, hi = rc.ranges.input if layer == 0 else getattr(rc.ranges, point)
+            h = histogram(values, lo, hi, rc.bins)
+            row = {"step": step, "layer": layer, "point": point, **h.__dict__}
+            self.rows["histograms"].append(row)
+            if layer > 0 and point == "post_act":
+                fc = blocks[layer].fc.weight
+                self.rows["layers"].append(
+                    {
+                        "step": step,
+                        "layer": layer,
+                        **unit_metrics(values, self.cfg.model.activation, rc.saturation_threshold),
+                        "grad_norm": float(fc.grad.norm()) if fc.grad is not None else float("nan"),
+                        "weight_norm": float(fc.detach().norm()),
+                    }
+                )
+        for p, g in saved_grads.items():
+            p.grad = g
+
+    def last_loss(self, split: str = "train", mode: str = "train") -> float:
+        rows = [r for r in self.rows["curves"] if r["split"] == split and r["mode"] == mode]
+        return rows[-1]["loss"] if rows else float("nan")

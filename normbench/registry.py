@@ -1,0 +1,74 @@
+"""Name -> thing registries for every swappable piece (norms, activations, inits, optimizers, datasets, models).
+
+    NORMS = Registry("norm")
+
+    @NORMS.register("batch", aliases=("bn", "batchnorm"))
+    class BatchNorm(...): ...
+
+    NORMS.get("Batch_Norm")   # -> BatchNorm ('batch_norm' == 'batchnorm' == 'BatchNorm')
+    NORMS.get("bacth")        # UnknownName: unknown norm 'bacth'; choose from: batch, none
+
+Adding a norm is one class and one `register` line; every test that loops over a registry then covers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownName(ValueError):
+    """A name that is not in a registry. The message lists the valid names (unlike a bare KeyError)."""
+
+
+def _key(name: str) -> str:
+    # 'Batch_Norm', 'batch-norm' and 'batchnorm' are the same name.
+    return name.lower().replace("_", "").replace("-", "").replace(" ", "")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}  # canonical name -> item, in registration order
+        self._lookup: dict[str, str] = {}  # normalized name or alias -> canonical name
+        self._help: dict[str, str] = {}
+
+    def register(self, name: str, *, aliases: tuple[str, ...] = (), help: str = "") -> Callable[[T], T]:
+        def add(item: T) -> T:
+            for key in (name, *aliases):
+                if _key(key) in self._lookup:
+                    raise ValueError(f"{self.kind} name {key!r} is registered twice")
+                self._lookup[_key(key)] = name
+            self._items[name] = item
+            doc = help or (getattr(item, "__doc__", None) or "").strip().split("\n")[0]
+            self._help[name] = doc
+            return item
+
+        return add
+
+    def canonical(self, name: str) -> str:
+        """The registered spelling of `name`, or UnknownName listing the choices."""
+        try:
+            return self._lookup[_key(str(name))]
+        except KeyError:
+            raise UnknownName(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}") from None
+
+    def get(self, name: str) -> T:
+        return self._items[self.canonical(name)]
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def help(self, name: str) -> str:
+        return self._help[self.canonical(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and _key(name) in self._lookup
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)

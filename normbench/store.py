@@ -1,0 +1,255 @@
+"""The results folder: atomic writes, one self-explaining folder per run, one table per experiment.
+
+    OUT/<name>/config.yaml            the resolved experiment config (after --set)
+    OUT/<name>/runs.parquet           one row per run of the current grid (docs/results-format.md)
+    OUT/<name>/runs/<run_id>/         config.yaml, summary.json, curves/layers/histograms.parquet
+    OUT/<name>/figures/               written by `normbench plot`
+
+A run folder is built under a temporary name and renamed into place whole, so a run is either finished or
+absent: a killed sweep never leaves a half-written run, and the next `normbench run` does only what is missing.
+Every file is written to a temporary file and renamed over its target (os.replace is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+import yaml
+
+if TYPE_CHECKING:
+    from normbench.config import Experiment, Run
+    from normbench.train import RunResult
+
+TABLES = ("curves", "layers", "histograms")
+FINISHED = ("ok", "diverged")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = _tmp(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = _tmp(path)
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def jsonable(obj: Any) -> Any:
+    """NaN and inf are not JSON: they become null (a diverged run's loss is reported by its status instead)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return jsonable(obj.item())
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
+def environment() -> dict[str, str]:
+    from normbench import __version__
+
+    return {
+        "normbench": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+class ExperimentStore:
+    def __init__(self, out: Path | str, name: str):
+        self.dir = Path(out) / name
+        self.runs_dir = self.dir / "runs"
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def summary(self, run_id: str) -> dict[str, Any] | None:
+        """A run's summary, or None when the run has not finished (or its folder is unreadable)."""
+        try:
+            return json.loads((self.runs_dir / run_id / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_done(self, run_id: str, retry_failed: bool = False) -> bool:
+        s = self.summary(run_id)
+        return s is not None and (s["status"] in FINISHED or (s["status"] == "failed" and not retry_failed))
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def prepare(self, exp: Experiment) -> None:
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.runs_dir.glob(".tmp-*"):  # left by a killed process
+            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(stale, ignore_errors=True)
+        text = f"# resolved from {exp.source}\n" + yaml.safe_dump(
+            exp.config.model_dump(mode="json"), sort_keys=False
+        )
+        write_text_atomic(self.dir / "config.yaml", text)
+
+    def write_run(self, run: Run, result: RunResult | None, error: BaseException | None = None) -> dict[str, Any]:
+        """Commit one run: a finished one (result) or a failed one (error). Returns its summary."""
+        tmp = self.runs_dir / f".tmp-{run.run_id}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
+        summary = {"run_id": run.run_id, "params": run.params, "seed": run.config.seed}
+        if result is not None:
+            for name in TABLES:
+                df = result.tables.get(name, pd.DataFrame())
+                df.insert(0, "run_id", run.run_id)
+                df.to_parquet(tmp / f"{name}.parquet", index=False)
+            summary |= run_summary(result)
+        else:
+            summary |= {
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": "".join(traceback.format_exception(error)),
+            }
+        summary |= {"finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "environment": environment()}
+        (tmp / "summary.json").write_text(to_json(summary))
+        _replace_dir(tmp, self.runs_dir / run.run_id)
+        return summary
+
+    def write_runs_table(self, exp: Experiment) -> pd.DataFrame:
+        """runs.parquet: one row per run of the experiment's current grid, finished or not."""
+        rows = []
+        for run in exp.runs:
+            s = self.summary(run.run_id) or {"status": "missing"}
+            rows.append(
+                {
+                    "run_id": run.run_id,
+                    **run.params,
+                    "status": s["status"],
+                    "diverged_step": s.get("diverged_step"),
+                    "steps_done": s.get("steps_done"),
+                    "final_train_loss": _num(s.get("final_train_loss")),
+                    "final_test_loss": _num(s.get("final_test_loss")),
+                    "last_finite_train_loss": _num(s.get("last_finite_train_loss")),
+                    "wall_time_s": _num(s.get("wall_time_s")),
+                    "dead_fraction": [_num(v) for v in s.get("dead_fraction", [])],
+                    "saturated_fraction": [_num(v) for v in s.get("saturated_fraction", [])],
+                    "error": s.get("error"),
+                }
+            )
+        df = pd.DataFrame(rows)
+        df["diverged_step"] = df["diverged_step"].astype("Int64")
+        df["steps_done"] = df["steps_done"].astype("Int64")
+        write_parquet_atomic(df, self.dir / "runs.parquet")
+        return df
+
+
+def run_summary(result: RunResult) -> dict[str, Any]:
+    curves, layers = result.tables["curves"], result.tables["layers"]
+    train = curves[(curves.split == "train") & (curves["mode"] == "train")]
+    finite = train[train.loss.map(math.isfinite)]
+    # The honest test number uses running statistics (mode eval), as a deployed model would.
+    test = curves[(curves.split == "test") & (curves["mode"] == "eval")]
+    last = layers[layers.step == layers.step.max()].sort_values("layer")
+    return {
+        "status": result.status,
+        "diverged_step": result.diverged_step,
+        "steps_done": result.steps_done,
+        "final_train_loss": float(train.loss.iloc[-1]),
+        "final_test_loss": float(test.loss.iloc[-1]) if len(test) else None,
+        "last_finite_train_loss": float(finite.loss.iloc[-1]) if len(finite) else None,
+        "wall_time_s": result.wall_time_s,
+        "last_step": int(layers.step.max()),
+        "dead_fraction": last.dead_fraction.tolist(),
+        "saturated_fraction": last.saturated_fraction.tolist(),
+    }
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        old = dst.with_name(f".old-{dst.name}-{os.getpid()}")
+        os.rename(dst, old)
+        os.rename(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(src, dst)
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- reading results back ----------------------------------------------------------------------------------------
+
+
+def is_experiment_dir(path: Path) -> bool:
+    return (path / "runs.parquet").is_file()
+
+
+def find_experiments(path: Path | str) -> list[Path]:
+    """`path` is an experiment folder, or a results folder holding experiment folders."""
+    p = Path(path)
+    if is_experiment_dir(p):
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(f"no such results folder: {p}")
+    found = sorted(d for d in p.iterdir() if d.is_dir() and is_experiment_dir(d))
+    if not found:
+        raise FileNotFoundError(f"no experiment results under {p} (run `normbench run CONFIG --out {p}` first)")
+    return found
+
+
+def load_runs(exp_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(exp_dir / "runs.parquet")
+
+
+def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """One of TABLES, for the given runs (default: every finished run of runs.parquet), concatenated."""
+    if run_ids is None:
+        runs = load_runs(exp_dir)
+        run_ids = runs.loc[runs.status.isin(FINISHED), "run_id"].tolist()
+    frames = [pd.read_parquet(exp_dir / "runs" / rid / f"{name}.parquet") for rid in run_ids]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def experiment_axes(exp_dir: Path) -> list[str]:
+    """The grid's dotted keys, read back from the resolved config."""
+    cfg = yaml.safe_load((exp_dir / "config.yaml").read_text())
+    axes = list((cfg.get("grid") or {}).keys())
+    if cfg.get("seeds") is not None:
+        axes.append("seed")
+    return axes

@@ -1,0 +1,89 @@
+"""Training one run, written out in full: the reference engine.
+
+    result = train_run(run_config)          # RunResult(status='ok'|'diverged', diverged_step, tables, ...)
+
+Steps count parameter updates: step s is the state after s updates, step 0 the initialization. Losses are
+recorded at s % record.loss_every == 0, histograms and layer statistics at s % record.hist_every == 0, both also
+at the last step. A run whose training loss becomes NaN or inf at step s stops there with status 'diverged'
+and diverged_step s, after recording everything at s (so the NaN shows up in the tables and the figures).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+
+from normbench.data import batches, build_dataset
+from normbench.models import build_model
+from normbench.record import Recorder, loss_fn
+from normbench.registry import Registry
+
+if TYPE_CHECKING:
+    from normbench.config import RunConfig, TrainConfig
+
+Params = Iterable[torch.nn.Parameter]
+
+OPTIMIZERS: Registry[Callable[[Params, TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("sgd", aliases=("gd",), help="plain (stochastic) gradient descent, as the seed")(
+    lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay)
+)
+OPTIMIZERS.register("momentum", help="SGD with heavy-ball momentum (train.momentum)")(
+    lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+)
+OPTIMIZERS.register("nesterov", help="SGD with Nesterov momentum (train.momentum)")(
+    lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay)
+)
+OPTIMIZERS.register("adam", help="Adam (train.betas)")(
+    lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+)
+
+
+@dataclass
+class RunResult:
+    status: str  # 'ok' | 'diverged'
+    diverged_step: int | None
+    steps_done: int  # updates applied
+    wall_time_s: float
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # curves, layers, histograms
+
+
+def train_run(cfg: RunConfig, on_step: Callable[[int], None] | None = None) -> RunResult:
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    data = build_dataset(cfg.data)
+    model = build_model(cfg.model, data.in_features, data.out_features)
+    optimizer = OPTIMIZERS.get(cfg.train.optimizer)(model.parameters(), cfg.train)
+    batch_size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
+    stream = batches(data.x_train, data.y_train, batch_size, cfg.data.shuffle, torch.Generator().manual_seed(cfg.seed))
+    rec = Recorder(cfg, model, data)
+    rc, steps = cfg.record, cfg.train.steps
+
+    status, diverged_step, step = "ok", None, 0
+    for step in range(steps + 1):
+        if step % rc.loss_every == 0 or step == steps:
+            rec.losses(step)
+        if step % rc.hist_every == 0 or step == steps:
+            rec.layers(step)
+        if step == steps:
+            break
+        xb, yb = next(stream)
+        model.train()
+        loss = loss_fn(model(xb), yb)
+        if not torch.isfinite(loss):
+            status, diverged_step = "diverged", step
+            rec.losses(step)
+            rec.layers(step)
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(step + 1)
+
+    tables = {name: pd.DataFrame(rows) for name, rows in rec.rows.items()}
+    return RunResult(status, diverged_step, step, time.perf_counter() - t0, tables)
