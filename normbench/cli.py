@@ -31,7 +31,8 @@ demo_app = typer.Typer(no_args_is_help=True, help="Reproduce a classic demonstra
 app.add_typer(demo_app, name="demo")
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, files) gets wide tables instead of 80 columns of wrapped cells.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 ConfigArg = Annotated[str, typer.Argument(help="A YAML config file, or the name of a packaged config.")]
 SetOpt = Annotated[
@@ -62,7 +63,7 @@ class Point(StrEnum):
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"error: {message}", markup=False)
+    typer.echo(f"error: {message}", err=True)  # plain: one line, never wrapped
     return typer.Exit(code=2)
 
 

@@ -361,4 +361,12 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-__all__ = ["ConfigError", "Experiment", "ExperimentConfig", "Run", "RunConfig", "UnknownName", "load_experiment"]
+__all__ = [
+    "ConfigError",
+    "Experiment",
+    "ExperimentConfig",
+    "Run",
+    "RunConfig",
+    "UnknownName",
+    "load_experiment",
+]

@@ -1,7 +1,7 @@
 """Datasets, chosen by name. Each builder returns whole tensors: these data sets fit in memory many times over.
 
-    data = build_dataset(cfg.data)      # Dataset(x_train (N, F), y_train (N, T), x_test, y_test, task)
-    for xb, yb in batches(data, batch_size=10, shuffle=True, generator=g): ...
+data = build_dataset(cfg.data)      # Dataset(x_train (N, F), y_train (N, T), x_test, y_test, task)
+for xb, yb in batches(data, batch_size=10, shuffle=True, generator=g): ...
 """
 
 from __future__ import annotations

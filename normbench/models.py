@@ -42,9 +42,7 @@ ACTIVATIONS: Registry[Activation] = Registry("activation")
 ACTIVATIONS.register("relu", help="max(0, x); never saturates, but a unit can die (0 for every input)")(
     Activation(nn.ReLU)
 )
-ACTIVATIONS.register("tanh", help="saturated when |a| > threshold")(
-    Activation(nn.Tanh, lambda a, t: a.abs() > t)
-)
+ACTIVATIONS.register("tanh", help="saturated when |a| > threshold")(Activation(nn.Tanh, lambda a, t: a.abs() > t))
 # Sigmoid's bounds are 0 and 1: map to (-1, 1) so one threshold means the same closeness to a bound as for tanh.
 ACTIVATIONS.register("sigmoid", help="saturated when |2a - 1| > threshold")(
     Activation(nn.Sigmoid, lambda a, t: (2 * a - 1).abs() > t)

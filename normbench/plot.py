@@ -18,14 +18,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from normbench.record import POINTS  # noqa: E402
-from normbench.store import FINISHED, experiment_axes, load_runs, load_table  # noqa: E402
+from normbench.record import POINTS
+from normbench.store import FINISHED, experiment_axes, load_runs, load_table
 
-POINT_TITLES = {"pre_norm": "before the norm", "post_norm": "after the norm", "post_act": "after the activation"}
+POINT_TITLES = {
+    "pre_norm": "before the norm",
+    "post_norm": "after the norm",
+    "post_act": "after the activation",
+}
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
@@ -33,9 +37,7 @@ class PlotError(ValueError):
     pass
 
 
-def plot_experiment(
-    exp_dir: Path, compare: str | None = None, point: str = "post_act", fmt: str = "png"
-) -> list[Path]:
+def plot_experiment(exp_dir: Path, compare: str | None = None, point: str = "post_act", fmt: str = "png") -> list[Path]:
     runs = load_runs(exp_dir)
     axes = [a for a in experiment_axes(exp_dir) if a in runs.columns]
     compare = compare or ("model.norm" if "model.norm" in axes else (axes[0] if axes else None))
@@ -64,7 +66,14 @@ def plot_experiment(
                 paths.append(_hist_figure(exp_dir.name, first_seed, compare, hists, p, int(step), label, path))
         layers = tables["layers"]
         paths.append(
-            _units_figure(exp_dir.name, grp, compare, layers[layers.run_id.isin(grp.run_id)], label, out / f"units_{slug}.{fmt}")
+            _units_figure(
+                exp_dir.name,
+                grp,
+                compare,
+                layers[layers.run_id.isin(grp.run_id)],
+                label,
+                out / f"units_{slug}.{fmt}",
+            )
         )
     return paths
 
@@ -88,11 +97,22 @@ def _run_label(run: pd.Series, compare: str | None) -> str:
 
 
 def _hist_figure(
-    exp: str, runs: pd.DataFrame, compare: str | None, hists: pd.DataFrame, point: str, step: int, label: str, path: Path
+    exp: str,
+    runs: pd.DataFrame,
+    compare: str | None,
+    hists: pd.DataFrame,
+    point: str,
+    step: int,
+    label: str,
+    path: Path,
 ) -> Path:
     layers = sorted(hists.layer.unique())
     fig, axs = plt.subplots(
-        len(runs), len(layers), figsize=(1.9 * len(layers), 2.0 * len(runs) + 0.6), squeeze=False, sharey="row"
+        len(runs),
+        len(layers),
+        figsize=(1.9 * len(layers), 2.0 * len(runs) + 0.6),
+        squeeze=False,
+        sharey="row",
     )
     for r, (_, run) in enumerate(runs.iterrows()):
         for c, layer in enumerate(layers):
@@ -110,16 +130,41 @@ def _hist_figure(
                 ax.set_title("input" if layer == 0 else f"layer {layer}", fontsize=9)
             ax.tick_params(labelsize=7)
             if row.empty:
-                why = f"diverged at step {run.diverged_step}\nno values after it" if run.status == "diverged" else "not recorded"
-                ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=7, color="tab:red", transform=ax.transAxes)
+                why = (
+                    f"diverged at step {run.diverged_step}\nno values after it"
+                    if run.status == "diverged"
+                    else "not recorded"
+                )
+                ax.text(
+                    0.5,
+                    0.5,
+                    why,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="tab:red",
+                    transform=ax.transAxes,
+                )
                 ax.set_xticks([])
                 continue
             _hist_panel(ax, row.iloc[0])
             if shown != step:
-                ax.text(0.03, 0.95, f"step {shown}:\ndiverged", ha="left", va="top", fontsize=7, color="tab:red",
-                        transform=ax.transAxes)
-    fig.suptitle(f"{exp}: values {POINT_TITLES[point]} ({point}) at step {step}" + (f" | {label}" if label else "") + (
-        f" | seed {runs.seed.iloc[0]}" if "seed" in runs.columns else ""), fontsize=10)
+                ax.text(
+                    0.03,
+                    0.95,
+                    f"step {shown}:\ndiverged",
+                    ha="left",
+                    va="top",
+                    fontsize=7,
+                    color="tab:red",
+                    transform=ax.transAxes,
+                )
+    fig.suptitle(
+        f"{exp}: values {POINT_TITLES[point]} ({point}) at step {step}"
+        + (f" | {label}" if label else "")
+        + (f" | seed {runs.seed.iloc[0]}" if "seed" in runs.columns else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -138,7 +183,15 @@ def _hist_panel(ax: plt.Axes, h: pd.Series) -> None:
     counts = np.asarray(h["counts"], dtype=float)
     n = float(h["n"])
     edges = np.linspace(h["lo"], h["hi"], len(counts) + 1)
-    ax.bar(edges[:-1], counts / n, width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white", linewidth=0.3)
+    ax.bar(
+        edges[:-1],
+        counts / n,
+        width=np.diff(edges),
+        align="edge",
+        color="tab:blue",
+        edgecolor="white",
+        linewidth=0.3,
+    )
     ax.set_xlim(h["lo"], h["hi"])
     notes = []
     if h["below"]:
@@ -152,8 +205,15 @@ def _hist_panel(ax: plt.Axes, h: pd.Series) -> None:
     if notes:
         bad = h["nan"] or h["inf"]
         ax.text(
-            0.97, 0.95, "\n".join(notes), ha="right", va="top", fontsize=7, transform=ax.transAxes,
-            color="tab:red" if bad else "black", bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1),
+            0.97,
+            0.95,
+            "\n".join(notes),
+            ha="right",
+            va="top",
+            fontsize=7,
+            transform=ax.transAxes,
+            color="tab:red" if bad else "black",
+            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1),
         )
 
 
@@ -186,8 +246,14 @@ def _cost_figure(
                 finite_all += list(mean[ok]) + list(lo[ok]) + list(hi[ok])
                 lbl = f"{name} {split}" + (" (running stats)" if mode == "eval" else "") if split == "test" else name
                 nseeds = vals.shape[1]
-                ax.plot(steps[ok], mean[ok], style, color=color, lw=1.6,
-                        label=lbl + (f" (mean of {nseeds})" if nseeds > 1 and split == "train" else ""))
+                ax.plot(
+                    steps[ok],
+                    mean[ok],
+                    style,
+                    color=color,
+                    lw=1.6,
+                    label=lbl + (f" (mean of {nseeds})" if nseeds > 1 and split == "train" else ""),
+                )
                 if nseeds > 1:
                     ax.fill_between(steps[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
                 if split == "train":
@@ -208,11 +274,22 @@ def _cost_figure(
             for color, dstep, _ in marks:
                 by_color.setdefault(color, []).append(dstep)
             text = "\n".join(
-                f"{len(v)} run(s) diverged at step {min(v)}" + (f"-{max(v)}" if max(v) != min(v) else "") + " (x: last finite loss)"
+                f"{len(v)} run(s) diverged at step {min(v)}"
+                + (f"-{max(v)}" if max(v) != min(v) else "")
+                + " (x: last finite loss)"
                 for v in by_color.values()
             )
-            ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=8, color="tab:red",
-                    bbox=dict(facecolor="white", alpha=0.85, edgecolor="tab:red"))
+            ax.text(
+                0.98,
+                0.97,
+                text,
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+                color="tab:red",
+                bbox=dict(facecolor="white", alpha=0.85, edgecolor="tab:red"),
+            )
         ax.set_xlabel("step (parameter updates)")
         ax.set_ylabel("loss" + (" (log scale)" if ylog else ""))
         ax.set_title(_label(group_keys, key) or exp, fontsize=10)
@@ -263,24 +340,51 @@ def _units_figure(
                 ax.set_title("dead units (output 0 for every sample)" if c == 0 else "saturated values", fontsize=9)
             ax.set_ylabel(name + "\nlayer", fontsize=8)
             if wide.empty or wide.isna().all().all():
-                why = "no saturating region" if metric == "saturated_fraction" and run.status != "diverged" else "no finite values"
-                ax.text(0.5, 0.5, f"n/a: {why}", ha="center", va="center", transform=ax.transAxes, fontsize=8, color="gray")
+                why = (
+                    "no saturating region"
+                    if metric == "saturated_fraction" and run.status != "diverged"
+                    else "no finite values"
+                )
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"n/a: {why}",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    fontsize=8,
+                    color="gray",
+                )
                 ax.set_xticks([])
                 ax.set_yticks([])
                 continue
             masked = np.ma.masked_invalid(wide.to_numpy(dtype=float))
-            cmap = plt.get_cmap("magma_r").copy()
-            cmap.set_bad("lightgray")
-            image = ax.imshow(masked, aspect="auto", cmap=cmap, vmin=0, vmax=1, origin="lower",
-                              extent=(-0.5, wide.shape[1] - 0.5, wide.index.min() - 0.5, wide.index.max() + 0.5))
+            cmap = plt.get_cmap("magma_r").with_extremes(bad="lightgray")
+            image = ax.imshow(
+                masked,
+                aspect="auto",
+                cmap=cmap,
+                vmin=0,
+                vmax=1,
+                origin="lower",
+                extent=(-0.5, wide.shape[1] - 0.5, wide.index.min() - 0.5, wide.index.max() + 0.5),
+            )
             steps = list(wide.columns)
             ticks = range(0, len(steps), max(1, len(steps) // 8))
             ax.set_xticks(list(ticks), [str(steps[t]) for t in ticks], fontsize=7)
             ax.set_yticks(list(wide.index))
             ax.tick_params(labelsize=7)
             if run.status == "diverged":
-                ax.text(0.99, 0.02, f"diverged at step {run.diverged_step} (gray: NaN/inf)", ha="right", va="bottom",
-                        transform=ax.transAxes, fontsize=7, color="tab:red")
+                ax.text(
+                    0.99,
+                    0.02,
+                    f"diverged at step {run.diverged_step} (gray: NaN/inf)",
+                    ha="right",
+                    va="bottom",
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    color="tab:red",
+                )
     for ax in axs[-1]:
         ax.set_xlabel("step", fontsize=8)
     if image is not None:

@@ -87,7 +87,11 @@ def unit_metrics(act: torch.Tensor, activation: str, threshold: float) -> dict[s
     a = act.detach().to(torch.float64)
     a = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 2).reshape(-1, a.shape[1]) if a.dim() > 2 else a
     if not torch.isfinite(a).all():
-        return {"dead_fraction": float("nan"), "saturated_fraction": float("nan"), "zero_fraction": float("nan")}
+        return {
+            "dead_fraction": float("nan"),
+            "saturated_fraction": float("nan"),
+            "zero_fraction": float("nan"),
+        }
     saturated = ACTIVATIONS.get(activation).saturated
     zero = a == 0
     return {

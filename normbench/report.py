@@ -1,8 +1,8 @@
 """Run records for people and programs: `normbench summary` (table, csv, json) and the demo's verdicts.
 
-    records = summary_records(Path("results/morvan_tf23"))
-    # [{'run_id': ..., 'status': 'diverged', 'diverged_step': 1, 'final_train_loss': None,
-    #   'model.norm': 'none', 'model.activation': 'relu', 'dead_fraction': [...], ...}, ...]
+records = summary_records(Path("results/morvan_tf23"))
+# [{'run_id': ..., 'status': 'diverged', 'diverged_step': 1, 'final_train_loss': None,
+#   'model.norm': 'none', 'model.activation': 'relu', 'dead_fraction': [...], ...}, ...]
 """
 
 from __future__ import annotations

@@ -110,9 +110,7 @@ class ExperimentStore:
         for stale in self.runs_dir.glob(".tmp-*"):  # left by a killed process
             if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(stale, ignore_errors=True)
-        text = f"# resolved from {exp.source}\n" + yaml.safe_dump(
-            exp.config.model_dump(mode="json"), sort_keys=False
-        )
+        text = f"# resolved from {exp.source}\n" + yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False)
         write_text_atomic(self.dir / "config.yaml", text)
 
     def write_run(self, run: Run, result: RunResult | None, error: BaseException | None = None) -> dict[str, Any]:
@@ -134,7 +132,10 @@ class ExperimentStore:
                 "error": f"{type(error).__name__}: {error}",
                 "traceback": "".join(traceback.format_exception(error)),
             }
-        summary |= {"finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "environment": environment()}
+        summary |= {
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "environment": environment(),
+        }
         (tmp / "summary.json").write_text(to_json(summary))
         _replace_dir(tmp, self.runs_dir / run.run_id)
         return summary

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny experiment config that trains in well under a second per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "name": "tiny",
+    "seeds": [1, 2],
+    "data": {"name": "quadratic", "n": 64, "n_test": 32, "noise": 1.0},
+    "model": {"depth": 3, "width": 8, "weight_init": {"name": "normal", "std": 0.5}, "bias_init": 0.1},
+    "train": {"optimizer": "sgd", "lr": 0.001, "steps": 12},
+    "record": {"loss_every": 3, "hist_every": 6, "bins": 10},
+    "grid": {"model.norm": ["none", "batch"], "model.activation": ["relu", "tanh"]},
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    return yaml.safe_load(yaml.safe_dump(TINY))  # a deep copy each time
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    def write(raw: dict | str, name: str = "exp.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+        return path
+
+    return write

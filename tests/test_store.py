@@ -1,0 +1,135 @@
+"""The results folder: documented format round trip, resume without re-running, failures recorded, atomicity."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from normbench import sweep
+from normbench.config import experiment_from_dict
+from normbench.store import ExperimentStore, load_runs, load_table
+from normbench.sweep import run_experiment
+
+DOCS = Path(__file__).parent.parent / "docs" / "results-format.md"
+quiet = Console(quiet=True)
+
+
+def documented_columns(table: str) -> set[str]:
+    """Column names listed under '### <table>' in docs/results-format.md (first cell of each table row)."""
+    text = DOCS.read_text()
+    section = text.split(f"### {table}")[1].split("\n### ")[0]
+    first_cells = re.findall(r"^\| ([^|]+) \|", section, flags=re.M)
+    return {name for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+
+
+@pytest.fixture
+def done(tmp_path, tiny_raw):
+    exp = experiment_from_dict(tiny_raw)
+    table = run_experiment(exp, tmp_path, console=quiet)
+    return exp, tmp_path / exp.name, table
+
+
+def test_results_round_trip_and_documented_columns(done):
+    exp, exp_dir, _table = done
+    runs = load_runs(exp_dir)
+    assert len(runs) == len(exp.runs) == 8
+    assert set(runs.run_id) == {r.run_id for r in exp.runs}
+    assert set(runs.status) == {"ok"}
+    fixed = documented_columns("runs.parquet")
+    assert set(runs.columns) == fixed | {"model.norm", "model.activation", "seed"}
+    for name in ("curves", "layers", "histograms"):
+        df = load_table(exp_dir, name)
+        assert set(df.columns) == documented_columns(f"{name}.parquet"), name
+    run_dir = exp_dir / "runs" / exp.runs[0].run_id
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run_id"] == exp.runs[0].run_id and summary["status"] == "ok"
+    assert len(summary["dead_fraction"]) == 3  # one per hidden layer
+    assert (run_dir / "config.yaml").is_file() and (exp_dir / "config.yaml").is_file()
+    assert not list((exp_dir / "runs").glob(".tmp-*"))
+
+
+def test_histogram_rows_account_for_every_value(done):
+    _, exp_dir, _ = done
+    h = load_table(exp_dir, "histograms")
+    total = h.counts.map(sum) + h.below + h.above + h.nan + h.inf
+    assert (total == h.n).all()
+    assert set(h.point) == {"pre_norm", "post_norm", "post_act"}
+    assert set(h.layer) == {0, 1, 2, 3}
+
+
+def test_rerun_skips_finished_runs_and_force_reruns(done, monkeypatch):
+    exp, exp_dir, _ = done
+    mtimes = {p: p.stat().st_mtime_ns for p in (exp_dir / "runs").glob("*/summary.json")}
+    calls = []
+    real = sweep.train_run
+    monkeypatch.setattr(sweep, "train_run", lambda cfg, **kw: calls.append(cfg) or real(cfg, **kw))
+    run_experiment(exp, exp_dir.parent, console=quiet)
+    assert calls == []
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (exp_dir / "runs").glob("*/summary.json")}
+    run_experiment(exp, exp_dir.parent, force=True, console=quiet)
+    assert len(calls) == 8
+
+
+def test_only_missing_runs_are_trained(tmp_path, tiny_raw):
+    exp = experiment_from_dict(tiny_raw)
+    store = ExperimentStore(tmp_path, exp.name)
+    run_experiment(experiment_from_dict({**tiny_raw, "seeds": [1]}), tmp_path, console=quiet)
+    assert sum(store.is_done(r.run_id) for r in exp.runs) == 4
+    table = run_experiment(exp, tmp_path, console=quiet)
+    assert len(table) == 8 and set(table.status) == {"ok"}
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_raw, monkeypatch):
+    exp = experiment_from_dict(tiny_raw)
+    bad = exp.runs[2].run_id
+    real = sweep.train_run
+
+    def flaky(cfg, **kw):
+        if cfg.run_id() == bad:
+            raise RuntimeError("boom")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(sweep, "train_run", flaky)
+    table = run_experiment(exp, tmp_path, console=quiet).set_index("run_id")
+    assert table.loc[bad, "status"] == "failed" and "boom" in table.loc[bad, "error"]
+    assert (table.drop(index=bad).status == "ok").all()
+    # Failed runs stay failed until asked: --retry-failed trains them again.
+    monkeypatch.setattr(sweep, "train_run", real)
+    assert run_experiment(exp, tmp_path, console=quiet).set_index("run_id").loc[bad, "status"] == "failed"
+    assert (
+        run_experiment(exp, tmp_path, retry_failed=True, console=quiet).set_index("run_id").loc[bad, "status"] == "ok"
+    )
+
+
+def test_stale_temporary_run_folder_is_cleaned_and_ignored(done):
+    exp, exp_dir, _ = done
+    stale = exp_dir / "runs" / f".tmp-{exp.runs[0].run_id}-999999999"
+    stale.mkdir()
+    (stale / "summary.json").write_text("{ half written")
+    run_experiment(exp, exp_dir.parent, console=quiet)
+    assert not stale.exists()
+
+
+def test_corrupt_summary_means_not_finished(done):
+    exp, exp_dir, _ = done
+    rid = exp.runs[0].run_id
+    (exp_dir / "runs" / rid / "summary.json").write_text("{ broken")
+    table = run_experiment(exp, exp_dir.parent, console=quiet)
+    assert table.set_index("run_id").loc[rid, "status"] == "ok"
+
+
+def test_diverged_run_has_step_and_null_loss(tmp_path, tiny_raw):
+    tiny_raw |= {"seeds": [1], "grid": {"model.activation": ["relu"]}}
+    tiny_raw["model"] |= {"weight_init": {"name": "normal", "std": 3.0}, "depth": 6}
+    tiny_raw["train"] |= {"lr": 1.0}
+    table = run_experiment(experiment_from_dict(tiny_raw), tmp_path, console=quiet)
+    row = table.iloc[0]
+    assert row.status == "diverged" and row.diverged_step >= 0
+    assert pd.isna(row.final_train_loss)  # inf/NaN is not a loss to report; the status says why
+    summary = json.loads(next((tmp_path / "tiny" / "runs").glob("*/summary.json")).read_text())
+    assert summary["diverged_step"] == row.diverged_step and summary["final_train_loss"] is None
