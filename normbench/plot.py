@@ -165,7 +165,7 @@ def _hist_figure(
         + (f" | seed {runs.seed.iloc[0]}" if "seed" in runs.columns else ""),
         fontsize=10,
     )
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.1, top=0.84, wspace=0.15, hspace=0.3)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.1, top=0.84, wspace=0.25, hspace=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -185,7 +185,7 @@ def _hist_panel(ax: plt.Axes, h: pd.Series) -> None:
     edges = np.linspace(h["lo"], h["hi"], len(counts) + 1)
     # One stairs artist instead of a bar patch per bin: the same picture, several times faster to draw.
     ax.stairs(counts / n, edges, fill=True, color="tab:blue")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
     ax.set_xlim(h["lo"], h["hi"])
     notes = []
     if h["below"]:
