@@ -115,9 +115,10 @@ def judge(exp_dir: Path) -> list[str]:
         )
     if ("tanh", "batch") in cell:
         r = cell["tanh", "batch"]
+        verdict = "stays unsaturated (claim reproduced)" if r.saturated < UNSATURATED else "still saturates"
         lines.append(
-            f"tanh with BN: {'stays unsaturated (claim reproduced)' if r.saturated < UNSATURATED else 'still saturates'}"
-            f": {r.saturated:.0%} of values saturated, {r.diverged}/{r.runs} diverged, final loss {r.final_loss:.4g}."
+            f"tanh with BN: {verdict}: {r.saturated:.0%} of values saturated, {r.diverged}/{r.runs} diverged, "
+            f"final loss {r.final_loss:.4g}."
         )
     return lines
 
