@@ -98,6 +98,8 @@ def run(
     table = run_experiment(exp, out_dir, force=force, retry_failed=retry_failed, console=err)
     counts = table.status.value_counts().to_dict()
     err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
+    if counts.get("failed"):  # diverged is a result; failed is an error (see its summary.json), and scripts should know
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -51,6 +51,8 @@ def plot_experiment(exp_dir: Path, compare: str | None = None, point: str = "pos
         old.unlink()
 
     finished = runs[runs.status.isin(FINISHED)]
+    if finished.empty:
+        raise PlotError(f"{exp_dir.name}: no finished runs to plot (statuses: {', '.join(sorted(set(runs.status)))})")
     tables = {name: load_table(exp_dir, name, finished.run_id.tolist()) for name in ("curves", "histograms", "layers")}
     groups = list(finished.groupby(group_keys, sort=False)) if group_keys else [((), finished)]
     paths = [_cost_figure(exp_dir.name, groups, group_keys, compare, tables["curves"], out / f"cost.{fmt}")]
