@@ -103,24 +103,24 @@ def judge(exp_dir: Path) -> list[str]:
         alive = r.diverged == 0 and r.dead < ALIVE
         lines.append(
             f"ReLU with BN: units {'stay alive (claim reproduced)' if alive else 'do NOT all stay alive'}: "
-            f"{r.dead:.0%} dead on average (worst layer {r.dead_max_layer:.0%}), {r.diverged}/{r.runs} diverged, "
-            f"final loss {r.final_loss:.4g}."
+            f"{r.dead:.0%} dead on average (worst layer {r.dead_max_layer:.0%}), {_outcome(r)}"
         )
     if ("tanh", "none") in cell:
         r = cell["tanh", "none"]
         sat = r.saturated > SATURATED
         lines.append(
             f"tanh without BN: {'saturates at -1/+1 (claim reproduced)' if sat else 'does NOT saturate much'}: "
-            f"{r.saturated:.0%} of values saturated, {r.diverged}/{r.runs} diverged, final loss {r.final_loss:.4g}."
+            f"{r.saturated:.0%} of values saturated, {_outcome(r)}"
         )
     if ("tanh", "batch") in cell:
         r = cell["tanh", "batch"]
         verdict = "stays unsaturated (claim reproduced)" if r.saturated < UNSATURATED else "still saturates"
-        lines.append(
-            f"tanh with BN: {verdict}: {r.saturated:.0%} of values saturated, {r.diverged}/{r.runs} diverged, "
-            f"final loss {r.final_loss:.4g}."
-        )
+        lines.append(f"tanh with BN: {verdict}: {r.saturated:.0%} of values saturated, {_outcome(r)}")
     return lines
+
+
+def _outcome(r) -> str:
+    return f"{r.diverged}/{r.runs} diverged, final loss {r.final_loss:.4g}."
 
 
 def _steps(steps: list[int]) -> str:

@@ -137,30 +137,12 @@ def _hist_figure(
                     if run.status == "diverged"
                     else "not recorded"
                 )
-                ax.text(
-                    0.5,
-                    0.5,
-                    why,
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="tab:red",
-                    transform=ax.transAxes,
-                )
+                _note(ax, 0.5, 0.5, why, ha="center", va="center")
                 ax.set_xticks([])
                 continue
             _hist_panel(ax, row.iloc[0])
             if shown != step:
-                ax.text(
-                    0.03,
-                    0.95,
-                    f"step {shown}:\ndiverged",
-                    ha="left",
-                    va="top",
-                    fontsize=7,
-                    color="tab:red",
-                    transform=ax.transAxes,
-                )
+                _note(ax, 0.03, 0.95, f"step {shown}:\ndiverged", ha="left", va="top")
     fig.suptitle(
         f"{exp}: values {POINT_TITLES[point]} ({point}) at step {step}"
         + (f" | {label}" if label else "")
@@ -171,6 +153,11 @@ def _hist_figure(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _note(ax: plt.Axes, x: float, y: float, text: str, **kw: Any) -> None:
+    """Text in axes coordinates; red and small unless told otherwise (most notes are warnings)."""
+    ax.text(x, y, text, transform=ax.transAxes, **{"fontsize": 7, "color": "tab:red", **kw})
 
 
 def _regular_steps(hists: pd.DataFrame, runs: pd.DataFrame) -> list[int]:
@@ -200,17 +187,8 @@ def _hist_panel(ax: plt.Axes, h: pd.Series) -> None:
         notes.append(f"inf: {h['inf'] / n:.0%}")
     if notes:
         bad = h["nan"] or h["inf"]
-        ax.text(
-            0.97,
-            0.95,
-            "\n".join(notes),
-            ha="right",
-            va="top",
-            fontsize=7,
-            transform=ax.transAxes,
-            color="tab:red" if bad else "black",
-            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1),
-        )
+        box = dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1)
+        _note(ax, 0.97, 0.95, "\n".join(notes), ha="right", va="top", color="tab:red" if bad else "black", bbox=box)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,17 +253,8 @@ def _cost_figure(
                 + " (x: last finite loss)"
                 for v in by_color.values()
             )
-            ax.text(
-                0.98,
-                0.97,
-                text,
-                transform=ax.transAxes,
-                ha="right",
-                va="top",
-                fontsize=8,
-                color="tab:red",
-                bbox=dict(facecolor="white", alpha=0.85, edgecolor="tab:red"),
-            )
+            box = dict(facecolor="white", alpha=0.85, edgecolor="tab:red")
+            _note(ax, 0.98, 0.97, text, ha="right", va="top", fontsize=8, bbox=box)
         ax.set_xlabel("step (parameter updates)")
         ax.set_ylabel("loss" + (" (log scale)" if ylog else ""))
         ax.set_title(_label(group_keys, key) or exp, fontsize=10)
@@ -341,16 +310,7 @@ def _units_figure(
                     if metric == "saturated_fraction" and run.status != "diverged"
                     else "no finite values"
                 )
-                ax.text(
-                    0.5,
-                    0.5,
-                    f"n/a: {why}",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                    fontsize=8,
-                    color="gray",
-                )
+                _note(ax, 0.5, 0.5, f"n/a: {why}", ha="center", va="center", fontsize=8, color="gray")
                 ax.set_xticks([])
                 ax.set_yticks([])
                 continue
@@ -371,16 +331,7 @@ def _units_figure(
             ax.set_yticks(list(wide.index))
             ax.tick_params(labelsize=7)
             if run.status == "diverged":
-                ax.text(
-                    0.99,
-                    0.02,
-                    f"diverged at step {run.diverged_step} (gray: NaN/inf)",
-                    ha="right",
-                    va="bottom",
-                    transform=ax.transAxes,
-                    fontsize=7,
-                    color="tab:red",
-                )
+                _note(ax, 0.99, 0.02, f"diverged at step {run.diverged_step} (gray: NaN/inf)", ha="right", va="bottom")
     for ax in axs[-1]:
         ax.set_xlabel("step", fontsize=8)
     if image is not None:
