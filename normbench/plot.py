@@ -305,11 +305,10 @@ def _units_figure(
                 ax.set_title("dead units (output 0 for every sample)" if c == 0 else "saturated values", fontsize=9)
             ax.set_ylabel(name + "\nlayer", fontsize=8)
             if wide.empty or wide.isna().all().all():
-                why = (
-                    "no saturating region"
-                    if metric == "saturated_fraction" and run.status != "diverged"
-                    else "no finite values"
-                )
+                # Saturation is NaN everywhere for an activation without a saturated region (ReLU), while the
+                # dead fraction next to it is finite; both are NaN only where the values themselves were not.
+                no_region = metric == "saturated_fraction" and data.dead_fraction.notna().any()
+                why = "the activation has no saturating region" if no_region else "no finite values"
                 _note(ax, 0.5, 0.5, f"n/a: {why}", ha="center", va="center", fontsize=8, color="gray")
                 ax.set_xticks([])
                 ax.set_yticks([])
