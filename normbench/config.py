@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 def _name_in(registry: Registry[Any]):
@@ -53,13 +53,16 @@ Range = tuple[float, float]
 
 class DataConfig(Strict):
     name: str = "quadratic"
-    n: int = Field(500, gt=0, description="training points")
-    n_test: int = Field(0, ge=0, description="held-out test points (0: no test split)")
-    x_min: float = -7.0
+    n: int | None = Field(None, gt=0, description="training samples (quadratic: 500; images: cap, default all)")
+    n_test: int | None = Field(None, ge=0, description="test samples (quadratic: 0 = none; images: cap)")
+    x_min: float = -7.0  # quadratic only
     x_max: float = 10.0
-    noise: float = Field(8.0, ge=0, description="std of the Normal noise added to y")
+    noise: float = Field(8.0, ge=0, description="quadratic: std of the Normal noise added to y")
     seed: int = Field(1, description="seed of the data itself; the run's `seed` varies init and batch order")
-    shuffle: bool = Field(False, description="present the training points in a new order every epoch")
+    shuffle: bool = Field(False, description="present the training samples in a new order every epoch")
+    path: str | None = Field(None, description="folder of the files of mnist, fashion_mnist, cifar10")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: share held out for the test split")
+    preprocess: Literal["none", "zscore", "pca", "zca"] = "none"
 
     _name = field_validator("name")(_name_in(DATASETS))
 
@@ -96,11 +99,33 @@ class ModelConfig(Strict):
     placement: Literal["before", "after"] = Field("before", description="norm before or after the activation")
     weight_init: InitConfig = InitConfig()
     bias_init: float = 0.0
-    bias: bool = True
+    bias: Literal["auto"] | bool = Field(
+        "auto", description="bias of linear/conv layers; auto: none where a norm directly follows (seed 002)"
+    )
+    norm_groups: int = Field(2, gt=0, description="group norm: channel groups per layer")
+    channels: list[Annotated[int, Field(gt=0)]] = Field([16, 32], min_length=1, description="cnn: channels per block")
+    kernel: int = Field(3, gt=0, description="cnn: odd convolution kernel size")
+    pool: Literal["max", "avg", "none"] = Field("max", description="cnn: 2x2 pooling after each block")
 
     _name = field_validator("name")(_name_in(MODELS))
     _activation = field_validator("activation")(_name_in(ACTIVATIONS))
     _norm = field_validator("norm")(_name_in(NORMS))
+
+    @model_validator(mode="after")
+    def _fits(self) -> ModelConfig:
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (got {self.kernel}) so that 'same' padding keeps the size")
+        if self.name == "mlp" and self.norm == "instance":
+            raise ValueError(
+                "instance norm normalizes each channel over H, W, which MLP features do not have (every value would "
+                "become 0): use model.name cnn, or norm layer/group"
+            )
+        if self.norm == "group":
+            widths = [self.width] if self.name == "mlp" else self.channels
+            bad = [w for w in widths if w % self.norm_groups]
+            if bad:
+                raise ValueError(f"norm_groups {self.norm_groups} does not divide the layer width(s) {bad}")
+        return self
 
 
 class TrainConfig(Strict):
@@ -109,10 +134,19 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="momentum and nesterov only")
     betas: tuple[float, float] = (0.9, 0.999)  # adam only
     weight_decay: float = Field(0.0, ge=0)
-    steps: int = Field(251, gt=0, description="parameter updates")
+    steps: int | None = Field(None, gt=0, description="parameter updates (default 251 unless epochs is given)")
+    epochs: int | None = Field(None, gt=0, description="passes over the training set, instead of steps")
     batch_size: Literal["full"] | Annotated[int, Field(gt=0)] = "full"
 
     _optimizer = field_validator("optimizer")(_name_in(OPTIMIZERS))
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give train.steps or train.epochs, not both")
+        if self.steps is None and self.epochs is None:
+            self.steps = 251
+        return self
 
 
 class Ranges(Strict):
@@ -154,8 +188,10 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.record.eval_split == "test" and self.data.n_test == 0:
+        if self.record.eval_split == "test" and self.data.name == "quadratic" and not self.data.n_test:
             raise ValueError("record.eval_split is 'test' but data.n_test is 0 (no test split)")
+        if self.data.preprocess == "pca" and self.model.name == "cnn":
+            raise ValueError("data.preprocess pca gives flat vectors, not images: use zca with a cnn")
         return self
 
     def run_id(self) -> str:

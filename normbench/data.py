@@ -1,13 +1,30 @@
 """Datasets, chosen by name. Each builder returns whole tensors: these data sets fit in memory many times over.
 
-data = build_dataset(cfg.data)      # Dataset(x_train (N, F), y_train (N, T), x_test, y_test, task)
-for xb, yb in batches(data, batch_size=10, shuffle=True, generator=g): ...
+    data = build_dataset(cfg.data)   # Dataset(x_train (N, *input_shape), y_train, x_test, y_test, task, ...)
+    for xb, yb in batches(data.x_train, data.y_train, batch_size=10, shuffle=True, generator=g): ...
+
+| name          | source                                               | task                    | input      |
+|---------------|------------------------------------------------------|-------------------------|------------|
+| quadratic     | generated: y = x^2 - 5 + noise                       | regression              | (1,)       |
+| digits        | the 8x8 digits shipped inside scikit-learn (offline) | 10 classes              | (1, 8, 8)  |
+| mnist         | IDX files in data.path (train-images-idx3-ubyte...)  | 10 classes              | (1, 28, 28)|
+| fashion_mnist | the same IDX format and file names                   | 10 classes              | (1, 28, 28)|
+| cifar10       | the python pickle batches in data.path               | 10 classes              | (3, 32, 32)|
+
+Images are scaled to [0, 1], then `data.preprocess` (seed 000), fitted on the training split only:
+none | zscore (per input feature) | pca (PCA whitening: rotate onto the principal axes, unit variance; the
+result is a flat vector, so an MLP only) | zca (ZCA whitening: PCA whitening rotated back, images stay images).
 """
 
 from __future__ import annotations
 
+import gzip
+import json
+import math
+import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,27 +36,32 @@ if TYPE_CHECKING:
     from normbench.config import DataConfig
 
 
+class DataError(ValueError):
+    """Data files missing or malformed; the message names the file and what is wrong."""
+
+
 @dataclass
 class Dataset:
-    x_train: torch.Tensor  # (N, F) float32
-    y_train: torch.Tensor  # (N, T) float32 for regression
+    x_train: torch.Tensor  # (N, *input_shape) float32
+    y_train: torch.Tensor  # (N, T) float32 for regression, (N,) int64 class indices for classification
     x_test: torch.Tensor | None
     y_test: torch.Tensor | None
-    task: str  # 'regression'
+    task: str  # 'regression' | 'classification'
+    n_classes: int = 0
 
     @property
-    def in_features(self) -> int:
-        return self.x_train.shape[1]
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
 
     @property
     def out_features(self) -> int:
-        return self.y_train.shape[1]
+        return self.n_classes if self.task == "classification" else self.y_train.shape[1]
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name == "train":
             return self.x_train, self.y_train
         if self.x_test is None or self.y_test is None:
-            raise ValueError("this data set has no test split (set data.n_test > 0)")
+            raise ValueError("this data set has no test split")
         return self.x_test, self.y_test
 
 
@@ -58,20 +80,169 @@ def quadratic(cfg: DataConfig) -> Dataset:
         y = np.square(x) - 5 + rng.normal(0.0, cfg.noise, x.shape)
         return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
 
-    x_train, y_train = make(cfg.n)
-    x_test, y_test = make(cfg.n_test) if cfg.n_test > 0 else (None, None)
+    x_train, y_train = make(500 if cfg.n is None else cfg.n)
+    n_test = cfg.n_test or 0
+    x_test, y_test = make(n_test) if n_test > 0 else (None, None)
     return Dataset(x_train, y_train, x_test, y_test, task="regression")
 
 
+@DATASETS.register("digits")
+def digits(cfg: DataConfig) -> Dataset:
+    """The 1797 8x8 grey digit images bundled with scikit-learn; a seeded split, data.test_fraction held out."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.float32)[:, None] / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    y = bunch.target.astype(np.int64)
+    order = np.random.RandomState(cfg.seed).permutation(len(y))
+    n_test = round(len(y) * cfg.test_fraction)
+    test, train = order[:n_test], order[n_test:]
+    return _images(cfg, x[train], y[train], x[test], y[test])
+
+
+def _idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format): magic 0x0000 08 D (unsigned bytes, D dims), D big-endian sizes, data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number {raw[:4].hex()})")
+    dims = raw[3]
+    header = 4 + 4 * dims
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    if len(raw) - header != math.prod(shape):
+        raise DataError(f"{path}: header says shape {shape} ({math.prod(shape)} bytes), file has {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, f"{stem}.gz", stem.replace("-idx", ".idx")):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"data.path {folder}: missing {stem} (or {stem}.gz)")
+
+
+def _mnist_like(cfg: DataConfig) -> Dataset:
+    folder = _data_path(cfg)
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
+        labels = _idx(_find(folder, f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"data.path {folder}: {prefix} images {images.shape} and labels {labels.shape} do not match"
+            )
+        parts[split] = (images[:, None].astype(np.float32) / 255.0, labels.astype(np.int64))
+    return _images(cfg, *parts["train"], *parts["test"])
+
+
+DATASETS.register("mnist", help="MNIST from the IDX files in data.path (train-/t10k- images and labels)")(_mnist_like)
+DATASETS.register("fashion_mnist", help="Fashion-MNIST from IDX files in data.path (MNIST's file names)")(_mnist_like)
+
+
+@DATASETS.register("cifar10", aliases=("cifar",))
+def cifar10(cfg: DataConfig) -> Dataset:
+    """CIFAR-10 from the python pickle batches (data_batch_1..5, test_batch) in data.path."""
+    folder = _data_path(cfg)
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+
+    def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"data.path {folder}: missing CIFAR-10 batch {name}")
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            data, labels = np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], dtype=np.int64)
+        except Exception as e:  # unpickling errors come in many types
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+            raise DataError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
+        return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
+
+    train = [load(f"data_batch_{i}") for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
+    if not train:
+        raise DataError(f"data.path {folder}: no CIFAR-10 training batch (data_batch_1 ... data_batch_5)")
+    x_test, y_test = load("test_batch")
+    return _images(cfg, np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), x_test, y_test)
+
+
+def _data_path(cfg: DataConfig) -> Path:
+    if cfg.path is None:
+        raise DataError(f"data.path: dataset {cfg.name!r} reads local files; give the folder that holds them")
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.path {folder}: no such folder")
+    return folder
+
+
+def _images(cfg: DataConfig, x_train, y_train, x_test, y_test) -> Dataset:
+    """Cap the splits (data.n, data.n_test), preprocess with statistics of the training split, wrap as tensors."""
+    x_train, y_train = x_train[: cfg.n], y_train[: cfg.n]
+    x_test, y_test = x_test[: cfg.n_test], y_test[: cfg.n_test]
+    x_train, x_test = preprocess(cfg.preprocess, x_train, x_test)
+    n_classes = int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1
+    t = torch.from_numpy
+    has_test = len(y_test) > 0
+    return Dataset(
+        t(np.ascontiguousarray(x_train, dtype=np.float32)),
+        t(y_train),
+        t(np.ascontiguousarray(x_test, dtype=np.float32)) if has_test else None,
+        t(y_test) if has_test else None,
+        task="classification",
+        n_classes=n_classes,
+    )
+
+
+def preprocess(kind: str, x_train: np.ndarray, x_test: np.ndarray, eps: float = 1e-2) -> tuple[np.ndarray, ...]:
+    """Fit on x_train (N, ...), apply to both. eps regularizes the whitening of near-zero-variance directions
+    (the digits' constant border pixels), in units of the data's variance."""
+    if kind == "none":
+        return x_train, x_test
+    shape = x_train.shape[1:]
+    a, b = x_train.reshape(len(x_train), -1).astype(np.float64), x_test.reshape(len(x_test), -1).astype(np.float64)
+    mean = a.mean(0)
+    if kind == "zscore":
+        std = a.std(0)
+        std[std < 1e-8] = 1.0  # a constant feature stays 0 after centring instead of dividing by zero
+        return ((a - mean) / std).reshape(-1, *shape), ((b - mean) / std).reshape(-1, *shape)
+    cov = np.cov(a - mean, rowvar=False)
+    eigval, eigvec = np.linalg.eigh(cov)  # ascending
+    eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
+    w = eigvec / np.sqrt(np.maximum(eigval, 0) + eps)  # (D, D): columns are scaled principal axes
+    if kind == "pca":
+        return (a - mean) @ w, (b - mean) @ w  # flat (N, D)
+    if kind == "zca":
+        zca = w @ eigvec.T
+        return ((a - mean) @ zca).reshape(-1, *shape), ((b - mean) @ zca).reshape(-1, *shape)
+    raise ValueError(f"unknown preprocessing {kind!r}")
+
+
+_CACHE: dict[str, Dataset] = {}
+
+
 def build_dataset(cfg: DataConfig) -> Dataset:
-    return DATASETS.get(cfg.name)(cfg)
+    """Build (or reuse: every run of a sweep shares its data) the data set of `cfg`."""
+    key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    if key not in _CACHE:
+        if len(_CACHE) > 8:
+            _CACHE.clear()
+        _CACHE[key] = DATASETS.get(cfg.name)(cfg)
+    return _CACHE[key]
 
 
 def batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int | None, shuffle: bool, generator: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless mini-batches, epoch after epoch; batch_size None is the full batch. The last partial batch of an
-    epoch is kept (as a DataLoader with drop_last=False does)."""
+    epoch is kept (as a DataLoader with drop_last=False does), unless it holds a single sample: batch statistics
+    of one sample are undefined (PyTorch's BN refuses them)."""
     n = x.shape[0]
     size = n if batch_size is None else min(batch_size, n)
     if size == n and not shuffle:  # the seed's setting: the same full batch every step, no copies
@@ -79,6 +250,12 @@ def batches(
             yield x, y
     while True:
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, size):
+        for start in range(0, n - 1 if n % size == 1 and size > 1 else n, size):
             idx = order[start : start + size]
             yield x[idx], y[idx]
+
+
+def steps_per_epoch(n: int, batch_size: int | None) -> int:
+    if batch_size is None or batch_size >= n:
+        return 1
+    return n // batch_size + (1 if n % batch_size > 1 else 0)

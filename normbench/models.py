@@ -7,6 +7,7 @@ A model is a stack of role-named blocks so that recording can find its points by
     layer{i}.fc -> layer{i}.act  -> layer{i}.norm                                (placement: after)
     head                             the linear output layer, never normalized
 
+In the cnn, `fc` is a convolution and each block ends with `layer{i}.pool`; the head sees the flattened map.
 `recorded_layers(model)` lists the blocks; record.py hooks their `norm` and `act` children.
 """
 
@@ -87,58 +88,100 @@ def _kaiming(w: torch.Tensor, cfg: InitConfig) -> None:
 class InputBlock(nn.Module):
     """Layer 0: the input, optionally normalized (the seed batch-normalizes x too). Its activation is identity."""
 
-    def __init__(self, norm: nn.Module):
+    def __init__(self, norm: nn.Module, flatten: bool = False):
         super().__init__()
         self.norm = norm
         self.act = nn.Identity()
+        self.flatten = flatten  # images reach an MLP as flat vectors (N, C*H*W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(x))
+        return self.act(self.norm(x.flatten(1) if self.flatten else x))
 
 
-class DenseBlock(nn.Module):
-    """fc -> norm -> act (placement 'before', as in the BN paper and the seed) or fc -> act -> norm ('after')."""
+class Block(nn.Module):
+    """fc -> norm -> act (placement 'before', as in the BN paper and the seed) or fc -> act -> norm ('after'),
+    then pool (identity in the MLP)."""
 
-    def __init__(self, fc: nn.Module, norm: nn.Module, act: nn.Module, placement: str):
+    def __init__(self, fc: nn.Module, norm: nn.Module, act: nn.Module, placement: str, pool: nn.Module | None = None):
         super().__init__()
         self.fc, self.norm, self.act = fc, norm, act
+        self.pool = pool or nn.Identity()
         self.norm_first = placement == "before"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        return self.act(self.norm(h)) if self.norm_first else self.norm(self.act(h))
+        return self.pool(self.act(self.norm(h)) if self.norm_first else self.norm(self.act(h)))
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, in_features: int, out_features: int):
-        super().__init__()
-        norm_cls = NORMS.get(cfg.norm)
-        act = ACTIVATIONS.get(cfg.activation)
+def _norm_factory(cfg: ModelConfig) -> Callable[[int], nn.Module]:
+    norm_cls = NORMS.get(cfg.norm)
+    opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine, groups=cfg.norm_groups)
+    return lambda width: norm_cls(width, **opts)
 
-        def norm(width: int) -> nn.Module:
-            return norm_cls(width, eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
 
-        self.depth = cfg.depth
-        self.layer0 = InputBlock(norm(in_features) if cfg.normalize_input else nn.Identity())
-        width_in = in_features
-        for i in range(1, cfg.depth + 1):
-            fc = nn.Linear(width_in, cfg.width, bias=cfg.bias)
-            self.add_module(f"layer{i}", DenseBlock(fc, norm(cfg.width), act.make(), cfg.placement))
-            width_in = cfg.width
-        self.head = nn.Linear(width_in, out_features)
-        init_linear_layers(self, cfg.weight_init, cfg.bias_init)
+def _use_bias(cfg: ModelConfig) -> bool:
+    # 'auto': a norm right after the layer removes any constant per channel, so its bias is redundant (seed 002:
+    # z = g(BN(Wu))). With placement 'after' the activation comes between, and the bias matters.
+    if cfg.bias == "auto":
+        return cfg.norm == "none" or cfg.placement == "after"
+    return bool(cfg.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, in) -> (N, out)
+
+class Model(nn.Module):
+    """layer0 (input norm), layer1..layerD (blocks), head. Subclasses build the blocks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in recorded_layers(self):
             x = block(x)
-        return self.head(x)
+        return self.head(x.flatten(1))
 
 
-def init_linear_layers(model: nn.Module, weight_init: InitConfig, bias_init: float) -> None:
+class MLP(Model):
+    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], out_features: int):
+        super().__init__()
+        norm, act = _norm_factory(cfg), ACTIVATIONS.get(cfg.activation)
+        in_features = math.prod(input_shape)
+        self.depth = cfg.depth
+        self.layer0 = InputBlock(norm(in_features) if cfg.normalize_input else nn.Identity(), flatten=True)
+        width_in = in_features
+        for i in range(1, cfg.depth + 1):
+            fc = nn.Linear(width_in, cfg.width, bias=_use_bias(cfg))
+            self.add_module(f"layer{i}", Block(fc, norm(cfg.width), act.make(), cfg.placement))
+            width_in = cfg.width
+        self.head = nn.Linear(width_in, out_features)
+        init_weights(self, cfg.weight_init, cfg.bias_init)
+
+
+class CNN(Model):
+    """Blocks of conv (kernel k, 'same' padding) -> norm -> act -> pool, one per entry of model.channels."""
+
+    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], out_features: int):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"the cnn model needs images (C, H, W); this data set gives shape {input_shape}")
+        norm, act = _norm_factory(cfg), ACTIVATIONS.get(cfg.activation)
+        c_in, h, w = input_shape
+        self.depth = len(cfg.channels)
+        self.layer0 = InputBlock(norm(c_in) if cfg.normalize_input else nn.Identity())
+        for i, c_out in enumerate(cfg.channels, start=1):
+            conv = nn.Conv2d(c_in, c_out, cfg.kernel, padding=cfg.kernel // 2, bias=_use_bias(cfg))
+            pool = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), "none": nn.Identity()}[cfg.pool]
+            if cfg.pool != "none":
+                if h < 2 or w < 2:
+                    raise ValueError(f"model.channels: too many pooled blocks for {input_shape[1:]} images")
+                h, w = h // 2, w // 2
+            self.add_module(f"layer{i}", Block(conv, norm(c_out), act.make(), cfg.placement, pool))
+            c_in = c_out
+        self.head = nn.Linear(c_in * h * w, out_features)
+        init_weights(self, cfg.weight_init, cfg.bias_init)
+
+
+def init_weights(model: nn.Module, weight_init: InitConfig, bias_init: float) -> None:
+    """Every linear and conv layer (the head too, as in the seed): weights by `weight_init`, biases constant."""
     init = INITS.get(weight_init.name)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear | nn.Conv2d):
                 init(m.weight, weight_init)
                 if m.bias is not None:
                     nn.init.constant_(m.bias, bias_init)
@@ -151,10 +194,11 @@ def recorded_layers(model: nn.Module) -> list[nn.Module]:
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.register("mlp", help="depth x width fully connected layers, each fc -> norm -> act, then a linear head")(MLP)
+MODELS.register("cnn", help="conv -> norm -> act -> pool blocks (model.channels), then a linear head")(CNN)
 
 
-def build_model(cfg: ModelConfig, in_features: int, out_features: int) -> nn.Module:
-    return MODELS.get(cfg.name)(cfg, in_features, out_features)
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_features: int) -> nn.Module:
+    return MODELS.get(cfg.name)(cfg, tuple(input_shape), out_features)
 
 
 def count_parameters(model: nn.Module) -> int:

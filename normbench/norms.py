@@ -1,15 +1,25 @@
 """Normalization layers, chosen by name.
 
-Every constructor takes the feature count first and the same keyword options, so layers swap freely:
+Every constructor takes the feature (channel) count first and the same keyword options, so layers swap freely:
 
-    norm_cls = NORMS.get("batch")
-    norm = norm_cls(30, eps=1e-3, momentum=0.1, affine=True)   # (N, 30) -> (N, 30)
+    norm = NORMS.get("group")(32, eps=1e-5, momentum=0.1, affine=True, groups=8)   # (N, 32, H, W) -> same
 
-On MLP features (N, C):
-| name  | statistics over          | learnable        | running statistics for eval |
-|-------|--------------------------|------------------|-----------------------------|
-| none  | -                        | -                | -                           |
-| batch | N, per feature (biased)  | gamma, beta (C)  | yes (unbiased var, EMA)     |
+Which axes each one normalizes over (seed 004), for MLP features (N, C) and conv maps (N, C, H, W):
+
+| name         | (N, C, H, W): statistics over            | (N, C)                     | running stats (eval) |
+|--------------|------------------------------------------|----------------------------|----------------------|
+| none         | -                                        | -                          | -                    |
+| batch        | N, H, W per channel                      | N per feature              | yes                  |
+| batch_manual | as batch; backward written by hand       | as batch                   | yes                  |
+| layer        | C, H, W per sample                       | C per sample               | no                   |
+| instance     | H, W per sample and channel              | refused: no H, W to use    | no                   |
+| group        | (C/G), H, W per sample and group         | C/G per sample and group   | no                   |
+| rms          | C, H, W per sample, no centring          | C per sample               | no                   |
+| switchable   | softmax-weighted mix of IN, LN, BN stats | mix of LN and BN stats     | yes (the BN part)    |
+
+Variances are population variances (divide by the count) for normalizing; running variances of batch and
+batch_manual are unbiased, as PyTorch's (switchable keeps the population one, as its reference code). Every
+affine transform is per channel: gamma, beta of shape (C,).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from normbench.registry import Registry
@@ -24,25 +35,206 @@ from normbench.registry import Registry
 NORMS: Registry[type[nn.Module]] = Registry("norm")
 
 
+def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(C,) -> (1, C, 1, ...) to broadcast over x (N, C, *)."""
+    return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class _Affine(nn.Module):
+    """Shared constructor signature and per-channel gamma/beta."""
+
+    def __init__(self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    def scale_shift(self, x_hat: torch.Tensor) -> torch.Tensor:
+        if not self.affine:
+            return x_hat
+        return x_hat * _per_channel(self.weight, x_hat) + _per_channel(self.bias, x_hat)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
 @NORMS.register("none", aliases=("identity",))
 class NoNorm(nn.Identity):
     """No normalization: the values pass through unchanged."""
 
-    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+    def __init__(self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1):
         super().__init__()
 
 
 @NORMS.register("batch", aliases=("bn", "batchnorm"))
-class BatchNorm(nn.BatchNorm1d):
-    """Batch norm (Ioffe & Szegedy 2015): per feature, over the batch; running statistics for eval mode."""
+class BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm (Ioffe & Szegedy 2015): per channel over the batch (and H, W); running statistics for eval."""
 
-    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+    def __init__(self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1):
         # momentum is PyTorch's: running = (1 - momentum) * running + momentum * batch. TF's EMA decay d is 1 - d.
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
 
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"batch norm expects (N, C, ...) input, got shape {tuple(x.shape)}")
+
+
+@NORMS.register("layer", aliases=("ln", "layernorm"))
+class LayerNorm(_Affine):
+    """Layer norm (Ba et al. 2016): per sample over all channels (and H, W), per-channel gamma/beta."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale_shift(F.layer_norm(x, x.shape[1:], eps=self.eps))
+
+
+@NORMS.register("instance", aliases=("in", "instancenorm"))
+class InstanceNorm(_Affine):
+    """Instance norm (Ulyanov et al. 2016): per sample and channel over H, W; conv maps only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3:
+            raise ValueError(
+                "instance norm normalizes each channel over H, W; features (N, C) have no H, W (each value would "
+                "become 0): use a cnn model, or layer/group norm"
+            )
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+@NORMS.register("group", aliases=("gn", "groupnorm"))
+class GroupNorm(_Affine):
+    """Group norm (Wu & He 2018): per sample over groups of C/G channels (and H, W); model.norm_groups = G."""
+
+    def __init__(self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
+        if num_features % groups:
+            raise ValueError(f"group norm: {num_features} channels do not split into {groups} groups")
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
+
+
+@NORMS.register("rms", aliases=("rmsnorm",))
+class RMSNorm(_Affine):
+    """RMS norm (Zhang & Sennrich 2019): per sample, divide by the root mean square over C (and H, W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, x.dim()))
+        return self.scale_shift(x * torch.rsqrt(x.square().mean(dim=dims, keepdim=True) + self.eps))
+
+
+class _RunningStats(_Affine):
+    """Running mean/var buffers, updated in train mode, used in eval mode (as PyTorch's BN names them)."""
+
+    def __init__(self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def update_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().reshape(-1), self.momentum)
+            self.running_var.lerp_(var.detach().reshape(-1), self.momentum)
+
+
+@NORMS.register("switchable", aliases=("sn", "switchablenorm"))
+class SwitchableNorm(_RunningStats):
+    """Switchable norm (Luo et al. 2018): learned softmax weights over IN, LN and BN statistics, separately for
+    the mean and the variance. On (N, C) features IN is left out (no H, W) and the weights are over LN and BN."""
+
+    KINDS = ("in", "ln", "bn")
+
+    def __init__(self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
+        self.mean_weight = nn.Parameter(torch.ones(3))  # raw logits; importance() gives the softmax
+        self.var_weight = nn.Parameter(torch.ones(3))
+        self.last_spatial = True  # whether the last input had H, W (IN statistics in play)
+
+    def _softmax(self, logits: torch.Tensor, spatial: bool) -> torch.Tensor:
+        if spatial:
+            return logits.softmax(0)
+        mask = torch.tensor([float("-inf"), 0.0, 0.0], dtype=logits.dtype, device=logits.device)
+        return (logits + mask).softmax(0)
+
+    def importance(self, spatial: bool | None = None) -> dict[str, float]:
+        """Readable importance weights (after the softmax): {'mean_in': .., 'mean_ln': .., ..., 'var_bn': ..}."""
+        spatial = self.last_spatial if spatial is None else spatial
+        with torch.no_grad():
+            m, v = self._softmax(self.mean_weight, spatial), self._softmax(self.var_weight, spatial)
+        return {f"{what}_{k}": float(w[i]) for what, w in (("mean", m), ("var", v)) for i, k in enumerate(self.KINDS)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        spatial = x.dim() > 2
+        self.last_spatial = spatial
+        xs = x.reshape(n, c, -1)  # (N, C, L), L = H*W (1 for features)
+        mean_in = xs.mean(-1, keepdim=True)  # (N, C, 1)
+        var_in = xs.var(-1, unbiased=False, keepdim=True)
+        second = var_in + mean_in.square()
+        mean_ln = mean_in.mean(1, keepdim=True)  # (N, 1, 1)
+        var_ln = second.mean(1, keepdim=True) - mean_ln.square()
+        if self.training:
+            mean_bn = mean_in.mean(0, keepdim=True)  # (1, C, 1)
+            var_bn = second.mean(0, keepdim=True) - mean_bn.square()
+            self.update_running(mean_bn, var_bn)
+        else:
+            mean_bn = self.running_mean.view(1, c, 1)
+            var_bn = self.running_var.view(1, c, 1)
+        wm, wv = self._softmax(self.mean_weight, spatial), self._softmax(self.var_weight, spatial)
+        if not spatial:  # IN statistics of a single value are the value itself: leave them out entirely
+            mean = wm[1] * mean_ln + wm[2] * mean_bn
+            var = wv[1] * var_ln + wv[2] * var_bn
+        else:
+            mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
+            var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
+        x_hat = (xs - mean) * torch.rsqrt(var + self.eps)
+        return self.scale_shift(x_hat.reshape(x.shape))
+
+
+class _ManualBatchNormFn(torch.autograd.Function):
+    """Batch norm over the rows of x (M, C) with the backward pass written out, cs231n style:
+    dx = (1 / M) * inv_std * (M * dx_hat - sum(dx_hat) - x_hat * sum(dx_hat * x_hat)),  dx_hat = dy * gamma."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        mean = x.mean(0)
+        var = x.var(0, unbiased=False)
+        inv_std = torch.rsqrt(var + eps)
+        x_hat = (x - mean) * inv_std
+        ctx.save_for_backward(x_hat, inv_std, gamma)
+        return x_hat * gamma + beta, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        x_hat, inv_std, gamma = ctx.saved_tensors
+        m = dy.shape[0]
+        dx_hat = dy * gamma
+        dx = inv_std / m * (m * dx_hat - dx_hat.sum(0) - x_hat * (dx_hat * x_hat).sum(0))
+        dgamma = (dy * x_hat).sum(0) if ctx.needs_input_grad[1] else None
+        dbeta = dy.sum(0) if ctx.needs_input_grad[2] else None
+        return dx, dgamma, dbeta, None
+
+
+@NORMS.register("batch_manual", aliases=("bn_manual",))
+class ManualBatchNorm(_RunningStats):
+    """Batch norm with a hand-written backward (torch.autograd.Function), for teaching and as a cross-check."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if not self.training:
+            x_hat = (x - _per_channel(self.running_mean, x)) * torch.rsqrt(_per_channel(self.running_var, x) + self.eps)
+            return self.scale_shift(x_hat)
+        rows = x.movedim(1, -1).reshape(-1, c)  # (N*H*W, C): every position of every sample is a row
+        gamma = self.weight if self.affine else torch.ones(c, dtype=x.dtype, device=x.device)
+        beta = self.bias if self.affine else torch.zeros(c, dtype=x.dtype, device=x.device)
+        y, mean, var = _ManualBatchNormFn.apply(rows, gamma, beta, self.eps)
+        m = rows.shape[0]
+        self.update_running(mean, var * m / max(m - 1, 1))  # unbiased, as PyTorch's BN
+        return y.reshape(*x.movedim(1, -1).shape).movedim(-1, 1)
+
 
 def has_running_stats(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules())
+    return any(hasattr(m, "running_mean") for m in model.modules())
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from normbench.models import ACTIVATIONS, recorded_layers
@@ -141,8 +142,25 @@ def norm_mode(model: nn.Module, mode: str):
 
 
 def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of the squared error summed over outputs (the seed's reduce_mean(reduce_sum(...)))."""
+    """Classification (integer targets): mean cross-entropy. Regression: mean over samples of the squared error
+    summed over outputs (the seed's reduce_mean(reduce_sum(...)))."""
+    if target.dtype == torch.int64:
+        return F.cross_entropy(pred, target)
     return (pred - target).square().sum(dim=1).mean()
+
+
+def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return float((pred.argmax(1) == target).double().mean()) if target.dtype == torch.int64 else float("nan")
+
+
+IMPORTANCE = tuple(f"sn_{what}_{kind}" for what in ("mean", "var") for kind in ("in", "ln", "bn"))
+
+
+def _importance(norm: nn.Module) -> dict[str, float]:
+    """Switchable norm's importance weights after the softmax (NaN columns for every other norm)."""
+    if hasattr(norm, "importance"):
+        return {f"sn_{k}": v for k, v in norm.importance().items()}
+    return dict.fromkeys(IMPORTANCE, float("nan"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,8 +187,10 @@ class Recorder:
                 x, y = self.data.split(split)
                 for mode in ("train", "eval"):
                     with norm_mode(self.model, mode):
-                        loss = float(loss_fn(self.model(x), y))
-                    self.rows["curves"].append({"step": step, "split": split, "mode": mode, "loss": loss})
+                        pred = self.model(x)
+                    row = {"step": step, "split": split, "mode": mode}
+                    row |= {"loss": float(loss_fn(pred, y)), "accuracy": accuracy(pred, y)}
+                    self.rows["curves"].append(row)
 
     def layers(self, step: int) -> None:
         """Histograms of every point and unit metrics of every hidden layer, from one forward and backward on the
@@ -199,6 +219,7 @@ class Recorder:
                         **unit_metrics(values, self.cfg.model.activation, rc.saturation_threshold),
                         "grad_norm": float(fc.grad.norm()) if fc.grad is not None else float("nan"),
                         "weight_norm": float(fc.detach().norm()),
+                        **_importance(blocks[layer].norm),
                     }
                 )
         for p, g in saved_grads.items():

@@ -22,6 +22,8 @@ COLUMNS = (
     "diverged_step",
     "final_train_loss",
     "final_test_loss",
+    "final_train_accuracy",
+    "final_test_accuracy",
     "last_finite_train_loss",
     "wall_time_s",
 )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from normbench.data import batches, build_dataset
+from normbench.data import Dataset, batches, build_dataset, steps_per_epoch
 from normbench.models import build_model
 from normbench.record import Recorder, loss_fn
 from normbench.registry import Registry
@@ -52,16 +52,24 @@ class RunResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # curves, layers, histograms
 
 
+def total_steps(cfg: RunConfig, data: Dataset) -> int:
+    """train.steps, or train.epochs passes over the training set."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    batch_size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
+    return cfg.train.epochs * steps_per_epoch(len(data.x_train), batch_size)
+
+
 def train_run(cfg: RunConfig, on_step: Callable[[int], None] | None = None) -> RunResult:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     data = build_dataset(cfg.data)
-    model = build_model(cfg.model, data.in_features, data.out_features)
+    model = build_model(cfg.model, data.input_shape, data.out_features)
     optimizer = OPTIMIZERS.get(cfg.train.optimizer)(model.parameters(), cfg.train)
     batch_size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
     stream = batches(data.x_train, data.y_train, batch_size, cfg.data.shuffle, torch.Generator().manual_seed(cfg.seed))
     rec = Recorder(cfg, model, data)
-    rc, steps = cfg.record, cfg.train.steps
+    rc, steps = cfg.record, total_steps(cfg, data)
 
     status, diverged_step, step = "ok", None, 0
     for step in range(steps + 1):

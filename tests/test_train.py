@@ -40,7 +40,7 @@ def test_recording_leaves_running_stats_and_grads_untouched(tiny_raw):
     run = one_run(tiny_raw, **{"model.norm": "batch", "model.activation": "tanh", "seed": 1})
     data = build_dataset(run.config.data)
     torch.manual_seed(0)
-    model = build_model(run.config.model, data.in_features, data.out_features)
+    model = build_model(run.config.model, data.input_shape, data.out_features)
     bn = model.layer1.norm
     model.train()
     model(data.x_train[:16]).sum().backward()  # grads and running stats of a "training step"
@@ -66,7 +66,7 @@ def test_eval_mode_loss_uses_running_statistics(tiny_raw):
 
 def test_layer_names_follow_roles(tiny_raw):
     run = one_run(tiny_raw, **{"model.norm": "batch", "model.activation": "relu", "seed": 1})
-    model = build_model(run.config.model, 1, 1)
+    model = build_model(run.config.model, (1,), 1)
     names = {n for n, _ in model.named_modules()}
     assert {"layer0.norm", "layer1.fc", "layer1.norm", "layer1.act", "layer3.act", "head"} <= names
 
