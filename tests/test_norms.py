@@ -14,7 +14,7 @@ from torch import nn
 
 from normbench.config import experiment_from_dict
 from normbench.models import build_model
-from normbench.norms import NORMS, ManualBatchNorm, SwitchableNorm, _ManualBatchNormFn
+from normbench.norms import NORMS, SwitchableNorm, _ManualBatchNormFn
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 SHAPES = {"features": (16, 6), "maps": (4, 6, 5, 3)}
@@ -108,7 +108,7 @@ def test_instance_refuses_features():
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES)
 def test_group_matches_the_formula(shape):
     def ref(x, w, b):  # Wu & He, eq. (1)-(3), written out
-        n, c = x.shape[:2]
+        n, _c = x.shape[:2]
         xg = x.reshape(n, 3, -1)
         mean, var = xg.mean(-1, keepdim=True), xg.var(-1, unbiased=False, keepdim=True)
         return ((xg - mean) / torch.sqrt(var + 1e-5)).reshape(x.shape) * channel(w, x) + channel(b, x)
