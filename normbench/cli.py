@@ -95,7 +95,10 @@ def run(
     from normbench.sweep import run_experiment
 
     exp = _load(config, set_)
-    table = run_experiment(exp, out_dir, force=force, retry_failed=retry_failed, console=err)
+    try:
+        table = run_experiment(exp, out_dir, force=force, retry_failed=retry_failed, console=err)
+    except ConfigError as e:  # data files or shapes found wrong before any training
+        raise fail(str(e)) from None
     counts = table.status.value_counts().to_dict()
     err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
     if counts.get("failed"):  # diverged is a result; failed is an error (see its summary.json), and scripts should know
@@ -104,8 +107,14 @@ def run(
 
 @app.command()
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Check CONFIG and print the size of its grid."""
+    """Check CONFIG, load its data and build its models; print the size of its grid."""
     exp = _load(config, set_)
+    from normbench.sweep import preflight
+
+    try:
+        preflight(exp)
+    except ConfigError as e:
+        raise fail(str(e)) from None
     axes = exp.config.axes()
     shape = " x ".join(f"{k} ({len(v)})" for k, v in axes.items()) or "no grid"
     out.print(f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {shape}")

@@ -230,6 +230,10 @@ _CACHE: dict[str, Dataset] = {}
 def build_dataset(cfg: DataConfig) -> Dataset:
     """Build (or reuse: every run of a sweep shares its data) the data set of `cfg`."""
     key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    if cfg.path is not None and Path(cfg.path).expanduser().is_dir():  # files changed on disk: read them again
+        key += str(
+            sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in Path(cfg.path).expanduser().rglob("*"))
+        )
     if key not in _CACHE:
         if len(_CACHE) > 8:
             _CACHE.clear()

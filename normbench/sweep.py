@@ -21,9 +21,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from normbench.config import Experiment
+from normbench.config import ConfigError, Experiment
+from normbench.data import DataError, build_dataset
+from normbench.models import build_model
 from normbench.store import ExperimentStore
-from normbench.train import train_run
+from normbench.train import total_steps, train_run
 
 
 def run_experiment(
@@ -35,6 +37,7 @@ def run_experiment(
     console: Console | None = None,
 ) -> pd.DataFrame:
     console = console or Console(stderr=True)
+    preflight(exp)
     store = ExperimentStore(out, exp.name)
     store.prepare(exp)
     todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed)]
@@ -56,7 +59,7 @@ def run_experiment(
         runs_task = bar.add_task("runs", total=len(todo))
         for run in todo:
             label = " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.params.items()) or run.run_id
-            steps_task = bar.add_task(f"  {label}", total=run.config.train.steps)
+            steps_task = bar.add_task(f"  {label}", total=total_steps(run.config, build_dataset(run.config.data)))
             try:
                 result = train_run(run.config, on_step=lambda s, t=steps_task: bar.update(t, completed=s))
                 summary = store.write_run(run, result)
@@ -66,6 +69,25 @@ def run_experiment(
             bar.advance(runs_task)
             console.print(f"  {label}: {_outcome(summary)}", highlight=False)
     return store.write_runs_table(exp)
+
+
+def preflight(exp: Experiment) -> None:
+    """Load every data set and build every model of the grid once before training anything, so that missing or
+    malformed data files and shapes that do not fit are one clear error up front, not N failed runs."""
+    models: set[str] = set()
+    for run in exp.runs:
+        cfg = run.config
+        try:
+            data = build_dataset(cfg.data)
+            if cfg.record.eval_split == "test" and data.x_test is None:
+                raise ValueError("record.eval_split is 'test' but the data has no test split")
+            key = cfg.model.model_dump_json() + str(data.input_shape)
+            if key not in models:
+                models.add(key)
+                build_model(cfg.model, data.input_shape, data.out_features)
+        except (DataError, ValueError) as e:
+            point = ", ".join(f"{k}={v}" for k, v in run.params.items())
+            raise ConfigError(f"{exp.source}: {e}" + (f" (grid point {point})" if point else "")) from None
 
 
 def _outcome(s: dict) -> str:
