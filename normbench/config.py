@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from normbench.data import DATASETS
 from normbench.models import ACTIVATIONS, INITS, MODELS
@@ -32,6 +40,13 @@ PACKAGED_CONFIGS = [Path(__file__).parent / "configs", Path(__file__).parent.par
 
 class ConfigError(ValueError):
     """A mistake in a config or an override; the message is one line, meant for the user."""
+
+
+def _grid_base(info: ValidationInfo) -> bool:
+    """True while validating an experiment's base config under a grid: checks that relate several fields are
+    left to the runs, since a grid key may change any of those fields (the base's batch_size 'full' with
+    lr_batch is fine when every run sets a number)."""
+    return bool(info.context and info.context.get("grid_base"))
 
 
 class Strict(BaseModel):
@@ -112,7 +127,9 @@ class ModelConfig(Strict):
     _norm = field_validator("norm")(_name_in(NORMS))
 
     @model_validator(mode="after")
-    def _fits(self) -> ModelConfig:
+    def _fits(self, info: ValidationInfo) -> ModelConfig:
+        if _grid_base(info):
+            return self
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd (got {self.kernel}) so that 'same' padding keeps the size")
         if self.name == "mlp" and self.norm == "instance":
@@ -131,6 +148,11 @@ class ModelConfig(Strict):
 class TrainConfig(Strict):
     optimizer: str = "sgd"
     lr: PositiveFloat = 0.001
+    lr_batch: int | None = Field(
+        None,
+        gt=0,
+        description="linear scaling rule: lr is for batches of this size; the run uses lr * batch / lr_batch",
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="momentum and nesterov only")
     betas: tuple[float, float] = (0.9, 0.999)  # adam only
     weight_decay: float = Field(0.0, ge=0)
@@ -141,12 +163,21 @@ class TrainConfig(Strict):
     _optimizer = field_validator("optimizer")(_name_in(OPTIMIZERS))
 
     @model_validator(mode="after")
-    def _length(self) -> TrainConfig:
+    def _length(self, info: ValidationInfo) -> TrainConfig:
+        if _grid_base(info):
+            return self
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give train.steps or train.epochs, not both")
         if self.steps is None and self.epochs is None:
             self.steps = 251
+        if self.lr_batch is not None and self.batch_size == "full":
+            raise ValueError("train.lr_batch scales lr with the batch size; it needs a numeric batch_size")
         return self
+
+    def effective_lr(self) -> float:
+        if self.lr_batch is None:
+            return self.lr
+        return self.lr * int(self.batch_size) / self.lr_batch
 
 
 class Ranges(Strict):
@@ -187,7 +218,9 @@ class RunConfig(Strict):
     record: RecordConfig = RecordConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> RunConfig:
+    def _consistent(self, info: ValidationInfo) -> RunConfig:
+        if _grid_base(info):
+            return self
         if self.record.eval_split == "test" and self.data.name == "quadratic" and not self.data.n_test:
             raise ValueError("record.eval_split is 'test' but data.n_test is 0 (no test split)")
         if self.data.preprocess == "pca" and self.model.name == "cnn":
@@ -327,7 +360,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experiment:
     try:
-        cfg = ExperimentConfig.model_validate(raw)
+        cfg = ExperimentConfig.model_validate(raw, context={"grid_base": bool(raw.get("grid") or raw.get("seeds"))})
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe(e, ExperimentConfig)}") from None
     base = cfg.model_dump(mode="json", exclude={"name", "description", "seeds", "grid"})

@@ -56,6 +56,10 @@ def plot_experiment(exp_dir: Path, compare: str | None = None, point: str = "pos
     tables = {name: load_table(exp_dir, name, finished.run_id.tolist()) for name in ("curves", "histograms", "layers")}
     groups = list(finished.groupby(group_keys, sort=False)) if group_keys else [((), finished)]
     paths = [_cost_figure(exp_dir.name, groups, group_keys, compare, tables["curves"], out / f"cost.{fmt}")]
+    for key in numeric_axes(runs, axes):
+        paths.append(
+            _final_vs_figure(exp_dir.name, runs, axes, key, compare, out / f"final_vs_{key.split('.')[-1]}.{fmt}")
+        )
     for key, grp in groups:
         slug = _slug(group_keys, key)
         label = _label(group_keys, key)
@@ -284,6 +288,65 @@ class _quiet:
 
     def __exit__(self, *exc):
         self._w.__exit__(*exc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Final numbers against a numeric grid key (batch size, weight scale, lr): one line per compared value
+
+
+def numeric_axes(runs: pd.DataFrame, axes: list[str]) -> list[str]:
+    """Grid keys other than seed whose values are all numbers, with at least 3 of them."""
+    found = []
+    for a in axes:
+        values = runs[a].dropna().unique()
+        numeric = all(isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) for v in values)
+        if a != "seed" and numeric and len(values) >= 3:
+            found.append(a)
+    return found
+
+
+def _final_vs_figure(exp: str, runs: pd.DataFrame, axes: list[str], key: str, compare: str | None, path: Path) -> Path:
+    """Final train loss and (for classification) final test accuracy in eval mode against `key`; seeds as mean
+    with min-max band; failed or diverged runs are counted in the legend, never silently averaged in."""
+    rest = [a for a in axes if a not in (key, compare, "seed")]
+    groups = list(runs.groupby(rest, sort=False)) if rest else [((), runs)]
+    metrics = [("final_train_loss", "final train loss (batch statistics)")]
+    if runs.final_test_accuracy.notna().any():
+        metrics.append(("final_test_accuracy", "final test accuracy (running statistics)"))
+    fig, axs = plt.subplots(len(groups), len(metrics), figsize=(5.5 * len(metrics), 3.6 * len(groups)), squeeze=False)
+    for r, (gkey, grp) in enumerate(groups):
+        variants = list(grp.groupby(compare, sort=False)) if compare else [("", grp)]
+        for c, (metric, title) in enumerate(metrics):
+            ax = axs[r][c]
+            for i, (value, vruns) in enumerate(variants):
+                ok = vruns[vruns.status == "ok"]
+                stats = ok.groupby(key)[metric].agg(["mean", "min", "max"]).sort_index()
+                lost = len(vruns) - len(ok)
+                name = f"{compare.split('.')[-1]}={value}" if compare else "runs"
+                color = COLORS[i % len(COLORS)]
+                ax.plot(
+                    stats.index,
+                    stats["mean"],
+                    "o-",
+                    color=color,
+                    ms=3,
+                    label=name + (f" ({lost} diverged/failed)" if lost else ""),
+                )
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
+            xs = runs[key].astype(float)
+            if xs.min() > 0 and xs.max() / xs.min() >= 20:
+                ax.set_xscale("log", base=2 if key.endswith("batch_size") else 10)
+            if metric == "final_train_loss" and _wide(list(runs[metric].dropna())):
+                ax.set_yscale("log")
+            ax.set_xlabel(key)
+            ax.set_title(title + (f" | {_label(rest, gkey)}" if rest else ""), fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{exp}: final numbers against {key}" + (" (mean and min-max over seeds)" if "seed" in axes else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,16 +30,18 @@ Params = Iterable[torch.nn.Parameter]
 
 OPTIMIZERS: Registry[Callable[[Params, TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("sgd", aliases=("gd",), help="plain (stochastic) gradient descent, as the seed")(
-    lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay)
+    lambda p, c: torch.optim.SGD(p, lr=c.effective_lr(), weight_decay=c.weight_decay)
 )
 OPTIMIZERS.register("momentum", help="SGD with heavy-ball momentum (train.momentum)")(
-    lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    lambda p, c: torch.optim.SGD(p, lr=c.effective_lr(), momentum=c.momentum, weight_decay=c.weight_decay)
 )
 OPTIMIZERS.register("nesterov", help="SGD with Nesterov momentum (train.momentum)")(
-    lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay)
+    lambda p, c: torch.optim.SGD(
+        p, lr=c.effective_lr(), momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay
+    )
 )
 OPTIMIZERS.register("adam", help="Adam (train.betas)")(
-    lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+    lambda p, c: torch.optim.Adam(p, lr=c.effective_lr(), betas=c.betas, weight_decay=c.weight_decay)
 )
 
 

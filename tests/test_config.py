@@ -6,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from normbench.cli import app
-from normbench.config import ConfigError, experiment_from_dict, load_experiment
+from normbench.config import ConfigError, experiment_from_dict, load_experiment, packaged_configs
+from normbench.sweep import preflight
 
 runner = CliRunner()
 
@@ -57,6 +58,11 @@ def test_valid_config_prints_grid_size(write_config, tiny_raw):
             ["eval_split", "n_test"],
         ),
         (lambda r: r.pop("name"), ["name", "required"]),
+        (lambda r: r["grid"].update({"model.norm": ["instance"]}), ["grid point", "instance norm", "cnn"]),
+        (lambda r: r["grid"].update({"model.norm": ["group"]}) or r["model"].update(norm_groups=3), ["[8]"]),
+        (lambda r: r["model"].update(name="cnn", kernel=4), ["kernel must be odd"]),
+        (lambda r: r["train"].update(epochs=2), ["steps or train.epochs"]),
+        (lambda r: r["data"].update(preprocess="whiten"), ["data.preprocess", "zca"]),
     ],
 )
 def test_bad_config_is_one_line_naming_the_field(write_config, tiny_raw, edit, fragments):
@@ -104,11 +110,18 @@ def test_duplicate_grid_values_are_refused(tiny_raw):
         experiment_from_dict(tiny_raw)
 
 
-@pytest.mark.parametrize("name", ["morvan_tf23", "morvan_pt504", "dead_neurons"])
-def test_packaged_configs_load_by_name(name):
+@pytest.mark.parametrize("name", packaged_configs())
+def test_packaged_configs_load_by_name_and_pass_preflight(name):
     exp = load_experiment(name)
-    assert exp.name == name
-    assert {r.params["model.norm"] for r in exp.runs} == {"none", "batch"}
+    assert exp.name == name and len(exp.runs) > 1
+    assert "model.norm" in exp.axes
+    preflight(exp)  # data loads, every model builds
+
+
+def test_every_documented_config_is_packaged():
+    assert {"morvan_tf23", "morvan_pt504", "dead_neurons", "cnn_norms", "batch_size", "init_scale"} <= set(
+        packaged_configs()
+    )
 
 
 def test_morvan_tf23_is_the_seed_setting():
