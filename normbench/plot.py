@@ -116,7 +116,7 @@ def _hist_figure(
     fig, axs = plt.subplots(
         len(runs),
         len(layers),
-        figsize=(1.9 * len(layers), 2.0 * len(runs) + 0.6),
+        figsize=(width := max(1.9 * len(layers) + 1.0, 7.0), height := 1.8 * len(runs) + 1.0),
         squeeze=False,
         sharey="row",
     )
@@ -153,7 +153,10 @@ def _hist_figure(
         + (f" | seed {runs.seed.iloc[0]}" if "seed" in runs.columns else ""),
         fontsize=10,
     )
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.1, top=0.84, wspace=0.25, hspace=0.3)
+    # Margins in inches, so that labels fit whatever the number of rows and columns.
+    fig.subplots_adjust(
+        left=1.0 / width, right=1 - 0.15 / width, bottom=0.4 / height, top=1 - 0.75 / height, wspace=0.25, hspace=0.35
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -172,6 +175,12 @@ def _regular_steps(hists: pd.DataFrame, runs: pd.DataFrame) -> list[int]:
     return sorted(int(s) for s in steps.unique())
 
 
+def _pct(count: float, n: float) -> str:
+    """A share that is never shown as 0% when something is there."""
+    share = count / n
+    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+
+
 def _hist_panel(ax: plt.Axes, h: pd.Series) -> None:
     counts = np.asarray(h["counts"], dtype=float)
     n = float(h["n"])
@@ -182,13 +191,13 @@ def _hist_panel(ax: plt.Axes, h: pd.Series) -> None:
     ax.set_xlim(h["lo"], h["hi"])
     notes = []
     if h["below"]:
-        notes.append(f"<{h['lo']:g}: {h['below'] / n:.0%}")
+        notes.append(f"<{h['lo']:g}: {_pct(h['below'], n)}")
     if h["above"]:
-        notes.append(f">{h['hi']:g}: {h['above'] / n:.0%}")
+        notes.append(f">{h['hi']:g}: {_pct(h['above'], n)}")
     if h["nan"]:
-        notes.append(f"NaN: {h['nan'] / n:.0%}")
+        notes.append(f"NaN: {_pct(h['nan'], n)}")
     if h["inf"]:
-        notes.append(f"inf: {h['inf'] / n:.0%}")
+        notes.append(f"inf: {_pct(h['inf'], n)}")
     if notes:
         bad = h["nan"] or h["inf"]
         box = dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1)
@@ -207,6 +216,7 @@ def _cost_figure(
         variants = list(grp.groupby(compare, sort=False)) if compare else [("", grp)]
         finite_all: list[float] = []
         marks = []
+        has_test = False
         for i, (value, runs) in enumerate(variants):
             color = COLORS[i % len(COLORS)]
             name = f"{compare.split('.')[-1]}={value}" if compare else "all runs"
@@ -222,16 +232,11 @@ def _cost_figure(
                 steps = wide.index.to_numpy()
                 ok = np.isfinite(mean)
                 finite_all += list(mean[ok]) + list(lo[ok]) + list(hi[ok])
-                lbl = f"{name} {split}" + (" (running stats)" if mode == "eval" else "") if split == "test" else name
                 nseeds = vals.shape[1]
-                ax.plot(
-                    steps[ok],
-                    mean[ok],
-                    style,
-                    color=color,
-                    lw=1.6,
-                    label=lbl + (f" (mean of {nseeds})" if nseeds > 1 and split == "train" else ""),
-                )
+                has_test |= split == "test"
+                # One legend entry per compared value; line styles are explained once, below.
+                label = name + (f" (mean of {nseeds})" if nseeds > 1 else "") if split == "train" else None
+                ax.plot(steps[ok], mean[ok], style, color=color, lw=1.6, label=label)
                 if nseeds > 1:
                     ax.fill_between(steps[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
                 if split == "train":
@@ -263,10 +268,13 @@ def _cost_figure(
         ax.set_ylabel("loss" + (" (log scale)" if ylog else ""))
         ax.set_title(_label(group_keys, key) or exp, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left" if not ylog else "best")
+        if has_test:
+            ax.plot([], [], "-", color="black", label="solid: train set, batch statistics")
+            ax.plot([], [], "--", color="black", label="dashed: test set, running statistics")
+    axs[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"{exp}: cost curves", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
