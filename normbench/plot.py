@@ -342,7 +342,7 @@ def _final_vs_figure(exp: str, runs: pd.DataFrame, axes: list[str], key: str, co
                 )
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
             xs = runs[key].astype(float)
-            if xs.min() > 0 and xs.max() / xs.min() >= 20:
+            if xs.min() > 0 and xs.max() / xs.min() >= 8:
                 ax.set_xscale("log", base=2 if key.endswith("batch_size") else 10)
             if metric == "final_train_loss" and _wide(list(runs[metric].dropna())):
                 ax.set_yscale("log")
