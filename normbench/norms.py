@@ -233,10 +233,6 @@ class ManualBatchNorm(_RunningStats):
         return y.reshape(*x.movedim(1, -1).shape).movedim(-1, 1)
 
 
-def has_running_stats(model: nn.Module) -> bool:
-    return any(hasattr(m, "running_mean") for m in model.modules())
-
-
 @contextmanager
 def frozen_running_stats(model: nn.Module):
     """Run train-mode forwards (batch statistics) for measurement without moving the running statistics.
