@@ -115,8 +115,27 @@ class Block(nn.Module):
 
 def _norm_factory(cfg: ModelConfig) -> Callable[[int], nn.Module]:
     norm_cls = NORMS.get(cfg.norm)
-    opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine, groups=cfg.norm_groups)
-    return lambda width: norm_cls(width, **opts)
+    opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
+    return lambda width: norm_cls(width, groups=cfg.norm_groups, **opts)
+
+
+# Norms whose statistics are taken per sample over the features: over a single feature they erase the input.
+PER_SAMPLE = ("layer", "group", "rms")
+
+
+def _input_norm(cfg: ModelConfig, features: int, values_per_sample: int) -> nn.Module:
+    """Layer 0's norm. Group norm uses gcd(norm_groups, channels) groups there, since the data's channel count
+    (1 for grey images, 3 for colour) rarely divides by the hidden layers' group count."""
+    if not cfg.normalize_input:
+        return nn.Identity()
+    if cfg.norm in PER_SAMPLE and values_per_sample == 1:
+        raise ValueError(
+            f"model.normalize_input: {cfg.norm} norm over a single input value per sample would turn every input "
+            "into a constant; use norm batch here, or normalize_input false"
+        )
+    norm_cls = NORMS.get(cfg.norm)
+    opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
+    return norm_cls(features, groups=math.gcd(cfg.norm_groups, features), **opts)
 
 
 def _use_bias(cfg: ModelConfig) -> bool:
@@ -142,7 +161,7 @@ class MLP(Model):
         norm, act = _norm_factory(cfg), ACTIVATIONS.get(cfg.activation)
         in_features = math.prod(input_shape)
         self.depth = cfg.depth
-        self.layer0 = InputBlock(norm(in_features) if cfg.normalize_input else nn.Identity(), flatten=True)
+        self.layer0 = InputBlock(_input_norm(cfg, in_features, in_features), flatten=True)
         width_in = in_features
         for i in range(1, cfg.depth + 1):
             fc = nn.Linear(width_in, cfg.width, bias=_use_bias(cfg))
@@ -162,7 +181,7 @@ class CNN(Model):
         norm, act = _norm_factory(cfg), ACTIVATIONS.get(cfg.activation)
         c_in, h, w = input_shape
         self.depth = len(cfg.channels)
-        self.layer0 = InputBlock(norm(c_in) if cfg.normalize_input else nn.Identity())
+        self.layer0 = InputBlock(_input_norm(cfg, c_in, math.prod(input_shape)))
         for i, c_out in enumerate(cfg.channels, start=1):
             conv = nn.Conv2d(c_in, c_out, cfg.kernel, padding=cfg.kernel // 2, bias=_use_bias(cfg))
             pool = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), "none": nn.Identity()}[cfg.pool]

@@ -144,3 +144,8 @@ def test_morvan_tf23_is_the_seed_setting():
         0.001,
         True,
     )
+
+
+def test_per_sample_norm_on_a_single_input_value_is_refused_before_training():
+    result = validate("morvan_tf23", "--set", "grid.model.norm=[none, layer]")
+    assert_user_error(result, "normalize_input", "layer norm", "single input value", "grid point")
