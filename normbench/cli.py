@@ -49,6 +49,11 @@ class Format(StrEnum):
     json = "json"
 
 
+class Executor(StrEnum):
+    local = "local"
+    dask = "dask"
+
+
 class FigFormat(StrEnum):
     png = "png"
     svg = "svg"
@@ -90,19 +95,54 @@ def run(
     out_dir: OutOpt = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Re-run runs that already finished.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run runs recorded as failed.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes (one thread each).")] = 1,
+    executor: Annotated[Executor, typer.Option(help="local, or dask (needs --scheduler).")] = Executor.local,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://HOST:8786.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the expanded grid with run ids; train nothing.")
+    ] = False,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
     from normbench.sweep import run_experiment
 
     exp = _load(config, set_)
+    if dry_run:
+        _print_grid(exp, out_dir)
+        return
+    if executor is Executor.dask and not scheduler:
+        raise fail("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
     try:
-        table = run_experiment(exp, out_dir, force=force, retry_failed=retry_failed, console=err)
-    except ConfigError as e:  # data files or shapes found wrong before any training
+        table = run_experiment(
+            exp,
+            out_dir,
+            force=force,
+            retry_failed=retry_failed,
+            workers=workers,
+            executor=executor.value,
+            scheduler=scheduler,
+            console=err,
+        )
+    except ConfigError as e:  # data files or shapes found wrong before any training, or no scheduler
         raise fail(str(e)) from None
     counts = table.status.value_counts().to_dict()
     err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
     if counts.get("failed"):  # diverged is a result; failed is an error (see its summary.json), and scripts should know
         raise typer.Exit(code=1)
+
+
+def _print_grid(exp, out_dir: Path) -> None:
+    from rich.table import Table
+
+    from normbench.store import ExperimentStore
+
+    store = ExperimentStore(out_dir, exp.name)
+    table = Table(title=f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)", title_justify="left")
+    for col in ("run id", *exp.axes, "state"):
+        table.add_column(col)
+    for run in exp.runs:
+        s = store.summary(run.run_id)
+        table.add_row(run.run_id, *(str(v) for v in run.params.values()), s["status"] if s else "to train")
+    out.print(table)
 
 
 @app.command()

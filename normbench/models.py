@@ -218,4 +218,3 @@ MODELS.register("cnn", help="conv -> norm -> act -> pool blocks (model.channels)
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_features: int) -> nn.Module:
     return MODELS.get(cfg.name)(cfg, tuple(input_shape), out_features)
-

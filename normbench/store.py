@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import shutil
-import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 import yaml
+
+from normbench.train import RunFailure
 
 if TYPE_CHECKING:
     from normbench.config import Experiment, Run
@@ -113,25 +114,21 @@ class ExperimentStore:
         text = f"# resolved from {exp.source}\n" + yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False)
         write_text_atomic(self.dir / "config.yaml", text)
 
-    def write_run(self, run: Run, result: RunResult | None, error: BaseException | None = None) -> dict[str, Any]:
-        """Commit one run: a finished one (result) or a failed one (error). Returns its summary."""
+    def write_run(self, run: Run, outcome: RunResult | RunFailure) -> dict[str, Any]:
+        """Commit one run: a finished one (a RunResult) or a failed one (a RunFailure). Returns its summary."""
         tmp = self.runs_dir / f".tmp-{run.run_id}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
         summary = {"run_id": run.run_id, "params": run.params, "seed": run.config.seed}
-        if result is not None:
+        if isinstance(outcome, RunFailure):
+            summary |= {"status": "failed", "error": outcome.error, "traceback": outcome.traceback}
+        else:
             for name in TABLES:
-                df = result.tables.get(name, pd.DataFrame())
+                df = outcome.tables.get(name, pd.DataFrame()).copy()
                 df.insert(0, "run_id", run.run_id)
                 df.to_parquet(tmp / f"{name}.parquet", index=False)
-            summary |= run_summary(result)
-        else:
-            summary |= {
-                "status": "failed",
-                "error": f"{type(error).__name__}: {error}",
-                "traceback": "".join(traceback.format_exception(error)),
-            }
+            summary |= run_summary(outcome)
         summary |= {
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "environment": environment(),

@@ -8,6 +8,10 @@ not a failure. Ctrl-C stops the sweep; the runs committed so far stay, and the n
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -21,11 +25,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from normbench.config import ConfigError, Experiment
+from normbench.config import ConfigError, Experiment, Run, RunConfig
 from normbench.data import DataError, build_dataset
 from normbench.models import build_model
 from normbench.store import ExperimentStore
-from normbench.train import total_steps, train_run
+from normbench.train import RunFailure, RunResult, total_steps, train_run
 
 
 def run_experiment(
@@ -34,17 +38,28 @@ def run_experiment(
     *,
     force: bool = False,
     retry_failed: bool = False,
+    workers: int = 1,
+    executor: str = "local",
+    scheduler: str | None = None,
     console: Console | None = None,
 ) -> pd.DataFrame:
+    """Train the runs of `exp` not finished yet and return runs.parquet's table.
+
+    executor 'local' with workers 1 trains in this process (with a progress bar per step); workers N > 1 trains
+    in N processes of one thread each; 'dask' sends each run to the Dask cluster at `scheduler`. In every case
+    the runs' results come back here and are committed by this process alone, one atomic folder per run.
+    """
     console = console or Console(stderr=True)
     preflight(exp)
     store = ExperimentStore(out, exp.name)
     store.prepare(exp)
     todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed)]
     skipped = len(exp.runs) - len(todo)
+    where = f"dask at {scheduler}" if executor == "dask" else f"{workers} worker process(es)" if workers > 1 else ""
     console.print(
         f"[bold]{exp.name}[/]: {len(exp.runs)} runs, {len(todo)} to train"
         + (f", {skipped} already finished (--force to redo)" if skipped else "")
+        + (f" on {where}" if where else "")
         + f" -> {store.dir}"
     )
     columns = (
@@ -57,18 +72,74 @@ def run_experiment(
     )
     with Progress(*columns, console=console, transient=True, disable=not todo) as bar:
         runs_task = bar.add_task("runs", total=len(todo))
-        for run in todo:
-            label = " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.params.items()) or run.run_id
-            steps_task = bar.add_task(f"  {label}", total=total_steps(run.config, build_dataset(run.config.data)))
-            try:
-                result = train_run(run.config, on_step=lambda s, t=steps_task: bar.update(t, completed=s))
-                summary = store.write_run(run, result)
-            except Exception as e:  # one broken run must not stop the sweep; it is recorded as failed
-                summary = store.write_run(run, None, error=e)
-            bar.remove_task(steps_task)
+        if executor == "local" and workers == 1:
+            outcomes = _in_process(todo, bar)
+        else:
+            outcomes = _elsewhere(todo, workers, executor, scheduler)
+        for run, outcome in outcomes:
+            summary = store.write_run(run, outcome)
             bar.advance(runs_task)
-            console.print(f"  {label}: {_outcome(summary)}", highlight=False)
+            console.print(f"  {_label(run)}: {_outcome(summary)}", highlight=False)
     return store.write_runs_table(exp)
+
+
+Outcome = RunResult | RunFailure
+
+
+def _label(run: Run) -> str:
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.params.items()) or run.run_id
+
+
+def _in_process(todo: list[Run], bar: Progress) -> Iterator[tuple[Run, Outcome]]:
+    for run in todo:
+        steps_task = bar.add_task(f"  {_label(run)}", total=total_steps(run.config, build_dataset(run.config.data)))
+        try:
+            outcome: Outcome = train_run(run.config, on_step=lambda s, t=steps_task: bar.update(t, completed=s))
+        except Exception as e:  # one broken run must not stop the sweep; it is recorded as failed
+            outcome = RunFailure.from_exception(e)
+        bar.remove_task(steps_task)
+        yield run, outcome
+
+
+def train_isolated(config: dict) -> Outcome:
+    """One run in a worker (a local process or a Dask worker): config in, result or failure out. Failures come
+    back as data so that the sweep records them instead of losing them in a worker's log."""
+    try:
+        return train_run(RunConfig.model_validate(config))
+    except Exception as e:
+        return RunFailure.from_exception(e)
+
+
+def _elsewhere(todo: list[Run], workers: int, executor: str, scheduler: str | None) -> Iterator[tuple[Run, Outcome]]:
+    if executor == "dask":
+        try:
+            from dask.distributed import Client, as_completed
+        except ImportError:
+            raise ConfigError("--executor dask needs Dask: pip install 'normbench[dask]'") from None
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise ConfigError(f"--scheduler {scheduler}: cannot reach a Dask scheduler ({e})") from None
+        with client:
+            futures = {
+                client.submit(
+                    train_isolated, r.config.model_dump(mode="json"), key=f"normbench-{r.run_id}", pure=False
+                ): r
+                for r in todo
+            }
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        return
+    # 'spawn': a fresh interpreter per worker; forking a process whose OpenMP threads already ran can hang.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(train_isolated, r.config.model_dump(mode="json")): r for r in todo}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def preflight(exp: Experiment) -> None:
