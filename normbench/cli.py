@@ -54,6 +54,11 @@ class Executor(StrEnum):
     dask = "dask"
 
 
+class Engine(StrEnum):
+    per_run = "per-run"
+    stacked = "stacked"
+
+
 class FigFormat(StrEnum):
     png = "png"
     svg = "svg"
@@ -101,6 +106,9 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the expanded grid with run ids; train nothing.")
     ] = False,
+    engine: Annotated[
+        Engine, typer.Option(help="per-run (the reference) or stacked (runs of one structure as one computation).")
+    ] = Engine.per_run,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
     from normbench.sweep import run_experiment
@@ -120,6 +128,7 @@ def run(
             workers=workers,
             executor=executor.value,
             scheduler=scheduler,
+            engine=engine.value,
             console=err,
         )
     except ConfigError as e:  # data files or shapes found wrong before any training, or no scheduler
@@ -223,6 +232,18 @@ def plot(
         except PlotError as ex:
             raise fail(str(ex)) from None
         err.print(f"{e.name}: {len(paths)} figures -> {e / 'figures'}")
+
+
+@app.command()
+def bench(
+    runs: Annotated[int, typer.Option(min=1, help="Runs (seeds) in the grid.")] = 64,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 251,
+    repeat: Annotated[int, typer.Option(min=1, help="Time each way this many times, keep the best.")] = 1,
+) -> None:
+    """Time the seed's 7x30 MLP grid three ways in one process: plain PyTorch loop, per-run engine, stacked."""
+    from normbench.bench import print_bench
+
+    print_bench(runs, steps, repeat, out)
 
 
 @demo_app.command("dead-neurons")

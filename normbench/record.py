@@ -163,6 +163,36 @@ def _importance(norm: nn.Module) -> dict[str, float]:
     return dict.fromkeys(IMPORTANCE, float("nan"))
 
 
+def point_rows(
+    cfg: RunConfig,
+    step: int,
+    found: dict[tuple[int, str], torch.Tensor],
+    weights: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
+    importance: dict[int, dict[str, float]],
+    rows: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Append the histograms rows of every captured point and the layers rows of every hidden layer: shared by
+    the per-run engine and the stacked one, so both record exactly the same things."""
+    rc = cfg.record
+    for (layer, point), values in sorted(found.items()):
+        lo, hi = rc.ranges.input if layer == 0 else getattr(rc.ranges, point)
+        rows["histograms"].append(
+            {"step": step, "layer": layer, "point": point, **histogram(values, lo, hi, rc.bins).__dict__}
+        )
+        if layer > 0 and point == "post_act":
+            w, grad = weights[layer]
+            rows["layers"].append(
+                {
+                    "step": step,
+                    "layer": layer,
+                    **unit_metrics(values, cfg.model.activation, rc.saturation_threshold),
+                    "grad_norm": float(grad.norm()) if grad is not None else float("nan"),
+                    "weight_norm": float(w.norm()),
+                    **importance[layer],
+                }
+            )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The recorder of one run
 
@@ -205,23 +235,9 @@ class Recorder:
         with norm_mode(self.model, rc.eval_mode), capture(self.model) as found:
             loss_fn(self.model(x), y).backward()
         blocks = recorded_layers(self.model)
-        for (layer, point), values in sorted(found.items()):
-            lo, hi = rc.ranges.input if layer == 0 else getattr(rc.ranges, point)
-            h = histogram(values, lo, hi, rc.bins)
-            row = {"step": step, "layer": layer, "point": point, **h.__dict__}
-            self.rows["histograms"].append(row)
-            if layer > 0 and point == "post_act":
-                fc = blocks[layer].fc.weight
-                self.rows["layers"].append(
-                    {
-                        "step": step,
-                        "layer": layer,
-                        **unit_metrics(values, self.cfg.model.activation, rc.saturation_threshold),
-                        "grad_norm": float(fc.grad.norm()) if fc.grad is not None else float("nan"),
-                        "weight_norm": float(fc.detach().norm()),
-                        **_importance(blocks[layer].norm),
-                    }
-                )
+        weights = {i: (b.fc.weight.detach(), b.fc.weight.grad) for i, b in enumerate(blocks) if i > 0}
+        importance = {i: _importance(b.norm) for i, b in enumerate(blocks) if i > 0}
+        point_rows(self.cfg, step, found, weights, importance, self.rows)
         for p, g in saved_grads.items():
             p.grad = g
 

@@ -41,6 +41,7 @@ def run_experiment(
     workers: int = 1,
     executor: str = "local",
     scheduler: str | None = None,
+    engine: str = "per-run",
     console: Console | None = None,
 ) -> pd.DataFrame:
     """Train the runs of `exp` not finished yet and return runs.parquet's table.
@@ -48,6 +49,8 @@ def run_experiment(
     executor 'local' with workers 1 trains in this process (with a progress bar per step); workers N > 1 trains
     in N processes of one thread each; 'dask' sends each run to the Dask cluster at `scheduler`. In every case
     the runs' results come back here and are committed by this process alone, one atomic folder per run.
+    engine 'stacked' (in-process only) trains the runs that share a structure as one stacked computation
+    (stacked.py); runs it cannot stack use the per-run engine.
     """
     console = console or Console(stderr=True)
     preflight(exp)
@@ -72,7 +75,9 @@ def run_experiment(
     )
     with Progress(*columns, console=console, transient=True, disable=not todo) as bar:
         runs_task = bar.add_task("runs", total=len(todo))
-        if executor == "local" and workers == 1:
+        if engine == "stacked" and executor == "local" and workers == 1:
+            outcomes = _stacked(todo, bar)
+        elif executor == "local" and workers == 1:
             outcomes = _in_process(todo, bar)
         else:
             outcomes = _elsewhere(todo, workers, executor, scheduler)
@@ -99,6 +104,25 @@ def _in_process(todo: list[Run], bar: Progress) -> Iterator[tuple[Run, Outcome]]
             outcome = RunFailure.from_exception(e)
         bar.remove_task(steps_task)
         yield run, outcome
+
+
+def _stacked(todo: list[Run], bar: Progress) -> Iterator[tuple[Run, Outcome]]:
+    from normbench.stacked import stack_groups, stackable, train_stacked
+
+    alone = [r for r in todo if not stackable(r.config)]
+    for group in stack_groups([r for r in todo if stackable(r.config)]):
+        task = bar.add_task(
+            f"  stack of {len(group)} runs", total=total_steps(group[0].config, build_dataset(group[0].config.data))
+        )
+        try:
+            outcomes: list[Outcome] = list(
+                train_stacked([r.config for r in group], on_step=lambda s, t=task: bar.update(t, completed=s))
+            )
+        except Exception as e:  # the whole stack failed: each of its runs is recorded as failed
+            outcomes = [RunFailure.from_exception(e)] * len(group)
+        bar.remove_task(task)
+        yield from zip(group, outcomes, strict=True)
+    yield from _in_process(alone, bar)
 
 
 def train_isolated(config: dict) -> Outcome:

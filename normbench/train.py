@@ -78,9 +78,11 @@ def total_steps(cfg: RunConfig, data: Dataset) -> int:
 
 @contextmanager
 def single_thread():
-    """Train on one thread. These models are too small for PyTorch's intra-op threads to pay (measured here: a
-    morvan_tf23 run took 1.2 s on 1 thread and 4 s on 2), one thread makes every run bitwise identical whatever
-    the executor, and parallelism comes from running several runs at once (--workers, Dask)."""
+    """Train on one thread: every run is then bitwise identical whatever the executor (the summation order of
+    float32 reductions depends on the thread count), and parallelism comes from running several runs at once
+    (--workers, Dask). These models gain little from intra-op threads (measured on a quiet 2-core machine: a
+    morvan_tf23 run 0.7-0.9 s on 1 or 2 threads, a cnn_norms run 2.1-2.2 s vs 1.8-2.0 s), and with another
+    process busy on the machine 2 threads were 3x slower than 1."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
