@@ -48,7 +48,7 @@ def test_seed_setting_same_divergence_and_first_steps():
 
 def test_dead_neurons_first_steps():
     compare(
-        "dead_neurons", ["train.lr=0.001", "train.steps=8", "record.loss_every=1", "record.hist_every=4"], rtol=5e-3
+        "dead_neurons", ["train.lr=0.001", "train.steps=5", "record.loss_every=1", "record.hist_every=5"], rtol=5e-3
     )
 
 
