@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from normbench.config import RunConfig, load_experiment
+from normbench.config import Run, RunConfig, load_experiment
 from normbench.data import build_dataset
-from normbench.stacked import train_stacked
+from normbench.stacked import stack_groups, train_stacked
 from normbench.train import single_thread, train_run
 
 FLOP_PER_SAMPLE_LAYER = 2  # a multiply and an add per weight
@@ -46,6 +46,10 @@ def bench_configs(runs: int, steps: int) -> list[RunConfig]:
         ],
     )
     return [r.config for r in exp.runs]
+
+
+def runs_of(cfgs: list[RunConfig]) -> list[Run]:
+    return [Run(c.run_id(), {"seed": c.seed}, c) for c in cfgs]
 
 
 def plain_loop(cfgs: list[RunConfig]) -> None:
@@ -92,8 +96,14 @@ def run_bench(runs: int = 64, steps: int = 251, repeat: int = 1) -> list[Timing]
     for name, fn in (
         ("plain PyTorch loop (no recording)", lambda: plain_loop(cfgs)),
         ("normbench per-run engine", lambda: [train_run(c) for c in cfgs]),
-        ("normbench stacked engine", lambda: train_stacked(cfgs)),
-        ("normbench stacked engine, recording off", lambda: train_stacked(no_record)),
+        (
+            "normbench stacked engine",
+            lambda: [train_stacked([r.config for r in g]) for g in stack_groups(runs_of(cfgs))],
+        ),
+        (
+            "normbench stacked engine, recording off",
+            lambda: [train_stacked([r.config for r in g]) for g in stack_groups(runs_of(no_record))],
+        ),
     ):
         best = float("inf")
         for _ in range(repeat):

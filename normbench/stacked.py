@@ -51,7 +51,10 @@ def structure_key(cfg: RunConfig) -> str:
     return repr(sorted(d.items()))
 
 
-def stack_groups(runs: list[Run], max_models: int = 256) -> list[list[Run]]:
+def stack_groups(runs: list[Run], max_models: int = 16) -> list[list[Run]]:
+    """Runs grouped by structure, in stacks of at most `max_models`: on this 2-core CPU a stack of 16 seed-sized
+    MLPs was fastest per model (measured 647 model-steps/s at 16, 618 at 8, 593 at 32, 415 at 64: larger stacks
+    fall out of the cache, these steps being bound by memory, not arithmetic)."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         groups[structure_key(run.config)].append(run)
