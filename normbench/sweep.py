@@ -1,6 +1,8 @@
-"""Run an experiment's grid: every run not yet finished, one after another, each committed as it ends.
+"""Run an experiment's grid: every run not yet finished, each committed as it ends.
 
     table = run_experiment(load_experiment("configs/morvan_tf23.yaml"), out="results")
+    table = run_experiment(exp, workers=2)                                    # local processes
+    table = run_experiment(exp, executor="dask", scheduler="tcp://host:8786")  # a Dask cluster
 
 An exception inside one run marks that run 'failed' (with its error) and the sweep goes on; a diverged run is
 not a failure. Ctrl-C stops the sweep; the runs committed so far stay, and the next call resumes.
@@ -98,10 +100,7 @@ def _label(run: Run) -> str:
 def _in_process(todo: list[Run], bar: Progress) -> Iterator[tuple[Run, Outcome]]:
     for run in todo:
         steps_task = bar.add_task(f"  {_label(run)}", total=total_steps(run.config, build_dataset(run.config.data)))
-        try:
-            outcome: Outcome = train_run(run.config, on_step=lambda s, t=steps_task: bar.update(t, completed=s))
-        except Exception as e:  # one broken run must not stop the sweep; it is recorded as failed
-            outcome = RunFailure.from_exception(e)
+        outcome = attempt(run.config, on_step=lambda s, t=steps_task: bar.update(t, completed=s))
         bar.remove_task(steps_task)
         yield run, outcome
 
@@ -125,13 +124,18 @@ def _stacked(todo: list[Run], bar: Progress) -> Iterator[tuple[Run, Outcome]]:
     yield from _in_process(alone, bar)
 
 
-def train_isolated(config: dict) -> Outcome:
-    """One run in a worker (a local process or a Dask worker): config in, result or failure out. Failures come
-    back as data so that the sweep records them instead of losing them in a worker's log."""
+def attempt(cfg: RunConfig, on_step=None) -> Outcome:
+    """Train one run; an exception becomes a RunFailure, so that one broken run is recorded as failed and the
+    sweep goes on (and, in a worker, the failure comes back as data instead of dying in the worker's log)."""
     try:
-        return train_run(RunConfig.model_validate(config))
+        return train_run(cfg, on_step=on_step)
     except Exception as e:
         return RunFailure.from_exception(e)
+
+
+def train_isolated(config: dict) -> Outcome:
+    """One run in a worker (a local process or a Dask worker): the config travels as plain JSON-able data."""
+    return attempt(RunConfig.model_validate(config))
 
 
 def _elsewhere(todo: list[Run], workers: int, executor: str, scheduler: str | None) -> Iterator[tuple[Run, Outcome]]:
