@@ -12,8 +12,8 @@ Each model is initialized by the reference code (same seed, same draws), so a st
 per-run twin up to float32 rounding (tests/test_stacked.py). Recording runs on the stacked tensors: losses of
 every model in one pass, histograms and unit metrics per model slice with the reference functions.
 
-Supported: model mlp, norm none or batch, optimizers sgd, momentum, nesterov, adam; anything else falls back
-to the per-run engine (`stackable`).
+Supported: model mlp on the quadratic data, norm none or batch, optimizers sgd, momentum, nesterov, adam;
+anything else falls back to the per-run engine (`stackable`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ STACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 
 
 def stackable(cfg: RunConfig) -> bool:
-    return cfg.model.name == "mlp" and cfg.model.norm in STACKABLE_NORMS and cfg.train.optimizer in STACKABLE_OPTIMIZERS
+    return (
+        cfg.model.name == "mlp"
+        and cfg.data.name == "quadratic"  # regression only, for now
+        and cfg.model.norm in STACKABLE_NORMS
+        and cfg.train.optimizer in STACKABLE_OPTIMIZERS
+    )
 
 
 def structure_key(cfg: RunConfig) -> str:
