@@ -77,6 +77,46 @@ def histogram(values: torch.Tensor, lo: float, hi: float, bins: int) -> Histogra
     )
 
 
+def histograms_stacked(values: torch.Tensor, lo: float, hi: float, bins: int) -> list[Histogram]:
+    """histogram() of each values[m] (M, ...) at once: bin indices by arithmetic, counts by scatter_add (torch.histc
+    has neither a batch dimension nor a vmap rule). Equal to [histogram(v, lo, hi, bins) for v in values]."""
+    v = values.detach().reshape(values.shape[0], -1).to(torch.float64)  # (M, K)
+    m, k = v.shape
+    finite = torch.isfinite(v)
+    nan = torch.isnan(v).sum(1)
+    inside = finite & (v >= lo) & (v <= hi)
+    idx = ((torch.where(inside, v, lo) - lo) * (bins / (hi - lo))).floor().long().clamp_(0, bins - 1)
+    counts = torch.zeros(m, bins, dtype=torch.int64).scatter_add_(1, idx, inside.long())
+    n_fin = finite.sum(1)
+    zero = torch.zeros_like(v)
+    total = torch.where(finite, v, zero).sum(1)
+    mean = total / n_fin.clamp(min=1)
+    var = (torch.where(finite, v - mean[:, None], zero) ** 2).sum(1) / n_fin.clamp(min=1)
+    vmin = torch.where(finite, v, torch.full_like(v, float("inf"))).amin(1)
+    vmax = torch.where(finite, v, torch.full_like(v, float("-inf"))).amax(1)
+    below, above = (finite & (v < lo)).sum(1), (finite & (v > hi)).sum(1)
+    out = []
+    for j in range(m):
+        has = bool(n_fin[j] > 0)
+        out.append(
+            Histogram(
+                counts=counts[j].numpy(),
+                lo=lo,
+                hi=hi,
+                below=int(below[j]),
+                above=int(above[j]),
+                nan=int(nan[j]),
+                inf=int(k - n_fin[j] - nan[j]),
+                n=k,
+                mean=float(mean[j]) if has else float("nan"),
+                std=float(var[j].sqrt()) if has else float("nan"),
+                min=float(vmin[j]) if has else float("nan"),
+                max=float(vmax[j]) if has else float("nan"),
+            )
+        )
+    return out
+
+
 def unit_metrics(act: torch.Tensor, activation: str, threshold: float) -> dict[str, float]:
     """Dead and saturated units of one layer's post-activation values `act` (N, C), N = evaluation samples.
 
@@ -153,6 +193,10 @@ def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float((pred.argmax(1) == target).double().mean()) if target.dtype == torch.int64 else float("nan")
 
 
+def hist_range(rc: Any, layer: int, point: str) -> tuple[float, float]:
+    return rc.ranges.input if layer == 0 else getattr(rc.ranges, point)
+
+
 IMPORTANCE = tuple(f"sn_{what}_{kind}" for what in ("mean", "var") for kind in ("in", "ln", "bn"))
 
 
@@ -170,15 +214,15 @@ def point_rows(
     weights: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
     importance: dict[int, dict[str, float]],
     rows: dict[str, list[dict[str, Any]]],
+    hists: dict[tuple[int, str], Histogram] | None = None,
 ) -> None:
     """Append the histograms rows of every captured point and the layers rows of every hidden layer: shared by
-    the per-run engine and the stacked one, so both record exactly the same things."""
+    the per-run engine and the stacked one (which passes `hists`, computed for all its models at once), so both
+    record exactly the same things."""
     rc = cfg.record
     for (layer, point), values in sorted(found.items()):
-        lo, hi = rc.ranges.input if layer == 0 else getattr(rc.ranges, point)
-        rows["histograms"].append(
-            {"step": step, "layer": layer, "point": point, **histogram(values, lo, hi, rc.bins).__dict__}
-        )
+        h = hists[(layer, point)] if hists is not None else histogram(values, *hist_range(rc, layer, point), rc.bins)
+        rows["histograms"].append({"step": step, "layer": layer, "point": point, **h.__dict__})
         if layer > 0 and point == "post_act":
             w, grad = weights[layer]
             rows["layers"].append(

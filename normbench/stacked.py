@@ -10,7 +10,8 @@ carry a leading model axis M: a hidden layer's weight is (M, in, out) and x is (
 gets exactly the gradient it would get alone; the optimizers are written out elementwise with a per-model lr.
 Each model is initialized by the reference code (same seed, same draws), so a stacked run reproduces its
 per-run twin up to float32 rounding (tests/test_stacked.py). Recording runs on the stacked tensors: losses of
-every model in one pass, histograms and unit metrics per model slice with the reference functions.
+every model in one pass, histograms of all models at once (histograms_stacked: bucket arithmetic and
+scatter_add), unit metrics per model slice with the reference functions.
 
 Supported: model mlp on the quadratic data, norm none or batch, optimizers sgd, momentum, nesterov, adam;
 anything else falls back to the per-run engine (`stackable`).
@@ -30,7 +31,7 @@ from torch import nn
 from normbench.config import Run, RunConfig
 from normbench.data import build_dataset
 from normbench.models import ACTIVATIONS, build_model
-from normbench.record import IMPORTANCE, accuracy, point_rows
+from normbench.record import IMPORTANCE, accuracy, hist_range, histograms_stacked, point_rows
 from normbench.train import RunResult, single_thread, total_steps
 
 STACKABLE_NORMS = ("none", "batch")
@@ -239,16 +240,20 @@ def _train_stacked(cfgs: list[RunConfig], on_step: Callable[[int], None] | None)
                         )
 
     def record_layers(step: int, which: torch.Tensor) -> None:
+        if not which.any():
+            return
         x, y = data.split(rc.eval_split)
         found: dict[tuple[int, str], torch.Tensor] = {}
         pred = net.forward(expand(x), rc.eval_mode, update=False, found=found)
         weights = [net.params[f"w{i}"] for i in range(1, net.depth + 1)]
         grads = torch.autograd.grad(_losses(pred, y).sum(), weights)
         nan_imp = {i: dict.fromkeys(IMPORTANCE, float("nan")) for i in range(1, net.depth + 1)}
-        for j in which.nonzero().flatten().tolist():
+        chosen = which.nonzero().flatten().tolist()
+        hists = {key: histograms_stacked(v[chosen], *hist_range(rc, *key), rc.bins) for key, v in found.items()}
+        for pos, j in enumerate(chosen):
             per_model = {k: v[j].detach() for k, v in found.items()}
             w = {i: (weights[i - 1][j].detach().T, grads[i - 1][j].T) for i in range(1, net.depth + 1)}
-            point_rows(cfgs[j], step, per_model, w, nan_imp, rows[j])
+            point_rows(cfgs[j], step, per_model, w, nan_imp, rows[j], {k: h[pos] for k, h in hists.items()})
 
     step = 0
     for step in range(steps + 1):

@@ -56,3 +56,23 @@ def test_nonfinite_layer_is_neither_dead_nor_alive():
     act = torch.tensor([[0.0, float("nan")], [0.0, 1.0]])
     m = unit_metrics(act, "relu", 0.99)
     assert all(math.isnan(v) for v in m.values())
+
+
+def test_stacked_histograms_equal_one_by_one():
+    from normbench.record import histograms_stacked
+
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(5, 40, 7, generator=g) * 3
+    v[1, 0, 0], v[2, 3, 1], v[3] = float("nan"), float("inf"), float("nan")  # model 3: nothing finite
+    for stacked, h in zip(histograms_stacked(v, -2.0, 2.0, 9), [histogram(x, -2.0, 2.0, 9) for x in v], strict=True):
+        assert stacked.counts.tolist() == h.counts.tolist()
+        assert (stacked.below, stacked.above, stacked.nan, stacked.inf, stacked.n) == (
+            h.below,
+            h.above,
+            h.nan,
+            h.inf,
+            h.n,
+        )
+        for f in ("mean", "std", "min", "max"):
+            a, b = getattr(stacked, f), getattr(h, f)
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), f
