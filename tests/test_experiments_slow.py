@@ -1,4 +1,4 @@
-"""The packaged experiments of README's "beyond the demo", run whole (marked slow: about 6 minutes on 2 cores).
+"""The packaged experiments of README's "beyond the demo", run whole (marked slow: about 4 minutes on 2 cores).
 Each asserts the outcome README reports, so a change that alters it fails here, not silently in the docs."""
 
 from __future__ import annotations
