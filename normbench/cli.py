@@ -117,8 +117,6 @@ def run(
     if dry_run:
         _print_grid(exp, out_dir)
         return
-    if engine is Engine.stacked and (workers > 1 or executor is not Executor.local):
-        raise fail("--engine stacked trains in this process; drop --workers / --executor, or use --engine per-run")
     if executor is Executor.dask and not scheduler:
         raise fail("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
     try:

@@ -51,8 +51,8 @@ def run_experiment(
     executor 'local' with workers 1 trains in this process (with a progress bar per step); workers N > 1 trains
     in N processes of one thread each; 'dask' sends each run to the Dask cluster at `scheduler`. In every case
     the runs' results come back here and are committed by this process alone, one atomic folder per run.
-    engine 'stacked' (in-process only) trains the runs that share a structure as one stacked computation
-    (stacked.py); runs it cannot stack use the per-run engine.
+    engine 'stacked' trains the runs that share a structure as one stacked computation (stacked.py), a stack
+    being the unit sent to a worker; runs it cannot stack use the per-run engine.
     """
     console = console or Console(stderr=True)
     preflight(exp)
@@ -77,12 +77,11 @@ def run_experiment(
     )
     with Progress(*columns, console=console, transient=True, disable=not todo) as bar:
         runs_task = bar.add_task("runs", total=len(todo))
-        if engine == "stacked" and executor == "local" and workers == 1:
-            outcomes = _stacked(todo, bar)
-        elif executor == "local" and workers == 1:
-            outcomes = _in_process(todo, bar)
+        units = _units(todo, engine)
+        if executor == "local" and workers == 1:
+            outcomes = _in_process(units, bar)
         else:
-            outcomes = _elsewhere(todo, workers, executor, scheduler)
+            outcomes = _elsewhere(units, workers, executor, scheduler)
         for run, outcome in outcomes:
             summary = store.write_run(run, outcome)
             bar.advance(runs_task)
@@ -97,31 +96,30 @@ def _label(run: Run) -> str:
     return " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.params.items()) or run.run_id
 
 
-def _in_process(todo: list[Run], bar: Progress) -> Iterator[tuple[Run, Outcome]]:
-    for run in todo:
-        steps_task = bar.add_task(f"  {_label(run)}", total=total_steps(run.config, build_dataset(run.config.data)))
-        outcome = attempt(run.config, on_step=lambda s, t=steps_task: bar.update(t, completed=s))
-        bar.remove_task(steps_task)
-        yield run, outcome
+Unit = tuple[list[Run], bool]  # runs trained together, and whether as one stack
 
 
-def _stacked(todo: list[Run], bar: Progress) -> Iterator[tuple[Run, Outcome]]:
-    from normbench.stacked import stack_groups, stackable, train_stacked
+def _units(todo: list[Run], engine: str) -> list[Unit]:
+    if engine != "stacked":
+        return [([r], False) for r in todo]
+    from normbench.stacked import stack_groups, stackable
 
-    alone = [r for r in todo if not stackable(r.config)]
-    for group in stack_groups([r for r in todo if stackable(r.config)]):
-        task = bar.add_task(
-            f"  stack of {len(group)} runs", total=total_steps(group[0].config, build_dataset(group[0].config.data))
-        )
-        try:
-            outcomes: list[Outcome] = list(
-                train_stacked([r.config for r in group], on_step=lambda s, t=task: bar.update(t, completed=s))
-            )
-        except Exception as e:  # the whole stack failed: each of its runs is recorded as failed
-            outcomes = [RunFailure.from_exception(e)] * len(group)
-        bar.remove_task(task)
-        yield from zip(group, outcomes, strict=True)
-    yield from _in_process(alone, bar)
+    stacks = [(group, True) for group in stack_groups([r for r in todo if stackable(r.config)])]
+    return stacks + [([r], False) for r in todo if not stackable(r.config)]
+
+
+def train_unit(configs: list[dict], stacked: bool, on_step=None) -> list[Outcome]:
+    """Train one unit where it lands (this process, a local worker, a Dask worker); configs travel as JSON-able
+    data, failures come back as data. A stack that fails records the failure on each of its runs."""
+    cfgs = [RunConfig.model_validate(c) for c in configs]
+    if not stacked:
+        return [attempt(c, on_step) for c in cfgs]
+    from normbench.stacked import train_stacked
+
+    try:
+        return list(train_stacked(cfgs, on_step=on_step))
+    except Exception as e:
+        return [RunFailure.from_exception(e)] * len(cfgs)
 
 
 def attempt(cfg: RunConfig, on_step=None) -> Outcome:
@@ -133,12 +131,21 @@ def attempt(cfg: RunConfig, on_step=None) -> Outcome:
         return RunFailure.from_exception(e)
 
 
-def train_isolated(config: dict) -> Outcome:
-    """One run in a worker (a local process or a Dask worker): the config travels as plain JSON-able data."""
-    return attempt(RunConfig.model_validate(config))
+def _payload(unit: Unit) -> tuple[list[dict], bool]:
+    runs, stacked = unit
+    return [r.config.model_dump(mode="json") for r in runs], stacked
 
 
-def _elsewhere(todo: list[Run], workers: int, executor: str, scheduler: str | None) -> Iterator[tuple[Run, Outcome]]:
+def _in_process(units: list[Unit], bar: Progress) -> Iterator[tuple[Run, Outcome]]:
+    for runs, stacked in units:
+        label = f"stack of {len(runs)} runs" if stacked else _label(runs[0])
+        task = bar.add_task(f"  {label}", total=total_steps(runs[0].config, build_dataset(runs[0].config.data)))
+        outcomes = train_unit(*_payload((runs, stacked)), on_step=lambda s, t=task: bar.update(t, completed=s))
+        bar.remove_task(task)
+        yield from zip(runs, outcomes, strict=True)
+
+
+def _elsewhere(units: list[Unit], workers: int, executor: str, scheduler: str | None) -> Iterator[tuple[Run, Outcome]]:
     if executor == "dask":
         try:
             from dask.distributed import Client, as_completed
@@ -150,21 +157,19 @@ def _elsewhere(todo: list[Run], workers: int, executor: str, scheduler: str | No
             raise ConfigError(f"--scheduler {scheduler}: cannot reach a Dask scheduler ({e})") from None
         with client:
             futures = {
-                client.submit(
-                    train_isolated, r.config.model_dump(mode="json"), key=f"normbench-{r.run_id}", pure=False
-                ): r
-                for r in todo
+                client.submit(train_unit, *_payload(u), key=f"normbench-{u[0][0].run_id}", pure=False): u[0]
+                for u in units
             }
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                yield from zip(futures[future], future.result(), strict=True)
         return
     # 'spawn': a fresh interpreter per worker; forking a process whose OpenMP threads already ran can hang.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(train_isolated, r.config.model_dump(mode="json")): r for r in todo}
+        futures = {pool.submit(train_unit, *_payload(u)): u[0] for u in units}
         try:
             for future in concurrent.futures.as_completed(futures):
-                yield futures[future], future.result()
+                yield from zip(futures[future], future.result(), strict=True)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -77,3 +77,20 @@ def test_dry_run_lists_runs_and_writes_nothing(tmp_path, write_config, tiny_raw)
     assert result.exit_code == 0, result.output
     assert result.output.count("to train") == 8
     assert not (tmp_path / "o").exists()
+
+
+def test_stacks_sent_to_workers_match_stacks_in_process(tmp_path):
+    exp = experiment_from_dict(
+        {
+            "name": "stacks",
+            "seeds": [1, 2, 3],
+            "data": {"n": 100},
+            "model": {"depth": 3, "width": 8, "weight_init": {"name": "normal", "std": 0.3}},
+            "train": {"steps": 15},
+            "record": {"loss_every": 3, "hist_every": 5},
+            "grid": {"model.norm": ["none", "batch"]},
+        }
+    )
+    run_experiment(exp, tmp_path / "a", engine="stacked", console=quiet)
+    run_experiment(exp, tmp_path / "b", engine="stacked", workers=2, console=quiet)
+    same_results(tmp_path / "a" / "stacks", tmp_path / "b" / "stacks")

@@ -76,7 +76,7 @@ def test_what_cannot_stack_says_so():
     assert not any(stackable(r.config) for r in load_experiment("init_scale").runs)  # classification MLP
 
 
-def test_cli_stacked_engine_runs_and_falls_back(tmp_path):
+def test_cli_stacked_engine_runs(tmp_path):
     from typer.testing import CliRunner
 
     from normbench.cli import app
