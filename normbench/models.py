@@ -113,10 +113,13 @@ class Block(nn.Module):
         return self.pool(self.act(self.norm(h)) if self.norm_first else self.norm(self.act(h)))
 
 
+def _norm_opts(cfg: ModelConfig) -> dict:
+    return dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
+
+
 def _norm_factory(cfg: ModelConfig) -> Callable[[int], nn.Module]:
     norm_cls = NORMS.get(cfg.norm)
-    opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
-    return lambda width: norm_cls(width, groups=cfg.norm_groups, **opts)
+    return lambda width: norm_cls(width, groups=cfg.norm_groups, **_norm_opts(cfg))
 
 
 # Norms whose statistics are taken per sample over the features: over a single feature they erase the input.
@@ -133,9 +136,7 @@ def _input_norm(cfg: ModelConfig, features: int, values_per_sample: int) -> nn.M
             f"model.normalize_input: {cfg.norm} norm over a single input value per sample would turn every input "
             "into a constant; use norm batch here, or normalize_input false"
         )
-    norm_cls = NORMS.get(cfg.norm)
-    opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
-    return norm_cls(features, groups=math.gcd(cfg.norm_groups, features), **opts)
+    return NORMS.get(cfg.norm)(features, groups=math.gcd(cfg.norm_groups, features), **_norm_opts(cfg))
 
 
 def _use_bias(cfg: ModelConfig) -> bool:

@@ -11,6 +11,7 @@ diverged run is drawn up to its divergence step, marked with an x and labelled.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,8 @@ def _cost_figure(
                 wide = c.pivot_table(index="step", columns="run_id", values="loss", aggfunc="first", dropna=False)
                 vals = wide.to_numpy(dtype=float, copy=True)
                 vals[~np.isfinite(vals)] = np.nan  # a diverged seed leaves the aggregate at its divergence step
-                with np.errstate(all="ignore"), _quiet():
+                # numpy warns on all-NaN slices (steps after every seed diverged): expected here
+                with np.errstate(all="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
                     mean, lo, hi = np.nanmean(vals, 1), np.nanmin(vals, 1), np.nanmax(vals, 1)
                 steps = wide.index.to_numpy()
                 ok = np.isfinite(mean)
@@ -282,20 +284,6 @@ def _cost_figure(
 def _wide(values: list[float]) -> bool:
     pos = [v for v in values if v > 0 and math.isfinite(v)]
     return bool(pos) and max(pos) / min(pos) > 100
-
-
-class _quiet:
-    """numpy warns on all-NaN slices (the steps after every seed diverged); that is expected here."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
 
 
 # ---------------------------------------------------------------------------------------------------------------

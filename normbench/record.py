@@ -284,7 +284,3 @@ class Recorder:
         point_rows(self.cfg, step, found, weights, importance, self.rows)
         for p, g in saved_grads.items():
             p.grad = g
-
-    def last_loss(self, split: str = "train", mode: str = "train") -> float:
-        rows = [r for r in self.rows["curves"] if r["split"] == split and r["mode"] == mode]
-        return rows[-1]["loss"] if rows else float("nan")

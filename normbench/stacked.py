@@ -263,15 +263,15 @@ def _train_stacked(cfgs: list[RunConfig], on_step: Callable[[int], None] | None)
             record_layers(step, active)
         if step == steps or not active.any():
             break
-        if cursor >= end:  # a new epoch: each model its own order, from its own seeded generator
-            orders = [torch.randperm(n, generator=g) if cfg.data.shuffle else torch.arange(n) for g in gens]
-            cursor = 0
-        if size == n and not cfg.data.shuffle:
+        if size == n and not cfg.data.shuffle:  # the seed's full batch: the same data every step, no indexing
             xb, yb = expand(data.x_train), data.y_train.unsqueeze(0)
         else:
+            if cursor >= end:  # a new epoch: each model its own order, from its own seeded generator
+                orders = [torch.randperm(n, generator=g) if cfg.data.shuffle else torch.arange(n) for g in gens]
+                cursor = 0
             idx = torch.stack([o[cursor : cursor + size] for o in orders])  # (M, B)
             xb, yb = data.x_train[idx], data.y_train[idx]
-        cursor += size
+            cursor += size
         losses = _losses(net.forward(xb, "train", update=True), yb)  # (M,)
         bad = active & ~torch.isfinite(losses)
         if bad.any():  # these models diverge at this step: record them as the reference does, then freeze them
