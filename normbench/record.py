@@ -83,18 +83,27 @@ def histograms_stacked(values: torch.Tensor, lo: float, hi: float, bins: int) ->
     v = values.detach().reshape(values.shape[0], -1).to(torch.float64)  # (M, K)
     m, k = v.shape
     finite = torch.isfinite(v)
-    nan = torch.isnan(v).sum(1)
-    inside = finite & (v >= lo) & (v <= hi)
-    idx = ((torch.where(inside, v, lo) - lo) * (bins / (hi - lo))).floor().long().clamp_(0, bins - 1)
+    inside = (v >= lo) & (v <= hi)  # NaN compares false
+    # NaN and inf make garbage indices here, clamped into range; they are counted with weight 0 (not inside).
+    idx = ((v - lo) * (bins / (hi - lo))).floor_().long().clamp_(0, bins - 1)
     counts = torch.zeros(m, bins, dtype=torch.int64).scatter_add_(1, idx, inside.long())
-    n_fin = finite.sum(1)
-    zero = torch.zeros_like(v)
-    total = torch.where(finite, v, zero).sum(1)
-    mean = total / n_fin.clamp(min=1)
-    var = (torch.where(finite, v - mean[:, None], zero) ** 2).sum(1) / n_fin.clamp(min=1)
-    vmin = torch.where(finite, v, torch.full_like(v, float("inf"))).amin(1)
-    vmax = torch.where(finite, v, torch.full_like(v, float("-inf"))).amax(1)
-    below, above = (finite & (v < lo)).sum(1), (finite & (v > hi)).sum(1)
+    below, above = (v < lo).sum(1), (v > hi).sum(1)
+    if bool(finite.all()):  # the usual case, without the masks (a select over the whole tensor is slow on CPU)
+        nan = n_fin_inf = torch.zeros(m, dtype=torch.int64)
+        n_fin = torch.full((m,), k)
+        mean = v.mean(1)
+        var = (v - mean[:, None]).square_().mean(1)
+        vmin, vmax = v.amin(1), v.amax(1)
+    else:
+        nan = torch.isnan(v).sum(1)
+        n_fin = finite.sum(1)
+        n_fin_inf = k - n_fin - nan
+        below, above = below - (v == -torch.inf).sum(1), above - (v == torch.inf).sum(1)
+        zero = torch.zeros_like(v)
+        mean = torch.where(finite, v, zero).sum(1) / n_fin.clamp(min=1)
+        var = (torch.where(finite, v - mean[:, None], zero) ** 2).sum(1) / n_fin.clamp(min=1)
+        vmin = torch.where(finite, v, torch.full_like(v, float("inf"))).amin(1)
+        vmax = torch.where(finite, v, torch.full_like(v, float("-inf"))).amax(1)
     out = []
     for j in range(m):
         has = bool(n_fin[j] > 0)
@@ -106,7 +115,7 @@ def histograms_stacked(values: torch.Tensor, lo: float, hi: float, bins: int) ->
                 below=int(below[j]),
                 above=int(above[j]),
                 nan=int(nan[j]),
-                inf=int(k - n_fin[j] - nan[j]),
+                inf=int(n_fin_inf[j]),
                 n=k,
                 mean=float(mean[j]) if has else float("nan"),
                 std=float(var[j].sqrt()) if has else float("nan"),

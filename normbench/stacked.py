@@ -1,20 +1,29 @@
-"""The stacked engine: many MLP runs of one structure trained as one computation.
+"""The stacked engine: many MLP runs of one structure trained as one computation, its backward written out.
 
-    groups = stack_groups(runs)                 # runs that share a structure, each group a list of Run
-    results = train_stacked(group_configs)      # one RunResult per config, as train_run would give
+    groups = stack_groups(runs)                     # runs that share a structure, in stacks
+    results = train_stacked(group_configs)          # one RunResult per config, as train_run would give
+    results = train_stacked(cfgs, compile=True)     # the training step through torch.compile (fused loops)
 
 Runs stack when they share the model shape, norm, activation, optimizer kind, batch size, data and recording;
-seeds (init and batch order), learning rates, init scales and bias inits may differ inside a stack. Parameters
-carry a leading model axis M: a hidden layer's weight is (M, in, out) and x is (M, N, in), so one batched matmul
-(`torch.baddbmm`) does every model's layer at once. The per-model losses are summed, not averaged, so each model
-gets exactly the gradient it would get alone; the optimizers are written out elementwise with a per-model lr.
-Each model is initialized by the reference code (same seed, same draws), so a stacked run reproduces its
-per-run twin up to float32 rounding (tests/test_stacked.py). Recording runs on the stacked tensors: losses of
-every model in one pass, histograms of all models at once (histograms_stacked: bucket arithmetic and
-scatter_add), unit metrics per model slice with the reference functions.
+seeds (initialization and batch order), learning rates, init scales and bias inits may differ inside a stack.
 
-Supported: model mlp on the quadratic data, norm none or batch, optimizers sgd, momentum, nesterov, adam;
-anything else falls back to the per-run engine (`stackable`).
+Layout. Model j's parameters are row j of one (M, P) matrix, `theta`; its views give a layer's weight as
+(M, out, in), like nn.Linear's. Activations are (M, C, N): channels by samples, samples last. A layer of every
+model is then one batched matmul W @ h, batch norm reduces over the contiguous last axis, and the optimizer is a
+few ops over the whole matrix. (A first version kept activations (M, N, C) and ran PyTorch's batch norm over M*C
+channels through autograd; it spent most of its time copying transposed tensors: docs/benchmarks.md.)
+
+Why the backward is written out: autograd records and replays some twenty small ops per layer, and at these
+sizes the cost per op dominates; a pure function from (parameters, data) to (losses, gradients) is also what
+torch.compile fuses best. Every derivative is checked against autograd of the reference model in float64
+(tests/test_stacked.py).
+
+Each model is initialized by the reference code (same seed, same draws) and copied in, so a stacked run
+reproduces its per-run twin up to float32 rounding. Each model's loss and gradient are its own (nothing is
+averaged across the stack). A model whose loss turns non-finite is recorded as diverged and frozen.
+
+Supported: model mlp (regression or classification), norm none or batch, every activation, placement before
+or after, optimizers sgd, momentum, nesterov, adam. Anything else uses the per-run engine (`stackable`).
 """
 
 from __future__ import annotations
@@ -22,29 +31,28 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normbench.config import Run, RunConfig
 from normbench.data import build_dataset
-from normbench.models import ACTIVATIONS, build_model
-from normbench.record import IMPORTANCE, accuracy, hist_range, histograms_stacked, point_rows
+from normbench.models import ACTIVATIONS, Activation, build_model
+from normbench.record import IMPORTANCE, hist_range, histograms_stacked, point_rows
 from normbench.train import RunResult, single_thread, total_steps
 
 STACKABLE_NORMS = ("none", "batch")
 STACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 
+Tensors = dict[str, torch.Tensor]
+Shapes = tuple[tuple[str, tuple[int, ...]], ...]
+
 
 def stackable(cfg: RunConfig) -> bool:
-    return (
-        cfg.model.name == "mlp"
-        and cfg.data.name == "quadratic"  # regression only, for now
-        and cfg.model.norm in STACKABLE_NORMS
-        and cfg.train.optimizer in STACKABLE_OPTIMIZERS
-    )
+    return cfg.model.name == "mlp" and cfg.model.norm in STACKABLE_NORMS and cfg.train.optimizer in STACKABLE_OPTIMIZERS
 
 
 def structure_key(cfg: RunConfig) -> str:
@@ -58,239 +66,409 @@ def structure_key(cfg: RunConfig) -> str:
 
 
 def stack_groups(runs: list[Run], max_models: int = 16) -> list[list[Run]]:
-    """Runs grouped by structure, in stacks of at most `max_models`: on this 2-core CPU a stack of 16 seed-sized
-    MLPs was fastest per model (measured 647 model-steps/s at 16, 618 at 8, 593 at 32, 415 at 64: larger stacks
-    fall out of the cache, these steps being bound by memory, not arithmetic)."""
+    """Runs grouped by structure, in stacks of at most `max_models`. Larger stacks of the seed's MLP were slower
+    per model on this 2-core CPU: their (M, 30, 500) activations fall out of the 1 MB cache of a core."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         groups[structure_key(run.config)].append(run)
     return [g[i : i + max_models] for g in groups.values() for i in range(0, len(g), max_models)]
 
 
-class StackedMLP:
-    """M MLPs as stacked tensors, copied from M reference models (so initialization is identical)."""
+# ---------------------------------------------------------------------------------------------------------------
+# The structure of a stack, and its parameters as one matrix
 
-    def __init__(self, models: list[nn.Module], cfg: RunConfig):
-        self.cfg, self.m = cfg, len(models)
-        self.depth = cfg.model.depth
-        self.act = ACTIVATIONS.get(cfg.model.activation).make()
-        self.norm_first = cfg.model.placement == "before"
-        self.params: dict[str, torch.Tensor] = {}
-        self.buffers: dict[str, torch.Tensor] = {}
 
-        def stack(get: Callable[[nn.Module], torch.Tensor | None], name: str, store: dict) -> None:
-            values = [get(m) for m in models]
-            if values[0] is not None:
-                store[name] = torch.stack([v.detach().clone() for v in values]).requires_grad_(store is self.params)
+@dataclass(frozen=True)
+class Spec:
+    """What every model of a stack shares, read from one reference model."""
 
-        for i in range(1, self.depth + 1):
-            stack(lambda m, i=i: getattr(m, f"layer{i}").fc.weight.T, f"w{i}", self.params)  # (M, in, out)
-            stack(lambda m, i=i: _row(getattr(m, f"layer{i}").fc.bias), f"b{i}", self.params)  # (M, 1, out)
-        stack(lambda m: m.head.weight.T, "w_head", self.params)
-        stack(lambda m: _row(m.head.bias), "b_head", self.params)
-        self.norm_layers = [
-            i for i in range(self.depth + 1) if hasattr(getattr(models[0], f"layer{i}").norm, "running_mean")
-        ]
-        for i in self.norm_layers:
-            stack(lambda m, i=i: _row(getattr(m, f"layer{i}").norm.weight), f"gamma{i}", self.params)
-            stack(lambda m, i=i: _row(getattr(m, f"layer{i}").norm.bias), f"beta{i}", self.params)
-            stack(lambda m, i=i: getattr(m, f"layer{i}").norm.running_mean, f"mean{i}", self.buffers)
-            stack(lambda m, i=i: getattr(m, f"layer{i}").norm.running_var, f"var{i}", self.buffers)
-        mc = cfg.model
-        self.eps, self.momentum = mc.norm_eps, mc.norm_momentum
+    depth: int
+    act: Activation
+    act_fn: nn.Module
+    norm_layers: tuple[int, ...]  # layers with batch norm; 0 is the input
+    affine: bool
+    norm_first: bool  # placement 'before': fc -> norm -> act
+    eps: float
+    momentum: float
+    classification: bool
+    shapes: Shapes  # one model's parameters, in the order of a row of theta
+    stat_shapes: Shapes  # its running statistics (mean{i}, var{i}), in the order of a row of the stats matrix
 
-    def _norm(self, i: int, h: torch.Tensor, mode: str, update: bool) -> torch.Tensor:
-        """Batch norm of h (M, N, C) per model over N. It is PyTorch's batch norm over M*C channels: the same
-        kernel as the reference engine, forward and backward, so the two engines round alike."""
-        if i not in self.norm_layers:
-            return h
-        m, n, c = h.shape
-        flat = h.transpose(0, 1).reshape(n, m * c)  # (N, M*C)
-        track = mode == "eval" or update
-        gamma, beta = self.params.get(f"gamma{i}"), self.params.get(f"beta{i}")
-        out = F.batch_norm(
-            flat,
-            self.buffers[f"mean{i}"].view(-1) if track else None,
-            self.buffers[f"var{i}"].view(-1) if track else None,
-            gamma.reshape(-1) if gamma is not None else None,
-            beta.reshape(-1) if beta is not None else None,
-            training=mode == "train",
-            momentum=self.momentum,
-            eps=self.eps,
-        )
-        return out.reshape(n, m, c).transpose(0, 1)
+    def views(self, flat: torch.Tensor, shapes: Shapes | None = None) -> Tensors:
+        """Named views into an (M, P) matrix of parameters or gradients (or of statistics): no copies."""
+        out, at = {}, 0
+        for name, shape in self.shapes if shapes is None else shapes:
+            size = _numel(shape)
+            out[name] = flat[:, at : at + size].view(flat.shape[0], *shape)
+            at += size
+        return out
 
-    def forward(
-        self, x: torch.Tensor, mode: str = "train", update: bool = True, found: dict | None = None
-    ) -> torch.Tensor:
-        """x (M, N, F) -> (M, N, T). `found`, if given, collects every recorded point as (M, N, C) tensors."""
-        p = self.params
-        h = x
-        post = self._norm(0, h, mode, update)
+    def flatten(self, tensors: Tensors, shapes: Shapes | None = None) -> torch.Tensor:
+        """The inverse of views: the (M, P) matrix from named (M, ...) tensors."""
+        m = max(t.shape[0] for t in tensors.values())
+        order = self.shapes if shapes is None else shapes
+        return torch.cat([tensors[name].expand(m, *shape).reshape(m, -1) for name, shape in order], dim=1)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    size = 1
+    for s in shape:
+        size *= s
+    return size
+
+
+def reference_tensors(model: nn.Module) -> tuple[Tensors, Tensors]:
+    """A reference MLP's parameters in the stacked names and shapes (biases and norm scales as (C, 1) columns),
+    and its norms' running statistics."""
+    params: Tensors = {}
+    stats: Tensors = {}
+    for i in range(model.depth + 1):
+        block = getattr(model, f"layer{i}")
+        if i > 0:
+            params[f"w{i}"] = block.fc.weight
+            if block.fc.bias is not None:
+                params[f"b{i}"] = block.fc.bias[:, None]
+        if getattr(block.norm, "running_mean", None) is not None:
+            stats[f"mean{i}"], stats[f"var{i}"] = block.norm.running_mean[:, None], block.norm.running_var[:, None]
+            if block.norm.weight is not None:
+                params[f"gamma{i}"], params[f"beta{i}"] = block.norm.weight[:, None], block.norm.bias[:, None]
+    params["w_head"], params["b_head"] = model.head.weight, model.head.bias[:, None]
+    return params, stats
+
+
+def make_spec(model: nn.Module, cfg: RunConfig, classification: bool) -> Spec:
+    params, stats = reference_tensors(model)
+    mc = cfg.model
+    return Spec(
+        depth=model.depth,
+        act=ACTIVATIONS.get(mc.activation),
+        act_fn=ACTIVATIONS.get(mc.activation).make(),
+        norm_layers=tuple(i for i in range(model.depth + 1) if f"mean{i}" in stats),
+        affine=mc.norm_affine,
+        norm_first=mc.placement == "before",
+        eps=mc.norm_eps,
+        momentum=mc.norm_momentum,
+        classification=classification,
+        shapes=tuple((name, tuple(t.shape)) for name, t in params.items()),
+        stat_shapes=tuple((name, tuple(t.shape)) for name, t in stats.items()),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward and backward of M models at once. x is (1 or M, F, N); every activation (M, C, N).
+
+
+def _norm_forward(spec: Spec, p: Tensors, i: int, z: torch.Tensor, mode: str, stats: Tensors | None):
+    """Batch norm of layer i over the samples (last axis). Returns the output, what the backward needs, and the
+    batch's (mean, biased variance) in mode 'train'."""
+    if i not in spec.norm_layers:
+        return z, None, None
+    if mode == "train":
+        mean = z.mean(2, keepdim=True)
+        d = z - mean
+        var = (d * d).mean(2, keepdim=True)
+        rstd = torch.rsqrt(var + spec.eps)
+        xhat, batch = d * rstd, (mean, var)
+    else:
+        rstd = torch.rsqrt(stats[f"var{i}"] + spec.eps)
+        xhat, batch = (z - stats[f"mean{i}"]) * rstd, None
+    u = xhat * p[f"gamma{i}"] + p[f"beta{i}"] if spec.affine else xhat
+    return u, (xhat, rstd), batch
+
+
+def _norm_backward(spec: Spec, p: Tensors, i: int, du: torch.Tensor, saved, mode: str, grads: Tensors):
+    """d(loss)/d(norm input) from d(loss)/d(norm output); the scale and shift gradients go into `grads`."""
+    if i not in spec.norm_layers:
+        return du
+    xhat, rstd = saved
+    du_xhat = (du * xhat).sum(2, keepdim=True)
+    du_sum = du.sum(2, keepdim=True)
+    if spec.affine:
+        grads[f"gamma{i}"], grads[f"beta{i}"] = du_xhat, du_sum
+    k = p[f"gamma{i}"] * rstd if spec.affine else rstd
+    if mode == "eval":  # running statistics: an affine map per channel
+        return du * k
+    n = du.shape[2]
+    # The batch statistics depend on every sample: dz = gamma * rstd * (du - mean(du) - xhat * mean(du * xhat)).
+    return (du - du_sum / n - xhat * (du_xhat / n)) * k
+
+
+def forward(spec: Spec, p: Tensors, x: torch.Tensor, mode: str, stats: Tensors | None = None, found=None):
+    """Outputs (M, T, N), the tape for `backward`, and each norm layer's batch statistics (mode 'train').
+    `found`, if given, collects every recorded point {(layer, point): (M, C, N)}."""
+    tape, batch = [], {}
+    u, saved, batch[0] = _norm_forward(spec, p, 0, x, mode, stats)
+    tape.append((None, saved, None, None))
+    if found is not None:
+        m = p["w_head"].shape[0]
+        found.update({(0, "pre_norm"): x.expand(m, -1, -1), (0, "post_norm"): u.expand(m, -1, -1)})
+        found[(0, "post_act")] = found[(0, "post_norm")]
+    h = u
+    for i in range(1, spec.depth + 1):
+        z = torch.matmul(p[f"w{i}"], h)
+        if f"b{i}" in p:
+            z = z + p[f"b{i}"]
+        if spec.norm_first:
+            u, saved, batch[i] = _norm_forward(spec, p, i, z, mode, stats)
+            a = spec.act_fn(u)
+            tape.append((h, saved, u, a))
+            pre, h = z, a
+        else:
+            a = spec.act_fn(z)
+            u, saved, batch[i] = _norm_forward(spec, p, i, a, mode, stats)
+            tape.append((h, saved, z, a))
+            pre, h = a, u
         if found is not None:
-            found.update({(0, "pre_norm"): h, (0, "post_norm"): post, (0, "post_act"): post})
-        h = post
-        for i in range(1, self.depth + 1):
-            z = torch.bmm(h, p[f"w{i}"]) if f"b{i}" not in p else torch.baddbmm(p[f"b{i}"], h, p[f"w{i}"])
-            if self.norm_first:
-                pre, post = z, self._norm(i, z, mode, update)
-                h = act = self.act(post)
-            else:
-                act = self.act(z)
-                pre, post = act, self._norm(i, act, mode, update)
-                h = post
-            if found is not None:
-                found.update({(i, "pre_norm"): pre, (i, "post_norm"): post, (i, "post_act"): act})
-        return torch.baddbmm(p["b_head"], h, p["w_head"]) if "b_head" in p else torch.bmm(h, p["w_head"])
+            found.update({(i, "pre_norm"): pre, (i, "post_norm"): u, (i, "post_act"): a})
+    tape.append((h, None, None, None))
+    out = torch.matmul(p["w_head"], h) + p["b_head"]
+    return out, tape, {i: b for i, b in batch.items() if b is not None}
 
 
-def _row(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.unsqueeze(0)  # (C,) -> (1, C): broadcasts over the N samples of one model
+def backward(spec: Spec, p: Tensors, tape: list, dout: torch.Tensor, mode: str) -> Tensors:
+    """Gradients of every model's own loss w.r.t. its parameters, from dout = d(loss)/d(outputs)."""
+    grads: Tensors = {}
+    h = tape[-1][0]
+    grads["w_head"] = torch.matmul(dout, h.transpose(1, 2))
+    grads["b_head"] = dout.sum(2, keepdim=True)
+    dh = torch.matmul(p["w_head"].transpose(1, 2), dout)
+    for i in range(spec.depth, 0, -1):
+        h_in, saved, act_in, a = tape[i]
+        if spec.norm_first:  # dh is d(loss)/d(act output)
+            dz = _norm_backward(spec, p, i, spec.act.grad(dh, act_in, a), saved, mode, grads)
+        else:  # dh is d(loss)/d(norm output)
+            dz = spec.act.grad(_norm_backward(spec, p, i, dh, saved, mode, grads), act_in, a)
+        grads[f"w{i}"] = torch.matmul(dz, h_in.transpose(1, 2))
+        if f"b{i}" in p:
+            grads[f"b{i}"] = dz.sum(2, keepdim=True)
+        if i > 1 or "gamma0" in p:
+            dh = torch.matmul(p[f"w{i}"].transpose(1, 2), dz)
+    if "gamma0" in p:
+        _norm_backward(spec, p, 0, dh, tape[0][1], mode, grads)
+    return grads
 
 
-def _losses(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-model loss (M,) for regression targets y (N, T): the reference loss_fn, batched."""
-    return (pred - y).square().sum(-1).mean(-1)
+def losses(spec: Spec, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each model's loss (M,) as the reference loss_fn computes it, and d(loss)/d(out).
+    Regression: y (1 or M, T, N), loss = mean over samples of the squared error summed over outputs.
+    Classification: y (1 or M, N) class indices, loss = mean cross-entropy."""
+    n = out.shape[2]
+    if spec.classification:
+        logp = out.log_softmax(1)
+        target = y.expand(out.shape[0], -1)[:, None, :]
+        loss = -logp.gather(1, target).mean((1, 2))
+        dout = logp.exp().scatter_add(1, target, torch.full_like(target, -1, dtype=out.dtype)) / n
+        return loss, dout
+    diff = out - y
+    return diff.square().sum(1).mean(1), diff * (2 / n)
 
 
-class _Optimizer:
-    """SGD / momentum / nesterov / Adam as PyTorch writes them, elementwise, with a per-model lr (M, 1, 1)."""
+def accuracies(spec: Spec, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if not spec.classification:
+        return torch.full((out.shape[0],), float("nan"), dtype=torch.float64)
+    return (out.argmax(1) == y).double().mean(1).cpu()
 
-    def __init__(self, params: dict[str, torch.Tensor], cfgs: list[RunConfig]):
+
+def train_grads(spec: Spec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+    """One training step's pure part: losses (M,), accuracies (M,), the gradient (M, P), and the batch statistics
+    in the layout of the running ones (M, S), the variance unbiased as PyTorch's running update takes it."""
+    p = spec.views(theta)
+    out, tape, batch = forward(spec, p, x, "train")
+    loss, dout = losses(spec, out, y)
+    correct = (out.argmax(1) == y).float().mean(1) if spec.classification else loss * float("nan")
+    n = x.shape[2]
+    stats = {}
+    for i, (mean, var) in batch.items():
+        stats[f"mean{i}"], stats[f"var{i}"] = mean, var * (n / max(n - 1, 1))
+    batch_stats = spec.flatten(stats, spec.stat_shapes) if stats else theta[:, :0]
+    return loss, correct, spec.flatten(backward(spec, p, tape, dout, "train")), batch_stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The optimizers, over the whole (M, P) matrix with a learning rate per model
+
+
+class FlatOptimizer:
+    """SGD / momentum / nesterov / Adam as torch.optim writes them, one op per update term for every parameter of
+    every model; a model that is not active (diverged) keeps its parameters."""
+
+    def __init__(self, cfgs: list[RunConfig], device: torch.device):
         t = cfgs[0].train
         self.kind, self.mu, self.wd, self.betas = t.optimizer, t.momentum, t.weight_decay, t.betas
-        self.lr = torch.tensor([c.train.effective_lr() for c in cfgs]).view(-1, 1, 1)
-        self.state: dict[str, dict[str, torch.Tensor]] = {k: {} for k in params}
+        self.lr = torch.tensor([c.train.effective_lr() for c in cfgs], device=device).view(-1, 1)
+        self.state: Tensors = {}
         self.t = 0
 
     @torch.no_grad()
-    def step(self, params: dict[str, torch.Tensor], active: torch.Tensor) -> None:
+    def step(self, theta: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> None:
         self.t += 1
-        for name, p in params.items():
-            g = p.grad
-            if g is None:
-                continue
-            if self.wd:
-                g = g.add(p, alpha=self.wd)
-            lr = self.lr.view(-1, *([1] * (p.dim() - 1)))
-            s = self.state[name]
-            if self.kind == "sgd":
-                update = lr * g
-            elif self.kind in ("momentum", "nesterov"):
-                buf = s["buf"] = g.clone() if "buf" not in s else s["buf"].mul_(self.mu).add_(g)
-                update = lr * (g.add(buf, alpha=self.mu) if self.kind == "nesterov" else buf)
-            else:  # adam
-                b1, b2 = self.betas
-                m = s["m"] = torch.zeros_like(p) if "m" not in s else s["m"]
-                v = s["v"] = torch.zeros_like(p) if "v" not in s else s["v"]
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
-                update = lr / bc1 * m / (v.sqrt() / bc2**0.5 + 1e-8)
-            keep = active.view(-1, *([1] * (p.dim() - 1)))
-            p.copy_(torch.where(keep, p - update, p))  # a diverged model stays frozen, its NaN kept out
-            p.grad = None
+        g = grad.add(theta, alpha=self.wd) if self.wd else grad
+        s = self.state
+        if self.kind == "sgd":
+            update = self.lr * g
+        elif self.kind in ("momentum", "nesterov"):
+            buf = s["buf"] = g.clone() if "buf" not in s else s["buf"].mul_(self.mu).add_(g)
+            update = self.lr * (g.add(buf, alpha=self.mu) if self.kind == "nesterov" else buf)
+        else:  # adam
+            b1, b2 = self.betas
+            m = s.setdefault("m", torch.zeros_like(theta)).lerp_(g, 1 - b1)
+            v = s.setdefault("v", torch.zeros_like(theta)).mul_(b2).addcmul_(g, g, value=1 - b2)
+            bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+            update = (self.lr / bc1) * m / (v.sqrt() / bc2**0.5 + 1e-8)
+        theta.sub_(update.masked_fill_(~active[:, None], 0.0))  # a diverged model's NaN update is kept out
 
 
-def train_stacked(cfgs: list[RunConfig], on_step: Callable[[int], None] | None = None) -> list[RunResult]:
+# ---------------------------------------------------------------------------------------------------------------
+# Training a stack, recording as the reference does
+
+
+def train_stacked(
+    cfgs: list[RunConfig],
+    on_step: Callable[[int], None] | None = None,
+    *,
+    compile: bool = False,
+    device: str | torch.device = "cpu",
+) -> list[RunResult]:
     with single_thread():
-        return _train_stacked(cfgs, on_step)
+        return StackedTraining(cfgs, torch.device(device), compile).run(on_step)
 
 
-def _train_stacked(cfgs: list[RunConfig], on_step: Callable[[int], None] | None) -> list[RunResult]:
-    t0 = time.perf_counter()
-    cfg = cfgs[0]
-    data = build_dataset(cfg.data)
-    if data.task != "regression":
-        raise ValueError("the stacked engine trains regression MLPs only")
-    models = []
-    for c in cfgs:  # the reference initialization, model by model
-        torch.manual_seed(c.seed)
-        models.append(build_model(c.model, data.input_shape, data.out_features))
-    net = StackedMLP(models, cfg)
-    opt = _Optimizer(net.params, cfgs)
-    m, rc, steps = len(cfgs), cfg.record, total_steps(cfg, data)
-    batch_size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
-    n = len(data.x_train)
-    size = n if batch_size is None else min(batch_size, n)
-    gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
-    orders: list[torch.Tensor] = []
-    cursor = n  # position in the current epoch; n forces a new epoch
-    end = n - 1 if n % size == 1 and size > 1 else n  # the reference drops a last batch of one sample
+class StackedTraining:
+    def __init__(self, cfgs: list[RunConfig], device: torch.device, compile: bool):
+        self.t0 = time.perf_counter()
+        self.cfgs, self.device, cfg = cfgs, device, cfgs[0]
+        self.data = data = build_dataset(cfg.data)
+        models = []
+        for c in cfgs:  # the reference initialization, model by model
+            torch.manual_seed(c.seed)
+            models.append(build_model(c.model, data.input_shape, data.out_features))
+        self.spec = spec = make_spec(models[0], cfg, data.task == "classification")
+        tensors = [reference_tensors(m) for m in models]
+        self.theta = torch.stack([spec.flatten({k: v[None] for k, v in p.items()})[0] for p, _ in tensors])
+        self.theta = self.theta.detach().to(device)
+        self.stats_flat = self.theta[:, :0]  # (M, 0) without batch norm
+        if spec.stat_shapes:
+            stats = [spec.flatten({k: v[None] for k, v in s.items()}, spec.stat_shapes)[0] for _, s in tensors]
+            self.stats_flat = torch.stack(stats).detach().to(device)
+        self.stats = spec.views(self.stats_flat, spec.stat_shapes)
+        self.opt = FlatOptimizer(cfgs, device)
+        step_fn = lambda theta, x, y: train_grads(spec, theta, x, y)  # noqa: E731
+        self.step_fn = torch.compile(step_fn, dynamic=False) if compile else step_fn
+        self.m = len(cfgs)
+        self.rows: list[dict[str, list[dict[str, Any]]]] = [defaultdict(list) for _ in cfgs]
+        names = ["train"] + (["test"] if data.x_test is not None else [])
+        self.splits = {name: self._columns(*data.split(name)) for name in names}
 
-    rows = [defaultdict(list) for _ in range(m)]
-    active = torch.ones(m, dtype=torch.bool)
-    diverged: list[int | None] = [None] * m
-    splits = ["train"] + (["test"] if data.x_test is not None else [])
+    def _columns(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples as the last axis: x (N, ...) -> (1, F, N); y (N, T) -> (1, T, N), or (N,) -> (1, N)."""
+        x = x.reshape(len(x), -1).T[None].contiguous()
+        y = y.T[None].contiguous() if y.dim() == 2 else y[None]
+        return x.to(self.device), y.to(self.device)
 
-    def expand(t: torch.Tensor) -> torch.Tensor:
-        return t.unsqueeze(0).expand(m, *t.shape)
+    def _batches(self):
+        """(x, y) of every step, as the reference's data.batches gives them, each model its own order."""
+        cfg, data = self.cfgs[0], self.data
+        n = len(data.x_train)
+        size = n if cfg.train.batch_size == "full" else min(cfg.train.batch_size, n)
+        if size == n and not cfg.data.shuffle:  # the seed's full batch: the same data every step
+            while True:
+                yield self.splits["train"]
+        x, y = data.x_train.reshape(n, -1).to(self.device), data.y_train.to(self.device)
+        gens = [torch.Generator().manual_seed(c.seed) for c in self.cfgs]
+        end = n - 1 if n % size == 1 and size > 1 else n  # the reference drops a last batch of one sample
+        while True:
+            orders = [torch.randperm(n, generator=g) if cfg.data.shuffle else torch.arange(n) for g in gens]
+            for at in range(0, end, size):
+                idx = torch.stack([o[at : at + size] for o in orders]).to(self.device)  # (M, B)
+                yb = y[idx]
+                yield x[idx].transpose(1, 2).contiguous(), yb.transpose(1, 2).contiguous() if yb.dim() == 3 else yb
 
-    def record_losses(step: int, which: torch.Tensor) -> None:
+    def run(self, on_step: Callable[[int], None] | None) -> list[RunResult]:
+        cfg, rc = self.cfgs[0], self.cfgs[0].record
+        steps = total_steps(cfg, self.data)
+        full_batch = cfg.train.batch_size == "full" and not cfg.data.shuffle
+        active = torch.ones(self.m, dtype=torch.bool, device=self.device)
+        diverged: list[int | None] = [None] * self.m
+        stream = self._batches()
+        step = 0
+        for step in range(steps + 1):
+            at_loss = step % rc.loss_every == 0 or step == steps
+            at_layers = step % rc.hist_every == 0 or step == steps
+            if step == steps:
+                self.record_losses(step, active)
+                self.record_layers(step, active)
+                break
+            xb, yb = next(stream)
+            loss, correct, grad, batch = self.step_fn(self.theta, xb, yb)  # pure: nothing has changed yet
+            # The train split's loss in train mode at this step is this very loss when the batch is the data.
+            if at_loss:
+                self.record_losses(step, active, (loss, correct) if full_batch else None)
+            if at_layers:
+                self.record_layers(step, active)
+            # PyTorch's running update: running = (1 - momentum) * running + momentum * batch.
+            self.stats_flat.lerp_(batch, self.spec.momentum)
+            bad = active & ~torch.isfinite(loss)
+            if bad.any():  # these models diverge at this step: recorded as the reference does, then frozen
+                for j in bad.nonzero().flatten().tolist():
+                    diverged[j] = step
+                if not at_loss:
+                    self.record_losses(step, bad)
+                if not at_layers:
+                    self.record_layers(step, bad)
+                active &= ~bad
+                if not active.any():
+                    break
+            self.opt.step(self.theta, grad, active)
+            if on_step is not None:
+                on_step(step + 1)
+
+        wall = (time.perf_counter() - self.t0) / self.m
+        results = []
+        for j in range(self.m):
+            tables = {name: pd.DataFrame(r) for name, r in self.rows[j].items()}
+            status, done = ("diverged", diverged[j]) if diverged[j] is not None else ("ok", step)
+            results.append(RunResult(status, diverged[j], done, wall, tables))
+        return results
+
+    def record_losses(self, step: int, which: torch.Tensor, train_loss=None) -> None:
+        p = self.spec.views(self.theta)
+        chosen = which.nonzero().flatten().tolist()
         with torch.no_grad():
-            for split in splits:
-                x, y = data.split(split)
+            for split, (x, y) in self.splits.items():
                 for mode in ("train", "eval"):
-                    pred = net.forward(expand(x), mode, update=False)
-                    losses = _losses(pred, y).tolist()
-                    for j in which.nonzero().flatten().tolist():
-                        acc = accuracy(pred[j], y)
-                        rows[j]["curves"].append(
-                            {"step": step, "split": split, "mode": mode, "loss": losses[j], "accuracy": acc}
+                    if train_loss is not None and (split, mode) == ("train", "train"):
+                        loss, acc = train_loss
+                        acc = acc.double().cpu()
+                    else:
+                        out = forward(self.spec, p, x, mode, self.stats)[0]
+                        loss, acc = losses(self.spec, out, y)[0], accuracies(self.spec, out, y)
+                    loss = loss.tolist()
+                    for j in chosen:
+                        self.rows[j]["curves"].append(
+                            {"step": step, "split": split, "mode": mode, "loss": loss[j], "accuracy": float(acc[j])}
                         )
 
-    def record_layers(step: int, which: torch.Tensor) -> None:
-        if not which.any():
-            return
-        x, y = data.split(rc.eval_split)
-        found: dict[tuple[int, str], torch.Tensor] = {}
-        pred = net.forward(expand(x), rc.eval_mode, update=False, found=found)
-        weights = [net.params[f"w{i}"] for i in range(1, net.depth + 1)]
-        grads = torch.autograd.grad(_losses(pred, y).sum(), weights)
-        nan_imp = {i: dict.fromkeys(IMPORTANCE, float("nan")) for i in range(1, net.depth + 1)}
+    def record_layers(self, step: int, which: torch.Tensor) -> None:
+        """Histograms of every point (all models at once) and the layers rows, from one forward and backward on
+        the evaluation set, as the reference Recorder.layers."""
         chosen = which.nonzero().flatten().tolist()
-        hists = {key: histograms_stacked(v[chosen], *hist_range(rc, *key), rc.bins) for key, v in found.items()}
+        if not chosen:
+            return
+        rc = self.cfgs[0].record
+        x, y = self.splits[rc.eval_split]
+        p = self.spec.views(self.theta)
+        found: dict[tuple[int, str], torch.Tensor] = {}
+        with torch.no_grad():
+            out, tape, _ = forward(self.spec, p, x, rc.eval_mode, self.stats, found)
+            grads = backward(self.spec, p, tape, losses(self.spec, out, y)[1], rc.eval_mode)
+        idx = torch.tensor(chosen, device=self.device)
+        hists = {
+            key: histograms_stacked(v.index_select(0, idx).cpu(), *hist_range(rc, *key), rc.bins)
+            for key, v in found.items()
+        }
+        nan_imp = {i: dict.fromkeys(IMPORTANCE, float("nan")) for i in range(1, self.spec.depth + 1)}
         for pos, j in enumerate(chosen):
-            per_model = {k: v[j].detach() for k, v in found.items()}
-            w = {i: (weights[i - 1][j].detach().T, grads[i - 1][j].T) for i in range(1, net.depth + 1)}
-            point_rows(cfgs[j], step, per_model, w, nan_imp, rows[j], {k: h[pos] for k, h in hists.items()})
-
-    step = 0
-    for step in range(steps + 1):
-        if step % rc.loss_every == 0 or step == steps:
-            record_losses(step, active)
-        if step % rc.hist_every == 0 or step == steps:
-            record_layers(step, active)
-        if step == steps or not active.any():
-            break
-        if size == n and not cfg.data.shuffle:  # the seed's full batch: the same data every step, no indexing
-            xb, yb = expand(data.x_train), data.y_train.unsqueeze(0)
-        else:
-            if cursor >= end:  # a new epoch: each model its own order, from its own seeded generator
-                orders = [torch.randperm(n, generator=g) if cfg.data.shuffle else torch.arange(n) for g in gens]
-                cursor = 0
-            idx = torch.stack([o[cursor : cursor + size] for o in orders])  # (M, B)
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            cursor += size
-        losses = _losses(net.forward(xb, "train", update=True), yb)  # (M,)
-        bad = active & ~torch.isfinite(losses)
-        if bad.any():  # these models diverge at this step: record them as the reference does, then freeze them
-            for j in bad.nonzero().flatten().tolist():
-                diverged[j] = step
-            if step % rc.loss_every:  # not recorded at the top of this step yet
-                record_losses(step, bad)
-            if step % rc.hist_every:
-                record_layers(step, bad)
-            active &= ~bad
-        losses.where(active, torch.zeros_like(losses)).sum().backward()
-        opt.step(net.params, active)
-        if on_step is not None:
-            on_step(step + 1)
-
-    wall = (time.perf_counter() - t0) / m
-    results = []
-    for j in range(m):
-        tables = {name: pd.DataFrame(r) for name, r in rows[j].items()}
-        status = "diverged" if diverged[j] is not None else "ok"
-        results.append(RunResult(status, diverged[j], diverged[j] if diverged[j] is not None else step, wall, tables))
-    return results
+            per_model = {k: v[j].T for k, v in found.items()}  # (N, C), as the reference's capture gives them
+            w = {i: (p[f"w{i}"][j], grads[f"w{i}"][j]) for i in range(1, self.spec.depth + 1)}
+            hist = {k: h[pos] for k, h in hists.items()}
+            point_rows(self.cfgs[j], step, per_model, w, nan_imp, self.rows[j], hist)
