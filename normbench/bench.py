@@ -1,8 +1,10 @@
-"""`normbench bench`: the same grid trained three ways, in one process, timed side by side.
+"""`normbench bench`: the same grid trained several ways, in one invocation, timed side by side.
 
-    plain     a per-run PyTorch loop as a user would write it: nn.Sequential, torch.optim.SGD, no recording
-    per-run   normbench's reference engine (train.train_run), recording on
-    stacked   normbench's stacked engine (stacked.train_stacked), recording on, and again with recording off
+    plain      a per-run PyTorch loop as a user would write it: nn.Sequential, torch.optim.SGD, no recording;
+               on one thread, and on PyTorch's default threads (every core)
+    per-run    normbench's reference engine (train.train_run), recording on
+    stacked    normbench's stacked engine (stacked.train_stacked), recording on: eager, eager without recording,
+               compiled (torch.compile, its compile time included), and compiled on one worker process per core
 
 The workload is the seed's: a 7x30 MLP with batch norm and ReLU on 500 points, full batch, SGD 0.001, one run
 per seed. Timings on a shared machine are noisy: compare the ratios of one invocation, not numbers across runs.
@@ -10,7 +12,12 @@ per seed. Timings on a shared machine are noisy: compare the ratios of one invoc
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import multiprocessing
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -85,57 +92,95 @@ def flop_per_model_step(cfg: RunConfig, n: int) -> float:
     return 3 * FLOP_PER_SAMPLE_LAYER * n * weights
 
 
-def run_bench(runs: int = 64, steps: int = 251, repeat: int = 1) -> list[Timing]:
+def peak_matmul_gflops() -> float:
+    """One core's float32 matmul rate on 1024x1024 matrices: the bound these models' FLOPs are measured against."""
+    a = torch.randn(1024, 1024)
+    with single_thread():
+        a @ a
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ a
+        return 10 * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
+
+
+def _stacked(cfgs: list[RunConfig], compile: bool = False) -> None:
+    for group in stack_groups(runs_of(cfgs)):
+        train_stacked([r.config for r in group], compile=compile)
+
+
+def _stacked_on_workers(cfgs: list[RunConfig], workers: int) -> None:
+    """The stacks spread over `workers` spawned processes of one thread each, as `normbench run --workers N
+    --engine stacked --compile` does (sweep.train_unit); process start and compilation included."""
+    from normbench.sweep import train_unit
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        units = [[r.config.model_dump(mode="json") for r in g] for g in stack_groups(runs_of(cfgs))]
+        for outcomes in pool.map(functools.partial(train_unit, stacked=True, compile=True), units):
+            assert all(hasattr(o, "tables") for o in outcomes), outcomes  # a RunFailure would say what broke
+
+
+def run_bench(runs: int = 64, steps: int = 251, repeat: int = 1, workers: int | None = None) -> list[Timing]:
     cfgs = bench_configs(runs, steps)
     no_record = [
         c.model_copy(update={"record": c.record.model_copy(update={"loss_every": steps, "hist_every": steps})})
         for c in cfgs
     ]
+    workers = workers or os.cpu_count() or 1
     build_dataset(cfgs[0].data)  # load once, outside the timings
+    ways: list[tuple[str, Callable[[], object], bool]] = [  # name, what, on one thread
+        ("plain PyTorch loop (no recording), 1 thread", lambda: plain_loop(cfgs), True),
+        (f"plain PyTorch loop (no recording), {torch.get_num_threads()} threads", lambda: plain_loop(cfgs), False),
+        ("normbench per-run engine", lambda: [train_run(c) for c in cfgs], True),
+        ("normbench stacked engine", lambda: _stacked(cfgs), True),
+        ("normbench stacked engine, recording off", lambda: _stacked(no_record), True),
+        ("normbench stacked engine, compiled (compile time included)", lambda: _stacked(cfgs, True), True),
+        (
+            f"normbench stacked engine, compiled, {workers} worker processes",
+            lambda: _stacked_on_workers(cfgs, workers),
+            False,
+        ),
+    ]
     timings = []
-    for name, fn in (
-        ("plain PyTorch loop (no recording)", lambda: plain_loop(cfgs)),
-        ("normbench per-run engine", lambda: [train_run(c) for c in cfgs]),
-        (
-            "normbench stacked engine",
-            lambda: [train_stacked([r.config for r in g]) for g in stack_groups(runs_of(cfgs))],
-        ),
-        (
-            "normbench stacked engine, recording off",
-            lambda: [train_stacked([r.config for r in g]) for g in stack_groups(runs_of(no_record))],
-        ),
-    ):
+    for name, fn, one_thread in ways:
         best = float("inf")
         for _ in range(repeat):
-            with single_thread():
+            threads = torch.get_num_threads()
+            if one_thread:
+                torch.set_num_threads(1)
+            try:
                 t0 = time.perf_counter()
                 fn()
                 best = min(best, time.perf_counter() - t0)
+            finally:
+                torch.set_num_threads(threads)
         timings.append(Timing(name, best, runs * steps))
     return timings
 
 
-def print_bench(runs: int, steps: int, repeat: int, console) -> list[Timing]:
+def print_bench(runs: int, steps: int, repeat: int, console, workers: int | None = None) -> list[Timing]:
     import platform
 
     from rich.table import Table
 
-    timings = run_bench(runs, steps, repeat)
+    peak = peak_matmul_gflops()
+    timings = run_bench(runs, steps, repeat, workers)
     cfg = bench_configs(1, steps)[0]
     flop = flop_per_model_step(cfg, cfg.data.n or 500)
     plain = timings[0].rate
     table = Table(
-        title=f"normbench bench: {runs} runs x {steps} steps, 7x30 MLP + BN + ReLU on 500 points, 1 thread "
-        f"({flop / 1e6:.1f} MFLOP per model-step; {platform.processor() or platform.machine()})",
+        title=f"normbench bench: {runs} runs x {steps} steps, 7x30 MLP + BN + ReLU on 500 points "
+        f"({flop / 1e6:.1f} MFLOP per model-step; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; one core multiplies 1024x1024 matrices at {peak:.1f} GFLOP/s)",
         title_justify="left",
     )
-    for col in ("way", "seconds", "model-steps/s", "GFLOP/s", "vs plain loop"):
+    for col in ("way", "seconds", "model-steps/s", "GFLOP/s", "vs plain loop (1 thread)"):
         table.add_column(col, justify="left" if col == "way" else "right")
     for t in timings:
         table.add_row(
             t.name, f"{t.seconds:.2f}", f"{t.rate:.0f}", f"{t.rate * flop / 1e9:.2f}", f"{t.rate / plain:.2f}x"
         )
     console.print(table)
-    on, off = timings[2].seconds, timings[3].seconds
-    console.print(f"recording overhead in the stacked engine: {on / off - 1:.0%} of its training time")
+    on, off = timings[3].seconds, timings[4].seconds
+    console.print(f"recording overhead in the stacked engine (eager): {on / off - 1:.0%} of its training time")
     return timings

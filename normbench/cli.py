@@ -55,8 +55,15 @@ class Executor(StrEnum):
 
 
 class Engine(StrEnum):
+    auto = "auto"
     per_run = "per-run"
     stacked = "stacked"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 class FigFormat(StrEnum):
@@ -107,8 +114,16 @@ def run(
         bool, typer.Option("--dry-run", help="Print the expanded grid with run ids; train nothing.")
     ] = False,
     engine: Annotated[
-        Engine, typer.Option(help="per-run (the reference) or stacked (runs of one structure as one computation).")
-    ] = Engine.per_run,
+        Engine,
+        typer.Option(
+            help="per-run (the reference), stacked (runs of one structure as one computation), or auto: "
+            "stacked on a GPU, per-run on the CPU."
+        ),
+    ] = Engine.auto,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="Compile the stacked engine's training step (torch.compile).")
+    ] = False,
+    device: Annotated[Device, typer.Option(help="Where runs train: auto (the GPU if any), cpu or cuda.")] = Device.auto,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
     from normbench.sweep import run_experiment
@@ -129,6 +144,8 @@ def run(
             executor=executor.value,
             scheduler=scheduler,
             engine=engine.value,
+            compile=compile_,
+            device=device.value,
             console=err,
         )
     except ConfigError as e:  # data files or shapes found wrong before any training, or no scheduler
@@ -239,11 +256,15 @@ def bench(
     runs: Annotated[int, typer.Option(min=1, help="Runs (seeds) in the grid.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 251,
     repeat: Annotated[int, typer.Option(min=1, help="Time each way this many times, keep the best.")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes for the last way (default: one per core).")
+    ] = None,
 ) -> None:
-    """Time the seed's 7x30 MLP grid three ways in one process: plain PyTorch loop, per-run engine, stacked."""
+    """Time the seed's 7x30 MLP grid several ways side by side: a plain PyTorch loop, the per-run engine, the
+    stacked engine (eager, without recording, compiled, compiled on one worker process per core)."""
     from normbench.bench import print_bench
 
-    print_bench(runs, steps, repeat, out)
+    print_bench(runs, steps, repeat, out, workers)
 
 
 @demo_app.command("dead-neurons")

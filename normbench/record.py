@@ -62,7 +62,7 @@ def histogram(values: torch.Tensor, lo: float, hi: float, bins: int) -> Histogra
     nan = int(torch.isnan(v).sum())
     has = finite.numel() > 0
     return Histogram(
-        counts=counts.numpy().astype(np.int64),
+        counts=counts.cpu().numpy().astype(np.int64),
         lo=lo,
         hi=hi,
         below=int((finite < lo).sum()),

@@ -91,16 +91,27 @@ def single_thread():
         torch.set_num_threads(before)
 
 
-def train_run(cfg: RunConfig, on_step: Callable[[int], None] | None = None) -> RunResult:
+def resolve_device(name: str) -> torch.device:
+    """'auto' is the GPU when PyTorch sees one, else the CPU; asking for 'cuda' without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: PyTorch {torch.__version__} sees no CUDA device on this machine")
+    return torch.device(name)
+
+
+def train_run(
+    cfg: RunConfig, on_step: Callable[[int], None] | None = None, device: str | torch.device = "cpu"
+) -> RunResult:
     with single_thread():
-        return _train(cfg, on_step)
+        return _train(cfg, on_step, torch.device(device))
 
 
-def _train(cfg: RunConfig, on_step: Callable[[int], None] | None) -> RunResult:
+def _train(cfg: RunConfig, on_step: Callable[[int], None] | None, device: torch.device) -> RunResult:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    data = build_dataset(cfg.data)
-    model = build_model(cfg.model, data.input_shape, data.out_features)
+    data = build_dataset(cfg.data).to(device)
+    model = build_model(cfg.model, data.input_shape, data.out_features).to(device)  # initialized on the CPU
     optimizer = OPTIMIZERS.get(cfg.train.optimizer)(model.parameters(), cfg.train)
     batch_size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
     stream = batches(data.x_train, data.y_train, batch_size, cfg.data.shuffle, torch.Generator().manual_seed(cfg.seed))

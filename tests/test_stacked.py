@@ -189,3 +189,31 @@ def test_written_out_backward_equals_autograd_in_float64(tiny_raw, write_config,
             expected = spec.flatten({k: v[None] for k, v in reference_tensors(as_params)[0].items()})[0]
             torch.testing.assert_close(loss[j], ref_loss.detach(), rtol=1e-12, atol=1e-12, msg=str(run.params))
             torch.testing.assert_close(grad[j], expected, rtol=1e-9, atol=1e-11, msg=str(run.params))
+
+
+def test_compiled_step_equals_the_eager_one(tiny_raw, write_config):
+    """torch.compile fuses the step's elementwise work into C++ loops: the same numbers up to rounding."""
+    tiny_raw["grid"] = {"model.norm": ["batch"], "model.activation": ["tanh"]}
+    cfgs = [r.config for r in load_experiment(write_config(tiny_raw)).runs]
+    eager, compiled = train_stacked(cfgs), train_stacked(cfgs, compile=True)
+    for e, c in zip(eager, compiled, strict=True):
+        assert (e.status, e.steps_done) == (c.status, c.steps_done)
+        np.testing.assert_allclose(c.tables["curves"].loss, e.tables["curves"].loss, rtol=1e-5)
+        pd.testing.assert_series_equal(c.tables["layers"].saturated_fraction, e.tables["layers"].saturated_fraction)
+
+
+def test_device_and_compile_options_are_checked(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    def run(*options: str):
+        return CliRunner().invoke(app, ["run", "dead_neurons", "--out", str(tmp_path), *options])
+
+    result = run("--compile", "--engine", "per-run")
+    assert result.exit_code == 2 and "--compile" in result.output and "stacked" in result.output
+    if not torch.cuda.is_available():
+        result = run("--device", "cuda")
+        assert result.exit_code == 2 and "sees no CUDA device" in result.output
+    assert not (tmp_path / "dead_neurons" / "runs.parquet").exists()
