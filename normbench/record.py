@@ -104,26 +104,15 @@ def histograms_stacked(values: torch.Tensor, lo: float, hi: float, bins: int) ->
         var = (torch.where(finite, v - mean[:, None], zero) ** 2).sum(1) / n_fin.clamp(min=1)
         vmin = torch.where(finite, v, torch.full_like(v, float("inf"))).amin(1)
         vmax = torch.where(finite, v, torch.full_like(v, float("-inf"))).amax(1)
-    out = []
-    for j in range(m):
-        has = bool(n_fin[j] > 0)
-        out.append(
-            Histogram(
-                counts=counts[j].numpy(),
-                lo=lo,
-                hi=hi,
-                below=int(below[j]),
-                above=int(above[j]),
-                nan=int(nan[j]),
-                inf=int(n_fin_inf[j]),
-                n=k,
-                mean=float(mean[j]) if has else float("nan"),
-                std=float(var[j].sqrt()) if has else float("nan"),
-                min=float(vmin[j]) if has else float("nan"),
-                max=float(vmax[j]) if has else float("nan"),
-            )
-        )
-    return out
+    has = (n_fin > 0).tolist()
+    nan_or = lambda t: [x if h else float("nan") for x, h in zip(t.tolist(), has, strict=True)]  # noqa: E731
+    mean, std, vmin, vmax = nan_or(mean), nan_or(var.sqrt()), nan_or(vmin), nan_or(vmax)
+    below, above, nan, n_fin_inf = below.tolist(), above.tolist(), nan.tolist(), n_fin_inf.tolist()
+    counts = counts.numpy()
+    return [
+        Histogram(counts[j], lo, hi, below[j], above[j], nan[j], n_fin_inf[j], k, mean[j], std[j], vmin[j], vmax[j])
+        for j in range(m)
+    ]
 
 
 def unit_metrics(act: torch.Tensor, activation: str, threshold: float) -> dict[str, float]:
@@ -149,6 +138,26 @@ def unit_metrics(act: torch.Tensor, activation: str, threshold: float) -> dict[s
         "saturated_fraction": float(saturated(a, threshold).double().mean()) if saturated else float("nan"),
         "zero_fraction": float(zero.double().mean()),
     }
+
+
+def unit_metrics_stacked(act: torch.Tensor, activation: str, threshold: float) -> list[dict[str, float]]:
+    """unit_metrics of each of M models at once, from their post-activation values `act` (M, C, N): channels by
+    samples, the stacked engine's layout. Equal to [unit_metrics(a.T, ...) for a in act]."""
+    a = act.detach().to(torch.float64)
+    finite = torch.isfinite(a).flatten(1).all(1).tolist()
+    zero = a == 0
+    dead = zero.all(2).double().mean(1).tolist()
+    zeros = zero.double().mean((1, 2)).tolist()
+    saturated = ACTIVATIONS.get(activation).saturated
+    sat = saturated(a, threshold).double().mean((1, 2)).tolist() if saturated else [float("nan")] * len(a)
+    nan = float("nan")
+    return [
+        {"dead_fraction": d, "saturated_fraction": s, "zero_fraction": z} if ok else dict.fromkeys(UNIT_METRICS, nan)
+        for d, s, z, ok in zip(dead, sat, zeros, finite, strict=True)
+    ]
+
+
+UNIT_METRICS = ("dead_fraction", "saturated_fraction", "zero_fraction")
 
 
 @contextmanager
@@ -220,30 +229,41 @@ def point_rows(
     cfg: RunConfig,
     step: int,
     found: dict[tuple[int, str], torch.Tensor],
-    weights: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
+    norms: dict[int, tuple[float, float]],
     importance: dict[int, dict[str, float]],
     rows: dict[str, list[dict[str, Any]]],
     hists: dict[tuple[int, str], Histogram] | None = None,
+    metrics: dict[int, dict[str, float]] | None = None,
 ) -> None:
     """Append the histograms rows of every captured point and the layers rows of every hidden layer: shared by
-    the per-run engine and the stacked one (which passes `hists`, computed for all its models at once), so both
-    record exactly the same things."""
+    the per-run engine and the stacked one (which passes `hists` and unit `metrics`, computed for all its models
+    at once), so both record exactly the same things."""
     rc = cfg.record
     for (layer, point), values in sorted(found.items()):
         h = hists[(layer, point)] if hists is not None else histogram(values, *hist_range(rc, layer, point), rc.bins)
         rows["histograms"].append({"step": step, "layer": layer, "point": point, **h.__dict__})
         if layer > 0 and point == "post_act":
-            w, grad = weights[layer]
+            weight_norm, grad_norm = norms[layer]
             rows["layers"].append(
                 {
                     "step": step,
                     "layer": layer,
-                    **unit_metrics(values, cfg.model.activation, rc.saturation_threshold),
-                    "grad_norm": float(grad.norm()) if grad is not None else float("nan"),
-                    "weight_norm": float(w.norm()),
+                    **(
+                        metrics[layer]
+                        if metrics is not None
+                        else unit_metrics(values, cfg.model.activation, rc.saturation_threshold)
+                    ),
+                    "grad_norm": grad_norm,
+                    "weight_norm": weight_norm,
                     **importance[layer],
                 }
             )
+
+
+def _norms(weight: torch.Tensor) -> tuple[float, float]:
+    """(weight norm, gradient norm) of a layer's weight; a layer that got no gradient has NaN."""
+    grad = weight.grad
+    return float(weight.detach().norm()), float(grad.norm()) if grad is not None else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -288,8 +308,8 @@ class Recorder:
         with norm_mode(self.model, rc.eval_mode), capture(self.model) as found:
             loss_fn(self.model(x), y).backward()
         blocks = recorded_layers(self.model)
-        weights = {i: (b.fc.weight.detach(), b.fc.weight.grad) for i, b in enumerate(blocks) if i > 0}
+        norms = {i: _norms(b.fc.weight) for i, b in enumerate(blocks) if i > 0}
         importance = {i: _importance(b.norm) for i, b in enumerate(blocks) if i > 0}
-        point_rows(self.cfg, step, found, weights, importance, self.rows)
+        point_rows(self.cfg, step, found, norms, importance, self.rows)
         for p, g in saved_grads.items():
             p.grad = g

@@ -41,7 +41,7 @@ from torch import nn
 from normbench.config import Run, RunConfig
 from normbench.data import build_dataset
 from normbench.models import ACTIVATIONS, Activation, build_model
-from normbench.record import IMPORTANCE, hist_range, histograms_stacked, point_rows
+from normbench.record import IMPORTANCE, hist_range, histograms_stacked, point_rows, unit_metrics_stacked
 from normbench.train import RunResult, single_thread, total_steps
 
 STACKABLE_NORMS = ("none", "batch")
@@ -461,14 +461,28 @@ class StackedTraining:
         with torch.no_grad():
             out, tape, _ = forward(self.spec, p, x, rc.eval_mode, self.stats, found)
             grads = backward(self.spec, p, tape, losses(self.spec, out, y)[1], rc.eval_mode)
-        idx = torch.tensor(chosen, device=self.device)
-        hists = {
-            key: histograms_stacked(v.index_select(0, idx).cpu(), *hist_range(rc, *key), rc.bins)
-            for key, v in found.items()
+        if len(chosen) < self.m:
+            idx = torch.tensor(chosen, device=self.device)
+            found = {key: v.index_select(0, idx) for key, v in found.items()}
+        hists = {key: histograms_stacked(v.cpu(), *hist_range(rc, *key), rc.bins) for key, v in found.items()}
+        activation, threshold = self.cfgs[0].model.activation, rc.saturation_threshold
+        metrics = {
+            i: unit_metrics_stacked(found[(i, "post_act")], activation, threshold)
+            for i in range(1, self.spec.depth + 1)
         }
-        nan_imp = {i: dict.fromkeys(IMPORTANCE, float("nan")) for i in range(1, self.spec.depth + 1)}
+        w_norms = {i: torch.linalg.vector_norm(p[f"w{i}"][chosen], dim=(1, 2)).tolist() for i in metrics}
+        g_norms = {i: torch.linalg.vector_norm(grads[f"w{i}"][chosen], dim=(1, 2)).tolist() for i in metrics}
+        nan_imp = {i: dict.fromkeys(IMPORTANCE, float("nan")) for i in metrics}
         for pos, j in enumerate(chosen):
-            per_model = {k: v[j].T for k, v in found.items()}  # (N, C), as the reference's capture gives them
-            w = {i: (p[f"w{i}"][j], grads[f"w{i}"][j]) for i in range(1, self.spec.depth + 1)}
-            hist = {k: h[pos] for k, h in hists.items()}
-            point_rows(self.cfgs[j], step, per_model, w, nan_imp, self.rows[j], hist)
+            per_model = {k: v[pos].T for k, v in found.items()}  # (N, C), as the reference's capture gives them
+            norms = {i: (w_norms[i][pos], g_norms[i][pos]) for i in metrics}
+            point_rows(
+                self.cfgs[j],
+                step,
+                per_model,
+                norms,
+                nan_imp,
+                self.rows[j],
+                {k: h[pos] for k, h in hists.items()},
+                {i: m[pos] for i, m in metrics.items()},
+            )

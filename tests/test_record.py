@@ -76,3 +76,19 @@ def test_stacked_histograms_equal_one_by_one():
         for f in ("mean", "std", "min", "max"):
             a, b = getattr(stacked, f), getattr(h, f)
             assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), f
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
+def test_stacked_unit_metrics_equal_one_by_one(activation):
+    from normbench.record import unit_metrics_stacked
+
+    g = torch.Generator().manual_seed(4)
+    act = torch.randn(4, 6, 50, generator=g).clamp_min(0) if activation == "relu" else torch.randn(4, 6, 50).tanh()
+    act[1, 2] = 0.0  # a dead unit
+    act[2, 0, 3] = float("nan")  # a diverged model
+    stacked = unit_metrics_stacked(act, activation, 0.9)
+    for s, a in zip(stacked, act, strict=True):
+        one = unit_metrics(a.T, activation, 0.9)
+        assert s.keys() == one.keys()
+        for k in s:
+            assert (math.isnan(s[k]) and math.isnan(one[k])) or s[k] == pytest.approx(one[k], rel=1e-12), k
