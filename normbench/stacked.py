@@ -28,10 +28,11 @@ or after, optimizers sgd, momentum, nesterov, adam. Anything else uses the per-r
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -84,7 +85,7 @@ class Spec:
 
     depth: int
     act: Activation
-    act_fn: nn.Module
+    act_fn: nn.Module = field(compare=False)  # a fresh module per spec: two specs of one structure are equal
     norm_layers: tuple[int, ...]  # layers with batch norm; 0 is the input
     affine: bool
     norm_first: bool  # placement 'before': fc -> norm -> act
@@ -284,6 +285,17 @@ def train_grads(spec: Spec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     return loss, correct, spec.flatten(backward(spec, p, tape, dout, "train")), batch_stats
 
 
+_compiled: dict[Spec, Callable] = {}
+
+
+def compiled_step(spec: Spec) -> Callable:
+    """train_grads for `spec` through torch.compile, one per structure in a process: a stack of the same structure
+    reuses it (and its compiled graphs, one per batch shape) instead of tracing and compiling again."""
+    if spec not in _compiled:
+        _compiled[spec] = torch.compile(lambda theta, x, y: train_grads(spec, theta, x, y), dynamic=False)
+    return _compiled[spec]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The optimizers, over the whole (M, P) matrix with a learning rate per model
 
@@ -352,8 +364,7 @@ class StackedTraining:
             self.stats_flat = torch.stack(stats).detach().to(device)
         self.stats = spec.views(self.stats_flat, spec.stat_shapes)
         self.opt = FlatOptimizer(cfgs, device)
-        step_fn = lambda theta, x, y: train_grads(spec, theta, x, y)  # noqa: E731
-        self.step_fn = torch.compile(step_fn, dynamic=False) if compile else step_fn
+        self.step_fn = compiled_step(spec) if compile else functools.partial(train_grads, spec)
         self.m = len(cfgs)
         self.rows: list[dict[str, list[dict[str, Any]]]] = [defaultdict(list) for _ in cfgs]
         names = ["train"] + (["test"] if data.x_test is not None else [])

@@ -58,24 +58,23 @@ def test_nonfinite_layer_is_neither_dead_nor_alive():
     assert all(math.isnan(v) for v in m.values())
 
 
-def test_stacked_histograms_equal_one_by_one():
+def test_stacked_histograms_equal_numpy_model_by_model():
     from normbench.record import histograms_stacked
 
     g = torch.Generator().manual_seed(3)
     v = torch.randn(5, 40, 7, generator=g) * 3
-    v[1, 0, 0], v[2, 3, 1], v[3] = float("nan"), float("inf"), float("nan")  # model 3: nothing finite
-    for stacked, h in zip(histograms_stacked(v, -2.0, 2.0, 9), [histogram(x, -2.0, 2.0, 9) for x in v], strict=True):
-        assert stacked.counts.tolist() == h.counts.tolist()
-        assert (stacked.below, stacked.above, stacked.nan, stacked.inf, stacked.n) == (
-            h.below,
-            h.above,
-            h.nan,
-            h.inf,
-            h.n,
-        )
-        for f in ("mean", "std", "min", "max"):
-            a, b = getattr(stacked, f), getattr(h, f)
-            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), f
+    v[0, 0, :3] = torch.tensor([2.0, -2.0, 2.0 - 4.0 / 9.0])  # on the range's ends and on an inner edge
+    v[1, 0, 0], v[2, 3, 1], v[2, 3, 2], v[3] = float("nan"), float("inf"), -float("inf"), float("nan")
+    for x, h in zip(v, histograms_stacked(v, -2.0, 2.0, 9), strict=True):
+        a = x.double().flatten().numpy()
+        fin = a[np.isfinite(a)]
+        expected, _ = np.histogram(fin, bins=9, range=(-2.0, 2.0))
+        assert h.counts.tolist() == expected.tolist()
+        assert (h.below, h.above, h.n) == (int((fin < -2).sum()), int((fin > 2).sum()), a.size)
+        assert (h.nan, h.inf) == (int(np.isnan(a).sum()), int(np.isinf(a).sum()))
+        for name, want in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
+            got = getattr(h, name)
+            assert (fin.size == 0 and math.isnan(got)) or got == pytest.approx(float(want(fin)), rel=1e-12), name
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
