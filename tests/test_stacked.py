@@ -123,7 +123,7 @@ def test_bench_runs(capsys):
     from normbench.bench import print_bench
 
     timings = print_bench(4, 20, 1, Console())
-    assert len(timings) == 4 and all(t.rate > 0 for t in timings)
+    assert len(timings) == 9 and all(t.rate > 0 for t in timings)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
