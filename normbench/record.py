@@ -62,7 +62,7 @@ def histograms_stacked(values: torch.Tensor, lo: float, hi: float, bins: int) ->
     """histogram() of each values[m] (M, ...) at once (torch.histc has neither a batch dimension nor a vmap rule):
     each value's bin by arithmetic in float64, then one bincount over (model, slot) counts them all. Each pass
     over the values is chosen for speed on the CPU (torch.bucketize, aminmax and var were 3-25x slower here)."""
-    flat = values.detach().reshape(values.shape[0], -1)
+    flat = values.detach().reshape(values.shape[0], -1).cpu()  # counted on the CPU, whatever the device
     v = flat.to(torch.float64)  # (M, K); exact for float32 values
     m, k = v.shape
     total = v.sum(1)

@@ -475,7 +475,7 @@ class StackedTraining:
         if len(chosen) < self.m:
             idx = torch.tensor(chosen, device=self.device)
             found = {key: v.index_select(0, idx) for key, v in found.items()}
-        hists = {key: histograms_stacked(v.cpu(), *hist_range(rc, *key), rc.bins) for key, v in found.items()}
+        hists = {key: histograms_stacked(v, *hist_range(rc, *key), rc.bins) for key, v in found.items()}
         activation, threshold = self.cfgs[0].model.activation, rc.saturation_threshold
         metrics = {
             i: unit_metrics_stacked(found[(i, "post_act")], activation, threshold)
