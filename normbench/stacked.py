@@ -22,8 +22,9 @@ Each model is initialized by the reference code (same seed, same draws) and copi
 reproduces its per-run twin up to float32 rounding. Each model's loss and gradient are its own (nothing is
 averaged across the stack). A model whose loss turns non-finite is recorded as diverged and frozen.
 
-Supported: model mlp (regression or classification), norm none or batch, every activation, placement before
-or after, optimizers sgd, momentum, nesterov, adam. Anything else uses the per-run engine (`stackable`).
+Supported: model mlp (regression or classification), norms none, batch, batch_manual, layer, rms and group,
+every activation, placement before or after, optimizers sgd, momentum, nesterov, adam. Anything else (CNNs,
+instance and switchable norm) uses the per-run engine (`stackable`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from normbench.models import ACTIVATIONS, Activation, build_model
 from normbench.record import IMPORTANCE, hist_range, histograms_stacked, point_rows, unit_metrics_stacked
 from normbench.train import RunResult, single_thread, total_steps
 
-STACKABLE_NORMS = ("none", "batch")
+# batch_manual trains as batch (the same function, its backward written by hand in norms.py).
+STACKABLE_NORMS = ("none", "batch", "batch_manual", "layer", "rms", "group")
 STACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 
 Tensors = dict[str, torch.Tensor]
@@ -86,7 +88,9 @@ class Spec:
     depth: int
     act: Activation
     act_fn: nn.Module = field(compare=False)  # a fresh module per spec: two specs of one structure are equal
-    norm_layers: tuple[int, ...]  # layers with batch norm; 0 is the input
+    norm: str  # 'batch' (over the samples, running statistics) or 'layer', 'rms', 'group' (over the channels)
+    norm_layers: tuple[int, ...]  # the layers with a norm; 0 is the input
+    groups: tuple[int, ...]  # group norm's group count in each layer (1 elsewhere)
     affine: bool
     norm_first: bool  # placement 'before': fc -> norm -> act
     eps: float
@@ -131,10 +135,14 @@ def reference_tensors(model: nn.Module) -> tuple[Tensors, Tensors]:
                 params[f"b{i}"] = block.fc.bias[:, None]
         if getattr(block.norm, "running_mean", None) is not None:
             stats[f"mean{i}"], stats[f"var{i}"] = block.norm.running_mean[:, None], block.norm.running_var[:, None]
-            if block.norm.weight is not None:
-                params[f"gamma{i}"], params[f"beta{i}"] = block.norm.weight[:, None], block.norm.bias[:, None]
+        if getattr(block.norm, "weight", None) is not None:
+            params[f"gamma{i}"], params[f"beta{i}"] = block.norm.weight[:, None], block.norm.bias[:, None]
     params["w_head"], params["b_head"] = model.head.weight, model.head.bias[:, None]
     return params, stats
+
+
+def _norm_of(model: nn.Module, i: int) -> nn.Module:
+    return getattr(model, f"layer{i}").norm
 
 
 def make_spec(model: nn.Module, cfg: RunConfig, classification: bool) -> Spec:
@@ -144,7 +152,9 @@ def make_spec(model: nn.Module, cfg: RunConfig, classification: bool) -> Spec:
         depth=model.depth,
         act=ACTIVATIONS.get(mc.activation),
         act_fn=ACTIVATIONS.get(mc.activation).make(),
-        norm_layers=tuple(i for i in range(model.depth + 1) if f"mean{i}" in stats),
+        norm="batch" if mc.norm == "batch_manual" else mc.norm,
+        norm_layers=tuple(i for i in range(model.depth + 1) if not isinstance(_norm_of(model, i), nn.Identity)),
+        groups=tuple(getattr(_norm_of(model, i), "groups", 1) for i in range(model.depth + 1)),
         affine=mc.norm_affine,
         norm_first=mc.placement == "before",
         eps=mc.norm_eps,
@@ -159,20 +169,36 @@ def make_spec(model: nn.Module, cfg: RunConfig, classification: bool) -> Spec:
 # Forward and backward of M models at once. x is (1 or M, F, N); every activation (M, C, N).
 
 
+def _grouped(spec: Spec, i: int, t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """t (M, C, N) viewed so that the norm's statistics are over `dims`: the samples for batch norm, the channels
+    for layer and rms norm, the channels of each group for group norm (M, G, C/G, N)."""
+    if spec.norm == "batch":
+        return t, (2,)
+    if spec.norm == "group":
+        return t.reshape(t.shape[0], spec.groups[i], -1, t.shape[-1]), (2,)
+    return t, (1,)
+
+
 def _norm_forward(spec: Spec, p: Tensors, i: int, z: torch.Tensor, mode: str, stats: Tensors | None):
-    """Batch norm of layer i over the samples (last axis). Returns the output, what the backward needs, and the
-    batch's (mean, biased variance) in mode 'train'."""
+    """The norm of layer i. Returns the output, what the backward needs, and for batch norm in mode 'train' the
+    batch's (mean, biased variance)."""
     if i not in spec.norm_layers:
         return z, None, None
-    if mode == "train":
-        mean = z.mean(2, keepdim=True)
-        d = z - mean
-        var = (d * d).mean(2, keepdim=True)
-        rstd = torch.rsqrt(var + spec.eps)
-        xhat, batch = d * rstd, (mean, var)
-    else:
+    batch = None
+    if spec.norm == "batch" and mode == "eval":  # the running statistics
         rstd = torch.rsqrt(stats[f"var{i}"] + spec.eps)
-        xhat, batch = (z - stats[f"mean{i}"]) * rstd, None
+        xhat = (z - stats[f"mean{i}"]) * rstd
+    else:
+        zz, dims = _grouped(spec, i, z)
+        if spec.norm == "rms":  # no centring: divide by the root mean square
+            d, var = zz, (zz * zz).mean(dims, keepdim=True)
+        else:
+            mean = zz.mean(dims, keepdim=True)
+            d = zz - mean
+            var = (d * d).mean(dims, keepdim=True)
+            batch = (mean, var) if spec.norm == "batch" else None
+        rstd = torch.rsqrt(var + spec.eps)
+        xhat = (d * rstd).reshape(z.shape)
     u = xhat * p[f"gamma{i}"] + p[f"beta{i}"] if spec.affine else xhat
     return u, (xhat, rstd), batch
 
@@ -186,12 +212,19 @@ def _norm_backward(spec: Spec, p: Tensors, i: int, du: torch.Tensor, saved, mode
     du_sum = du.sum(2, keepdim=True)
     if spec.affine:
         grads[f"gamma{i}"], grads[f"beta{i}"] = du_xhat, du_sum
-    k = p[f"gamma{i}"] * rstd if spec.affine else rstd
-    if mode == "eval":  # running statistics: an affine map per channel
-        return du * k
-    n = du.shape[2]
-    # The batch statistics depend on every sample: dz = gamma * rstd * (du - mean(du) - xhat * mean(du * xhat)).
-    return (du - du_sum / n - xhat * (du_xhat / n)) * k
+    if spec.norm == "batch":  # gamma is constant along the samples: the sums above serve the backward too
+        k = p[f"gamma{i}"] * rstd if spec.affine else rstd
+        if mode == "eval":  # running statistics: an affine map per channel
+            return du * k
+        n = du.shape[2]
+        # The batch statistics depend on every sample: dz = gamma * rstd * (du - mean(du) - xhat * mean(du * xhat)).
+        return (du - du_sum / n - xhat * (du_xhat / n)) * k
+    # Statistics over the channels: g = d(loss)/d(xhat) varies along them.
+    g, dims = _grouped(spec, i, du * p[f"gamma{i}"] if spec.affine else du)
+    x, _ = _grouped(spec, i, xhat)
+    g_x = (g * x).mean(dims, keepdim=True)
+    centred = g - g.mean(dims, keepdim=True) if spec.norm != "rms" else g
+    return ((centred - x * g_x) * rstd).reshape(du.shape)
 
 
 def forward(spec: Spec, p: Tensors, x: torch.Tensor, mode: str, stats: Tensors | None = None, found=None):
