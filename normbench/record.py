@@ -104,34 +104,26 @@ def histograms_stacked(values: torch.Tensor, lo: float, hi: float, bins: int) ->
     ]
 
 
+UNIT_METRICS = ("dead_fraction", "saturated_fraction", "zero_fraction")
+
+
 def unit_metrics(act: torch.Tensor, activation: str, threshold: float) -> dict[str, float]:
-    """Dead and saturated units of one layer's post-activation values `act` (N, C), N = evaluation samples.
+    """Dead and saturated units of one layer's post-activation values `act` (N, C) or (N, C, H, W), N = evaluation
+    samples (a conv unit is a channel, over every position of every sample).
 
     dead_fraction       units whose output is exactly 0 for every sample
     saturated_fraction  values in the activation's saturated region (NaN when the activation has none)
     zero_fraction       values exactly 0
     All three are NaN when a value is NaN or inf: a diverged layer is neither dead nor alive.
     """
-    a = act.detach().to(torch.float64)
-    a = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 2).reshape(-1, a.shape[1]) if a.dim() > 2 else a
-    if not torch.isfinite(a).all():
-        return {
-            "dead_fraction": float("nan"),
-            "saturated_fraction": float("nan"),
-            "zero_fraction": float("nan"),
-        }
-    saturated = ACTIVATIONS.get(activation).saturated
-    zero = a == 0
-    return {
-        "dead_fraction": float(zero.all(dim=0).double().mean()),
-        "saturated_fraction": float(saturated(a, threshold).double().mean()) if saturated else float("nan"),
-        "zero_fraction": float(zero.double().mean()),
-    }
+    a = act.detach()
+    by_channel = a.reshape(a.shape[0], a.shape[1], -1).transpose(0, 1).reshape(1, a.shape[1], -1)  # (1, C, N*H*W)
+    return unit_metrics_stacked(by_channel, activation, threshold)[0]
 
 
 def unit_metrics_stacked(act: torch.Tensor, activation: str, threshold: float) -> list[dict[str, float]]:
     """unit_metrics of each of M models at once, from their post-activation values `act` (M, C, N): channels by
-    samples, the stacked engine's layout. Equal to [unit_metrics(a.T, ...) for a in act]."""
+    samples, the stacked engine's layout."""
     a = act.detach().to(torch.float64)
     finite = torch.isfinite(a).flatten(1).all(1).tolist()
     zero = a == 0
@@ -144,9 +136,6 @@ def unit_metrics_stacked(act: torch.Tensor, activation: str, threshold: float) -
         {"dead_fraction": d, "saturated_fraction": s, "zero_fraction": z} if ok else dict.fromkeys(UNIT_METRICS, nan)
         for d, s, z, ok in zip(dead, sat, zeros, finite, strict=True)
     ]
-
-
-UNIT_METRICS = ("dead_fraction", "saturated_fraction", "zero_fraction")
 
 
 @contextmanager

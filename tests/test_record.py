@@ -78,16 +78,30 @@ def test_stacked_histograms_equal_numpy_model_by_model():
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
-def test_stacked_unit_metrics_equal_one_by_one(activation):
+def test_stacked_unit_metrics_model_by_model(activation):
+    from normbench.models import ACTIVATIONS
     from normbench.record import unit_metrics_stacked
 
     g = torch.Generator().manual_seed(4)
     act = torch.randn(4, 6, 50, generator=g).clamp_min(0) if activation == "relu" else torch.randn(4, 6, 50).tanh()
     act[1, 2] = 0.0  # a dead unit
     act[2, 0, 3] = float("nan")  # a diverged model
-    stacked = unit_metrics_stacked(act, activation, 0.9)
-    for s, a in zip(stacked, act, strict=True):
-        one = unit_metrics(a.T, activation, 0.9)
-        assert s.keys() == one.keys()
-        for k in s:
-            assert (math.isnan(s[k]) and math.isnan(one[k])) or s[k] == pytest.approx(one[k], rel=1e-12), k
+    rule = ACTIVATIONS.get(activation).saturated
+    for s, a in zip(unit_metrics_stacked(act, activation, 0.9), act, strict=True):
+        x = a.double().numpy()  # (C, N)
+        if not np.isfinite(x).all():
+            assert all(math.isnan(v) for v in s.values())
+            continue
+        assert s["dead_fraction"] == pytest.approx((x == 0).all(axis=1).mean(), rel=1e-12)
+        assert s["zero_fraction"] == pytest.approx((x == 0).mean(), rel=1e-12)
+        sat = rule(torch.from_numpy(x), 0.9).numpy().mean() if rule else float("nan")
+        assert (math.isnan(s["saturated_fraction"]) and math.isnan(sat)) or s["saturated_fraction"] == pytest.approx(
+            sat, rel=1e-12
+        )
+
+
+def test_conv_unit_is_a_channel_over_every_position():
+    act = torch.zeros(3, 2, 4, 4)  # (N, C, H, W)
+    act[:, 1, 0, 0] = 1.0  # channel 1 fires at one position of every sample; channel 0 never does
+    m = unit_metrics(act, "relu", 0.99)
+    assert m["dead_fraction"] == 0.5 and m["zero_fraction"] == pytest.approx(93 / 96)
