@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from normbench.config import Run, RunConfig
-from normbench.data import build_dataset
+from normbench.data import batches, build_dataset
 from normbench.models import ACTIVATIONS, Activation, build_model
 from normbench.record import IMPORTANCE, hist_range, histograms_stacked, point_rows, unit_metrics_stacked
 from normbench.train import RunResult, single_thread, total_steps
@@ -400,6 +400,8 @@ class StackedTraining:
         self.step_fn = compiled_step(spec) if compile else functools.partial(train_grads, spec)
         self.m = len(cfgs)
         self.rows: list[dict[str, list[dict[str, Any]]]] = [defaultdict(list) for _ in cfgs]
+        bs = cfg.train.batch_size
+        self.full_batch = (bs == "full" or bs >= len(data.x_train)) and not cfg.data.shuffle  # as data.batches
         names = ["train"] + (["test"] if data.x_test is not None else [])
         self.splits = {name: self._columns(*data.split(name)) for name in names}
 
@@ -410,27 +412,26 @@ class StackedTraining:
         return x.to(self.device), y.to(self.device)
 
     def _batches(self):
-        """(x, y) of every step, as the reference's data.batches gives them, each model its own order."""
-        cfg, data = self.cfgs[0], self.data
-        n = len(data.x_train)
-        size = n if cfg.train.batch_size == "full" else min(cfg.train.batch_size, n)
-        if size == n and not cfg.data.shuffle:  # the seed's full batch: the same data every step
+        """(x, y) of every step, each model's samples in the order the reference's data.batches gives that run."""
+        if self.full_batch:  # the seed's setting: the same data every step, no indexing
             while True:
                 yield self.splits["train"]
+        cfg, data = self.cfgs[0], self.data
+        n = len(data.x_train)
         x, y = data.x_train.reshape(n, -1).to(self.device), data.y_train.to(self.device)
-        gens = [torch.Generator().manual_seed(c.seed) for c in self.cfgs]
-        end = n - 1 if n % size == 1 and size > 1 else n  # the reference drops a last batch of one sample
+        every = torch.arange(n)
+        size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
+        orders = [
+            batches(every, every, size, cfg.data.shuffle, torch.Generator().manual_seed(c.seed)) for c in self.cfgs
+        ]
         while True:
-            orders = [torch.randperm(n, generator=g) if cfg.data.shuffle else torch.arange(n) for g in gens]
-            for at in range(0, end, size):
-                idx = torch.stack([o[at : at + size] for o in orders]).to(self.device)  # (M, B)
-                yb = y[idx]
-                yield x[idx].transpose(1, 2).contiguous(), yb.transpose(1, 2).contiguous() if yb.dim() == 3 else yb
+            idx = torch.stack([next(o)[0] for o in orders]).to(self.device)  # (M, B)
+            yb = y[idx]
+            yield x[idx].transpose(1, 2).contiguous(), yb.transpose(1, 2).contiguous() if yb.dim() == 3 else yb
 
     def run(self, on_step: Callable[[int], None] | None) -> list[RunResult]:
         cfg, rc = self.cfgs[0], self.cfgs[0].record
         steps = total_steps(cfg, self.data)
-        full_batch = cfg.train.batch_size == "full" and not cfg.data.shuffle
         active = torch.ones(self.m, dtype=torch.bool, device=self.device)
         diverged: list[int | None] = [None] * self.m
         stream = self._batches()
@@ -446,7 +447,7 @@ class StackedTraining:
             loss, correct, grad, batch = self.step_fn(self.theta, xb, yb)  # pure: nothing has changed yet
             # The train split's loss in train mode at this step is this very loss when the batch is the data.
             if at_loss:
-                self.record_losses(step, active, (loss, correct) if full_batch else None)
+                self.record_losses(step, active, (loss, correct) if self.full_batch else None)
             if at_layers:
                 self.record_layers(step, active)
             # PyTorch's running update: running = (1 - momentum) * running + momentum * batch.
