@@ -1,36 +1,44 @@
-"""`normbench bench`: the same grid trained several ways, in one invocation, timed side by side.
+"""`normbench bench`: ways of training the same grid, timed side by side in one invocation, and the targets.
 
-    plain      a per-run PyTorch loop as a user would write it: nn.Sequential, torch.optim.SGD, no recording;
-               on one thread, and on PyTorch's default threads (every core)
-    per-run    normbench's reference engine (train.train_run), recording on
-    stacked    normbench's stacked engine (stacked.train_stacked), recording on: eager, eager without recording,
-               compiled (torch.compile) the first time in the process (compilation included) and again (its
-               compiled graphs reused), and compiled on one worker process per core (process start and
-               compilation included: what `normbench run --engine stacked --compile --workers N` pays)
+    plain      a per-run PyTorch loop as a user would write it over the ordinary models (build_model,
+               torch.optim, no recording); on one thread, and on PyTorch's default threads (every core)
+    floor      the matmuls of one step of a 16-model stack alone, on one thread: what these shapes cost in
+               PyTorch's matmul kernels, a bound on any kernel that uses them
+    kernels    the one driver over the autograd kernel and the written-out kernel, runs alone (stacks of 1) and in
+               stacks of 16, eager, without recording, compiled (first use in the process and again), recording on
+               otherwise, one thread
+    default    `normbench run` with no options in a fresh process, as a user types it: start, plan (stacks, worker
+               processes, compiling or not), training, recording and the results folder, all counted
 
-The workload is the seed's: a 7x30 MLP with batch norm and ReLU on 500 points, full batch, SGD 0.001, one run
-per seed. Timings on a shared machine are noisy: compare the ratios of one invocation, not numbers across runs.
+The grid is the seed's: a 7x30 MLP with batch norm and ReLU on 500 points, full batch, SGD 0.001, one run per
+seed. A second table times the training of the three configs of `normbench demo dead-neurons` by `normbench
+run`'s default path against the plain loop over the same 36 runs. Timings on a shared machine are noisy: compare
+the ratios of one invocation, not numbers across invocations.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
-import multiprocessing
+import itertools
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-from normbench.config import Run, RunConfig, load_experiment
-from normbench.data import build_dataset
-from normbench.stacked import stack_groups, train_stacked
-from normbench.train import single_thread, train_run
+from normbench.config import Experiment, Run, RunConfig, load_experiment
+from normbench.data import batches, build_dataset
+from normbench.engine import stack_groups, total_steps, train_stack
+from normbench.engine.driver import single_thread
+from normbench.nn.models import build_model
 
 FLOP_PER_SAMPLE_LAYER = 2  # a multiply and an add per weight
+TARGETS = {"default": 4.0, "floor": 0.6, "demo": 1.0}
 
 
 @dataclass
@@ -44,47 +52,58 @@ class Timing:
         return self.model_steps / self.seconds
 
 
+def bench_overrides(runs: int, steps: int) -> list[str]:
+    return [
+        f"seeds={list(range(1, runs + 1))}",
+        f"train.steps={steps}",
+        "grid.model.norm=[batch]",
+        "grid.model.activation=[relu]",
+    ]
+
+
 def bench_configs(runs: int, steps: int) -> list[RunConfig]:
-    exp = load_experiment(
-        "morvan_tf23",
-        [
-            f"seeds={list(range(1, runs + 1))}",
-            f"train.steps={steps}",
-            "grid.model.norm=[batch]",
-            "grid.model.activation=[relu]",
-        ],
-    )
-    return [r.config for r in exp.runs]
+    return [r.config for r in load_experiment("morvan_tf23", bench_overrides(runs, steps)).runs]
 
 
 def runs_of(cfgs: list[RunConfig]) -> list[Run]:
     return [Run(c.run_id(), {"seed": c.seed}, c) for c in cfgs]
 
 
-def plain_loop(cfgs: list[RunConfig]) -> None:
-    """What a user would write: one model at a time, no recording."""
-    data = build_dataset(cfgs[0].data)
-    x, y = data.x_train, data.y_train
+def torch_optimizer(params, t) -> torch.optim.Optimizer:
+    """torch.optim's twin of each of normbench's optimizers (engine/optim.py), for the plain loop and the tests."""
+    return {
+        "sgd": lambda: torch.optim.SGD(params, lr=t.effective_lr(), weight_decay=t.weight_decay),
+        "momentum": lambda: torch.optim.SGD(
+            params, lr=t.effective_lr(), momentum=t.momentum, weight_decay=t.weight_decay
+        ),
+        "nesterov": lambda: torch.optim.SGD(
+            params, lr=t.effective_lr(), momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay
+        ),
+        "adam": lambda: torch.optim.Adam(params, lr=t.effective_lr(), betas=t.betas, weight_decay=t.weight_decay),
+    }[t.optimizer]()
+
+
+def plain_loop(cfgs: list[RunConfig], dtype=torch.float32) -> list[torch.nn.Module]:
+    """What a user would write: one model at a time, torch.optim, no recording. Returns the trained models."""
+    trained = []
     for cfg in cfgs:
+        data = build_dataset(cfg.data)
+        x, y = data.x_train.to(dtype), data.y_train
+        y = y.to(dtype) if y.is_floating_point() else y
         torch.manual_seed(cfg.seed)
-        mc = cfg.model
-        layers: list[nn.Module] = [nn.BatchNorm1d(1, eps=mc.norm_eps)]
-        width_in = 1
-        for _ in range(mc.depth):
-            layers += [nn.Linear(width_in, mc.width), nn.BatchNorm1d(mc.width, eps=mc.norm_eps), nn.ReLU()]
-            width_in = mc.width
-        layers.append(nn.Linear(width_in, 1))
-        net = nn.Sequential(*layers)
-        for m in net.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, mc.weight_init.std)
-                nn.init.constant_(m.bias, mc.bias_init)
-        opt = torch.optim.SGD(net.parameters(), lr=cfg.train.lr)
-        for _ in range(cfg.train.steps):
-            loss = (net(x) - y).square().sum(1).mean()
+        model = build_model(cfg.model, data.input_shape, data.out_features).to(dtype)
+        opt = torch_optimizer(model.parameters(), cfg.train)
+        size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
+        stream = batches(x, y, size, cfg.data.shuffle, torch.Generator().manual_seed(cfg.seed))
+        for _ in range(total_steps(cfg, data)):
+            xb, yb = next(stream)
+            out = model(xb)
+            loss = F.cross_entropy(out, yb) if data.task == "classification" else (out - yb).square().sum(1).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
+        trained.append(model)
+    return trained
 
 
 def flop_per_model_step(cfg: RunConfig, n: int) -> float:
@@ -94,113 +113,131 @@ def flop_per_model_step(cfg: RunConfig, n: int) -> float:
     return 3 * FLOP_PER_SAMPLE_LAYER * n * weights
 
 
-def peak_matmul_gflops() -> float:
-    """One core's float32 matmul rate on 1024x1024 matrices: the bound these models' FLOPs are measured against."""
-    a = torch.randn(1024, 1024)
+def matmul_floor(cfg: RunConfig, models: int = 16, reps: int = 20) -> float:
+    """Model-steps/s if a step of the written-out kernel cost only its matmuls: per layer the forward W @ h, the
+    weight gradient dz @ h^T and (but for the first layer) the input gradient W^T @ dz, for `models` models at
+    once, with the shapes and transposes the kernel uses; one thread."""
+    n = cfg.data.n or 500
+    widths = [1] + [cfg.model.width] * cfg.model.depth + [1]
+    ops: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        w, h, dz = torch.randn(models, b, a), torch.randn(models, a, n), torch.randn(models, b, n)
+        ops += [(w, h), (dz, h.transpose(1, 2))] + ([(w.transpose(1, 2), dz)] if i > 0 else [])
     with single_thread():
-        a @ a
+        for a, b in ops:
+            torch.matmul(a, b)
         t0 = time.perf_counter()
-        for _ in range(10):
-            a @ a
-        return 10 * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
+        for _ in range(reps):
+            for a, b in ops:
+                torch.matmul(a, b)
+        return models * reps / (time.perf_counter() - t0)
 
 
-def _stacked(cfgs: list[RunConfig], compile: bool = False) -> None:
-    for group in stack_groups(runs_of(cfgs)):
-        train_stacked([r.config for r in group], compile=compile)
+def _stacks(cfgs: list[RunConfig], size: int, **options) -> None:
+    for group in stack_groups(runs_of(cfgs), size):
+        train_stack([r.config for r in group], **options)
 
 
-def _warm_up(models: int) -> None:
-    """A worker's initializer: compile the bench's structure once (a 1-step stack of the same shape)."""
-    train_stacked(bench_configs(models, 1), compile=True)
+def _normbench_run(overrides: list[str], config: str = "morvan_tf23") -> None:
+    """`normbench run CONFIG --set ...` with no other option, in a fresh process, into a new folder."""
+    with tempfile.TemporaryDirectory() as out:
+        sets = [a for o in overrides for a in ("--set", o)]
+        cmd = [sys.executable, "-m", "normbench", "run", config, *sets, "--out", out]
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _stacked_on_workers(cfgs: list[RunConfig], workers: int, warm: bool = False) -> float | None:
-    """The stacks spread over `workers` spawned processes of one thread each, as `normbench run --workers N
-    --engine stacked --compile` does (sweep.train_unit). Cold: process start and compilation included (returns
-    None: the caller's clock counts). Warm: every worker has started and compiled before the clock starts (returns
-    the seconds of the training alone)."""
-    from normbench.sweep import train_unit
-
-    context = multiprocessing.get_context("spawn")
-    units = [[r.config.model_dump(mode="json") for r in g] for g in stack_groups(runs_of(cfgs))]
-    init = functools.partial(_warm_up, len(units[0])) if warm else None
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=init) as pool:
-        if warm:  # a task runs only after its worker's initializer: wait until every worker has run one
-            seen: set[int] = set()
-            while len(seen) < workers:
-                seen |= set(pool.map(_pid_after, [0.2] * workers))
-        t0 = time.perf_counter()
-        for outcomes in pool.map(functools.partial(train_unit, stacked=True, compile=True), units):
-            assert all(hasattr(o, "tables") for o in outcomes), outcomes  # a RunFailure would say what broke
-        return time.perf_counter() - t0 if warm else None
+def _time(fn: Callable[[], object], one_thread: bool, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        threads = torch.get_num_threads()
+        if one_thread:
+            torch.set_num_threads(1)
+        try:
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        finally:
+            torch.set_num_threads(threads)
+    return best
 
 
-def _pid_after(seconds: float) -> int:
-    time.sleep(seconds)  # long enough that one worker cannot take every task
-    return os.getpid()
-
-
-def run_bench(runs: int = 64, steps: int = 251, repeat: int = 1, workers: int | None = None) -> list[Timing]:
+def run_bench(runs: int = 64, steps: int = 251, repeat: int = 1) -> list[Timing]:
     cfgs = bench_configs(runs, steps)
-    no_record = [
+    quiet = [
         c.model_copy(update={"record": c.record.model_copy(update={"loss_every": steps, "hist_every": steps})})
         for c in cfgs
     ]
-    workers = workers or os.cpu_count() or 1
     build_dataset(cfgs[0].data)  # load once, outside the timings
-    # name, what (returning its own seconds, or None to be timed from outside), on one thread
-    ways: list[tuple[str, Callable[[], float | None], bool]] = [
+    # name, what, on one thread
+    ways: list[tuple[str, Callable[[], object], bool]] = [
         ("plain PyTorch loop (no recording), 1 thread", lambda: plain_loop(cfgs), True),
         (f"plain PyTorch loop (no recording), {torch.get_num_threads()} threads", lambda: plain_loop(cfgs), False),
-        ("normbench per-run engine", lambda: [train_run(c) for c in cfgs], True),
-        ("normbench stacked engine", lambda: _stacked(cfgs), True),
-        ("normbench stacked engine, recording off", lambda: _stacked(no_record), True),
-        ("normbench stacked engine, compiled, first use in the process", lambda: _stacked(cfgs, True), True),
-        ("normbench stacked engine, compiled, again (steady state)", lambda: _stacked(cfgs, True), True),
+        ("autograd kernel, runs alone", lambda: _stacks(cfgs, 1, kernel="autograd"), True),
+        ("autograd kernel, stacks of 16", lambda: _stacks(cfgs, 16, kernel="autograd"), True),
+        ("written-out kernel, runs alone", lambda: _stacks(cfgs, 1), True),
+        ("written-out kernel, stacks of 16", lambda: _stacks(cfgs, 16), True),
+        ("written-out kernel, stacks of 16, recording off", lambda: _stacks(quiet, 16), True),
         (
-            f"normbench stacked engine, compiled, {workers} worker processes (start and compile included)",
-            lambda: _stacked_on_workers(cfgs, workers),
-            False,
+            "written-out kernel, stacks of 16, compiled, first use in the process",
+            lambda: _stacks(cfgs, 16, compile=True),
+            True,
         ),
         (
-            f"normbench stacked engine, compiled, {workers} worker processes, started and compiled before",
-            lambda: _stacked_on_workers(cfgs, workers, warm=True),
+            "written-out kernel, stacks of 16, compiled, again (steady state)",
+            lambda: _stacks(cfgs, 16, compile=True),
+            True,
+        ),
+        (
+            "`normbench run` with no options (a fresh process, everything counted)",
+            lambda: _normbench_run(bench_overrides(runs, steps)),
             False,
         ),
     ]
     plain_loop(bench_configs(1, 5))  # warm up: the first models of a process pay for lazy initializations
-    timings = []
-    for name, fn, one_thread in ways:
-        best = float("inf")
-        for _ in range(repeat):
-            threads = torch.get_num_threads()
-            if one_thread:
-                torch.set_num_threads(1)
-            try:
-                t0 = time.perf_counter()
-                own = fn()
-                best = min(best, own if isinstance(own, float) else time.perf_counter() - t0)
-            finally:
-                torch.set_num_threads(threads)
-        timings.append(Timing(name, best, runs * steps))
-    return timings
+    return [Timing(name, _time(fn, one, repeat), runs * steps) for name, fn, one in ways]
 
 
-def print_bench(runs: int, steps: int, repeat: int, console, workers: int | None = None) -> list[Timing]:
+def demo_timings(repeat: int = 1) -> tuple[Timing, Timing]:
+    """The training of `normbench demo dead-neurons`: its three configs through `normbench run`'s default path
+    (run_experiment with no options, in this process: recording and writing the results included) against the
+    plain loop over the same runs."""
+    from rich.console import Console
+
+    from normbench.demo import DEMO_CONFIGS
+    from normbench.sweep import run_experiment
+
+    exps: list[Experiment] = [load_experiment(name) for name in DEMO_CONFIGS]
+    cfgs = [r.config for e in exps for r in e.runs]
+    model_steps = sum(total_steps(c, build_dataset(c.data)) for c in cfgs)
+
+    def default_path() -> None:
+        with tempfile.TemporaryDirectory() as out:
+            for e in exps:
+                run_experiment(e, Path(out), console=Console(quiet=True))
+
+    plain = Timing(
+        "plain PyTorch loop over the demo's runs, 1 thread", _time(lambda: plain_loop(cfgs), True, repeat), model_steps
+    )
+    ours = Timing(
+        "the demo's training by `normbench run`'s default path", _time(default_path, False, repeat), model_steps
+    )
+    return plain, ours
+
+
+def print_bench(runs: int, steps: int, repeat: int, console, demo: bool = True) -> list[Timing]:
     import platform
 
     from rich.table import Table
 
-    peak = peak_matmul_gflops()
-    timings = run_bench(runs, steps, repeat, workers)
     cfg = bench_configs(1, steps)[0]
+    floor = matmul_floor(cfg)
+    timings = run_bench(runs, steps, repeat)
     flop = flop_per_model_step(cfg, cfg.data.n or 500)
     plain = timings[0].rate
     table = Table(
         title=f"normbench bench: {runs} runs x {steps} steps, 7x30 MLP + BN + ReLU on 500 points "
         f"({flop / 1e6:.1f} MFLOP per model-step; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores; one core multiplies 1024x1024 matrices at {peak:.1f} GFLOP/s)",
+        f"{os.cpu_count()} cores); the matmuls alone of a 16-model step allow {floor:.0f} model-steps/s on one core",
         title_justify="left",
     )
     for col in ("way", "seconds", "model-steps/s", "GFLOP/s", "vs plain loop (1 thread)"):
@@ -210,11 +247,34 @@ def print_bench(runs: int, steps: int, repeat: int, console, workers: int | None
             t.name, f"{t.seconds:.2f}", f"{t.rate:.0f}", f"{t.rate * flop / 1e9:.2f}", f"{t.rate / plain:.2f}x"
         )
     console.print(table)
-    on, off = timings[3].seconds, timings[4].seconds
-    console.print(f"recording overhead in the stacked engine (eager): {on / off - 1:.0%} of its training time")
-    compile_s = timings[5].seconds - timings[6].seconds
-    console.print(
-        f"the best way is {max(timings, key=lambda t: t.rate).name}: {max(t.rate for t in timings) / plain:.2f}x"
+    by = {t.name: t for t in timings}
+    compiled = timings[8]
+    rows = [
+        ("`normbench run` with no options vs the plain loop", timings[-1].rate / plain, TARGETS["default"], "x"),
+        ("compiled written-out kernel, one core, vs its matmul floor", compiled.rate / floor, TARGETS["floor"], "%"),
+    ]
+    if demo:
+        plain_demo, ours_demo = demo_timings(repeat)
+        rows.append(
+            (
+                "demo training: plain loop time / default path time",
+                plain_demo.seconds / ours_demo.seconds,
+                TARGETS["demo"],
+                "x",
+            )
+        )
+        console.print(f"{plain_demo.name}: {plain_demo.seconds:.1f} s; {ours_demo.name}: {ours_demo.seconds:.1f} s")
+    targets = Table(title="targets", title_justify="left")
+    for col in ("what", "measured", "target", "met"):
+        targets.add_column(col)
+    for what, value, target, unit in rows:
+        fmt = (lambda v: f"{v:.0%}") if unit == "%" else (lambda v: f"{v:.2f}x")
+        targets.add_row(what, fmt(value), f">= {fmt(target)}", "yes" if value >= target else "no")
+    console.print(targets)
+    on, off = (
+        by["written-out kernel, stacks of 16"].seconds,
+        by["written-out kernel, stacks of 16, recording off"].seconds,
     )
-    console.print(f"compiling the stacked step took about {compile_s:.1f} s (first use minus steady state)")
+    console.print(f"recording costs {on / off - 1:.0%} of the written-out kernel's training time here")
+    console.print(f"compiling took about {timings[7].seconds - timings[8].seconds:.1f} s (first use minus again)")
     return timings

@@ -54,10 +54,10 @@ class Executor(StrEnum):
     dask = "dask"
 
 
-class Engine(StrEnum):
+class KernelName(StrEnum):
     auto = "auto"
-    per_run = "per-run"
-    stacked = "stacked"
+    written_out = "written-out"
+    autograd = "autograd"
 
 
 class Device(StrEnum):
@@ -107,22 +107,33 @@ def run(
     out_dir: OutOpt = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Re-run runs that already finished.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run runs recorded as failed.")] = False,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes (one thread each).")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Local worker processes of one thread each [default: one per core for large grids]."),
+    ] = None,
     executor: Annotated[Executor, typer.Option(help="local, or dask (needs --scheduler).")] = Executor.local,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://HOST:8786.")] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the expanded grid with run ids; train nothing.")
     ] = False,
-    engine: Annotated[
-        Engine,
+    kernel: Annotated[
+        KernelName,
         typer.Option(
-            help="per-run (the reference), stacked (runs of one structure as one computation), or auto: "
-            "stacked on a GPU, per-run on the CPU."
+            help="How a step is computed: written-out (MLPs, backward by hand), autograd (any model), or auto: "
+            "written-out wherever it supports the config."
         ),
-    ] = Engine.auto,
+    ] = KernelName.auto,
+    stack: Annotated[
+        int, typer.Option(min=1, help="At most this many runs of one structure train together (1: each alone).")
+    ] = 16,
     compile_: Annotated[
-        bool, typer.Option("--compile", help="Compile the stacked engine's training step (torch.compile).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Compile the written-out kernel's step (torch.compile) [default: when the grid is large enough].",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[Device, typer.Option(help="Where runs train: auto (the GPU if any), cpu or cuda.")] = Device.auto,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
@@ -143,7 +154,8 @@ def run(
             workers=workers,
             executor=executor.value,
             scheduler=scheduler,
-            engine=engine.value,
+            kernel=kernel.value,
+            stack=stack,
             compile=compile_,
             device=device.value,
             console=err,
@@ -189,10 +201,7 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 @app.command("list")
 def list_() -> None:
     """What the registries hold and the packaged configs."""
-    from normbench.data import DATASETS
-    from normbench.models import ACTIVATIONS, INITS, MODELS
-    from normbench.norms import NORMS
-    from normbench.train import OPTIMIZERS
+    from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS
 
     for title, reg in (
         ("norms", NORMS),
@@ -256,15 +265,13 @@ def bench(
     runs: Annotated[int, typer.Option(min=1, help="Runs (seeds) in the grid.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 251,
     repeat: Annotated[int, typer.Option(min=1, help="Time each way this many times, keep the best.")] = 1,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes for the last way (default: one per core).")
-    ] = None,
+    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Also time the demo's training.")] = True,
 ) -> None:
-    """Time the seed's 7x30 MLP grid several ways side by side: a plain PyTorch loop, the per-run engine, the
-    stacked engine (eager, without recording, compiled, compiled on one worker process per core)."""
+    """Time the seed's 7x30 MLP grid several ways side by side (a plain PyTorch loop, its matmul floor, each
+    kernel alone and stacked, eager and compiled, and `normbench run` as typed) and report the speed targets."""
     from normbench.bench import print_bench
 
-    print_bench(runs, steps, repeat, out, workers)
+    print_bench(runs, steps, repeat, out, demo)
 
 
 @demo_app.command("dead-neurons")

@@ -29,11 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from normbench.data import DATASETS
-from normbench.models import ACTIVATIONS, INITS, MODELS
-from normbench.norms import NORMS
-from normbench.registry import Registry, UnknownName
-from normbench.train import OPTIMIZERS
+from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, Registry, UnknownName
 
 PACKAGED_CONFIGS = [Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs"]
 

@@ -22,7 +22,7 @@ import gzip
 import json
 import math
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from normbench.registry import Registry
+from normbench.registry import DATASETS
 
 if TYPE_CHECKING:
     from normbench.config import DataConfig
@@ -76,9 +76,6 @@ class Dataset:
         if self.x_test is None or self.y_test is None:
             raise ValueError("this data set has no test split")
         return self.x_test, self.y_test
-
-
-DATASETS: Registry[Callable[[DataConfig], Dataset]] = Registry("dataset")
 
 
 @DATASETS.register("quadratic")

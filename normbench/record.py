@@ -1,5 +1,8 @@
 """What happens inside a network while it trains: losses, histograms, dead and saturated units, gradients.
 
+    rec = Recorder(cfgs, kernel, splits)     # M runs trained together by one kernel (engine/)
+    rec.losses(step, [0, 1, ...]); rec.layers(step, [...]); rec.tables(j)   # run j's curves, layers, histograms
+
 Points recorded in every recorded layer (models.recorded_layers), on the evaluation set:
     pre_norm   the input of the layer's norm      (fc output Wx+b, or the activation output if placement=after)
     post_norm  the output of the layer's norm     (= pre_norm when norm is none)
@@ -13,21 +16,17 @@ falls out of a picture (the seed's own histograms dropped every NaN of a diverge
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from normbench.models import ACTIVATIONS, recorded_layers
-from normbench.norms import frozen_running_stats
+from normbench.registry import ACTIVATIONS
 
 if TYPE_CHECKING:
     from normbench.config import RunConfig
-    from normbench.data import Dataset
 
 POINTS = ("pre_norm", "post_norm", "post_act")
 
@@ -122,8 +121,8 @@ def unit_metrics(act: torch.Tensor, activation: str, threshold: float) -> dict[s
 
 
 def unit_metrics_stacked(act: torch.Tensor, activation: str, threshold: float) -> list[dict[str, float]]:
-    """unit_metrics of each of M models at once, from their post-activation values `act` (M, C, N): channels by
-    samples, the stacked engine's layout."""
+    """unit_metrics of each of M models at once, from their post-activation values `act` (M, C, K): channels by
+    values (every sample, and every position of a conv map), the layout of a kernel's Probe."""
     a = act.detach().to(torch.float64)
     finite = torch.isfinite(a).flatten(1).all(1).tolist()
     zero = a == 0
@@ -138,156 +137,103 @@ def unit_metrics_stacked(act: torch.Tensor, activation: str, threshold: float) -
     ]
 
 
-@contextmanager
-def capture(model: nn.Module):
-    """Collect {(layer, point): tensor} from every recorded layer's norm and act during the forwards inside."""
-    found: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-    for i, block in enumerate(recorded_layers(model)):
-
-        def on_norm(module, inputs, output, i=i):
-            found[(i, "pre_norm")] = inputs[0]
-            found[(i, "post_norm")] = output
-
-        def on_act(module, inputs, output, i=i):
-            found[(i, "post_act")] = output
-
-        handles.append(block.norm.register_forward_hook(on_norm))
-        handles.append(block.act.register_forward_hook(on_act))
-    try:
-        yield found
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def norm_mode(model: nn.Module, mode: str):
-    """mode 'train': norms use the statistics of the samples given (running statistics are left untouched);
-    mode 'eval': norms use their running statistics. Restores the model's mode after."""
-    was_training = model.training
-    model.train(mode == "train")
-    try:
-        if mode == "train":
-            with frozen_running_stats(model):
-                yield
-        else:
-            yield
-    finally:
-        model.train(was_training)
-
-
-def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Classification (integer targets): mean cross-entropy. Regression: mean over samples of the squared error
-    summed over outputs (the seed's reduce_mean(reduce_sum(...)))."""
-    if target.dtype == torch.int64:
-        return F.cross_entropy(pred, target)
-    return (pred - target).square().sum(dim=1).mean()
-
-
-def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
-    return float((pred.argmax(1) == target).double().mean()) if target.dtype == torch.int64 else float("nan")
-
-
 def hist_range(rc: Any, layer: int, point: str) -> tuple[float, float]:
     return rc.ranges.input if layer == 0 else getattr(rc.ranges, point)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The recorder of M runs trained together (M = 1 for a run alone)
+
+# Switchable norm's importance weights, recorded per layer (NaN for every other norm).
 IMPORTANCE = tuple(f"sn_{what}_{kind}" for what in ("mean", "var") for kind in ("in", "ln", "bn"))
 
 
-def _importance(norm: nn.Module) -> dict[str, float]:
-    """Switchable norm's importance weights after the softmax (NaN columns for every other norm)."""
-    if hasattr(norm, "importance"):
-        return {f"sn_{k}": v for k, v in norm.importance().items()}
-    return dict.fromkeys(IMPORTANCE, float("nan"))
+@dataclass
+class Probe:
+    """What a kernel's recording pass sees, for all M models at once."""
+
+    points: dict[tuple[int, str], torch.Tensor]  # (layer, point) -> (M, C, K): channels by values
+    grad: torch.Tensor  # (M, P) gradient of each model's loss on the probe's samples
+    importance: dict[int, torch.Tensor]  # hidden layer -> (M, len(IMPORTANCE)), NaN without switchable norm
 
 
-def point_rows(
-    cfg: RunConfig,
-    step: int,
-    found: dict[tuple[int, str], torch.Tensor],
-    norms: dict[int, tuple[float, float]],
-    importance: dict[int, dict[str, float]],
-    rows: dict[str, list[dict[str, Any]]],
-    hists: dict[tuple[int, str], Histogram] | None = None,
-    metrics: dict[int, dict[str, float]] | None = None,
-) -> None:
-    """Append the histograms rows of every captured point and the layers rows of every hidden layer: shared by
-    the per-run engine and the stacked one (which passes `hists` and unit `metrics`, computed for all its models
-    at once), so both record exactly the same things."""
-    rc = cfg.record
-    for (layer, point), values in sorted(found.items()):
-        h = hists[(layer, point)] if hists is not None else histogram(values, *hist_range(rc, layer, point), rc.bins)
-        rows["histograms"].append({"step": step, "layer": layer, "point": point, **h.__dict__})
-        if layer > 0 and point == "post_act":
-            weight_norm, grad_norm = norms[layer]
-            rows["layers"].append(
-                {
-                    "step": step,
-                    "layer": layer,
-                    **(
-                        metrics[layer]
-                        if metrics is not None
-                        else unit_metrics(values, cfg.model.activation, rc.saturation_threshold)
-                    ),
-                    "grad_norm": grad_norm,
-                    "weight_norm": weight_norm,
-                    **importance[layer],
-                }
-            )
+class Measured(Protocol):
+    """What the recorder needs of a kernel (engine/base.py has the whole interface)."""
 
+    theta: torch.Tensor
+    layer_weights: dict[int, slice]
 
-def _norms(weight: torch.Tensor) -> tuple[float, float]:
-    """(weight norm, gradient norm) of a layer's weight; a layer that got no gradient has NaN."""
-    grad = weight.grad
-    return float(weight.detach().norm()), float(grad.norm()) if grad is not None else float("nan")
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# The recorder of one run
+    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe: ...
 
 
 class Recorder:
-    """Accumulates a run's tidy tables; see docs/results-format.md for every column."""
+    """Accumulates the tidy tables of each of M runs (docs/results-format.md has every column). Every
+    measurement is taken for all models at once through the kernel, then split into each run's rows; a step is
+    recorded at most once per run."""
 
-    def __init__(self, cfg: RunConfig, model: nn.Module, data: Dataset):
-        self.cfg, self.model, self.data = cfg, model, data
-        self.splits = ["train"] + (["test"] if data.x_test is not None else [])
-        self.rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._loss_steps: set[int] = set()
-        self._layer_steps: set[int] = set()
+    def __init__(self, cfgs: list[RunConfig], kernel: Measured, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        self.cfgs, self.kernel, self.splits = cfgs, kernel, splits  # splits in the kernel's layout
+        self.rc = cfgs[0].record
+        self.rows: list[dict[str, list[dict[str, Any]]]] = [defaultdict(list) for _ in cfgs]
+        self._done: set[tuple[str, int, int]] = set()
 
-    def losses(self, step: int) -> None:
-        """Loss on every split, with batch statistics (mode train) and running statistics (mode eval)."""
-        if step in self._loss_steps:
+    def _todo(self, kind: str, step: int, which: list[int]) -> list[int]:
+        todo = [j for j in which if (kind, step, j) not in self._done]
+        self._done.update((kind, step, j) for j in todo)
+        return todo
+
+    def losses(self, step: int, which: list[int], train_loss: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Loss and accuracy on every split, with batch statistics (mode train) and running statistics (mode eval).
+        `train_loss`: the training split's train-mode numbers when they are already known (the full batch)."""
+        which = self._todo("losses", step, which)
+        if not which:
             return
-        self._loss_steps.add(step)
-        with torch.no_grad():
-            for split in self.splits:
-                x, y = self.data.split(split)
-                for mode in ("train", "eval"):
-                    with norm_mode(self.model, mode):
-                        pred = self.model(x)
-                    row = {"step": step, "split": split, "mode": mode}
-                    row |= {"loss": float(loss_fn(pred, y)), "accuracy": accuracy(pred, y)}
-                    self.rows["curves"].append(row)
+        for split, (x, y) in self.splits.items():
+            for mode in ("train", "eval"):
+                known = train_loss is not None and (split, mode) == ("train", "train")
+                loss, acc = train_loss if known else self.kernel.evaluate(x, y, mode)
+                loss, acc = loss.tolist(), acc.tolist()
+                for j in which:
+                    row = {"step": step, "split": split, "mode": mode, "loss": loss[j], "accuracy": acc[j]}
+                    self.rows[j]["curves"].append(row)
 
-    def layers(self, step: int) -> None:
-        """Histograms of every point and unit metrics of every hidden layer, from one forward and backward on the
-        evaluation set (record.eval_split, record.eval_mode). Parameters and their gradients are left as found."""
-        if step in self._layer_steps:
+    def layers(self, step: int, which: list[int]) -> None:
+        """Histograms of every point and the unit statistics of every hidden layer, from one forward and backward
+        on the evaluation set (record.eval_split, record.eval_mode)."""
+        which = self._todo("layers", step, which)
+        if not which:
             return
-        self._layer_steps.add(step)
-        rc = self.cfg.record
-        x, y = self.data.split(rc.eval_split)
-        saved_grads = {p: p.grad for p in self.model.parameters()}
-        self.model.zero_grad(set_to_none=True)
-        with norm_mode(self.model, rc.eval_mode), capture(self.model) as found:
-            loss_fn(self.model(x), y).backward()
-        blocks = recorded_layers(self.model)
-        norms = {i: _norms(b.fc.weight) for i, b in enumerate(blocks) if i > 0}
-        importance = {i: _importance(b.norm) for i, b in enumerate(blocks) if i > 0}
-        point_rows(self.cfg, step, found, norms, importance, self.rows)
-        for p, g in saved_grads.items():
-            p.grad = g
+        rc, kernel = self.rc, self.kernel
+        probe = kernel.probe(*self.splits[rc.eval_split], rc.eval_mode)
+        pick = torch.tensor(which, device=kernel.theta.device)
+        points = {key: v.index_select(0, pick) for key, v in probe.points.items()}
+        hists = {key: histograms_stacked(v, *hist_range(rc, *key), rc.bins) for key, v in points.items()}
+        activation = self.cfgs[0].model.activation
+        metrics = {
+            i: unit_metrics_stacked(points[(i, "post_act")], activation, rc.saturation_threshold)
+            for i in kernel.layer_weights
+        }
+        slices = kernel.layer_weights.items()
+        weight = {i: torch.linalg.vector_norm(kernel.theta[pick, s], dim=1).tolist() for i, s in slices}
+        grad = {i: torch.linalg.vector_norm(probe.grad[pick, s], dim=1).tolist() for i, s in slices}
+        importance = {i: v[pick.cpu()].tolist() for i, v in probe.importance.items()}
+        for pos, j in enumerate(which):
+            rows = self.rows[j]
+            for (layer, point), h in sorted(hists.items()):
+                rows["histograms"].append({"step": step, "layer": layer, "point": point, **h[pos].__dict__})
+            for i in sorted(metrics):
+                rows["layers"].append(
+                    {
+                        "step": step,
+                        "layer": i,
+                        **metrics[i][pos],
+                        "grad_norm": grad[i][pos],
+                        "weight_norm": weight[i][pos],
+                        **dict(zip(IMPORTANCE, importance[i][pos], strict=True)),
+                    }
+                )
+
+    def tables(self, j: int) -> dict[str, pd.DataFrame]:
+        return {name: pd.DataFrame(rows) for name, rows in self.rows[j].items()}

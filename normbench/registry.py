@@ -1,7 +1,10 @@
 """Name -> thing registries for every swappable piece (norms, activations, inits, optimizers, datasets, models).
 
-    NORMS = Registry("norm")
+The registries themselves live here, below everything that uses them; each names the module that fills it
+(its provider), imported the first time a name is looked up. So the config schema can check names against the
+registries without importing the models or the trainer, and no module imports in a circle.
 
+    # normbench/nn/norms.py, the provider of NORMS:
     @NORMS.register("batch", aliases=("bn", "batchnorm"))
     class BatchNorm(...): ...
 
@@ -13,8 +16,9 @@ Adding a norm is one class and one `register` line; every test that loops over a
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -29,8 +33,10 @@ def _key(name: str) -> str:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, provider: str | None = None):
         self.kind = kind
+        self.provider = provider  # the module whose import registers the items
+        self._loaded = provider is None
         self._items: dict[str, T] = {}  # canonical name -> item, in registration order
         self._lookup: dict[str, str] = {}  # normalized name or alias -> canonical name
         self._help: dict[str, str] = {}
@@ -48,8 +54,14 @@ class Registry(Generic[T]):
 
         return add
 
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self.provider)
+
     def canonical(self, name: str) -> str:
         """The registered spelling of `name`, or UnknownName listing the choices."""
+        self._load()
         try:
             return self._lookup[_key(str(name))]
         except KeyError:
@@ -59,16 +71,27 @@ class Registry(Generic[T]):
         return self._items[self.canonical(name)]
 
     def names(self) -> list[str]:
+        self._load()
         return list(self._items)
 
     def help(self, name: str) -> str:
         return self._help[self.canonical(name)]
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return isinstance(name, str) and _key(name) in self._lookup
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.names())
+
+
+# Every registry of the project, with the module that fills it.
+NORMS: Registry[Any] = Registry("norm", "normbench.nn.norms")
+ACTIVATIONS: Registry[Any] = Registry("activation", "normbench.nn.activations")
+INITS: Registry[Any] = Registry("init", "normbench.nn.models")
+MODELS: Registry[Any] = Registry("model", "normbench.nn.models")
+DATASETS: Registry[Any] = Registry("dataset", "normbench.data")
+OPTIMIZERS: Registry[Any] = Registry("optimizer", "normbench.engine.optim")

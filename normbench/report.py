@@ -26,6 +26,7 @@ COLUMNS = (
     "final_test_accuracy",
     "last_finite_train_loss",
     "wall_time_s",
+    "engine.kernel",
 )
 
 
@@ -35,7 +36,7 @@ def summary_records(exp_dir: Path) -> list[dict[str, Any]]:
     records = []
     for row in runs.to_dict("records"):
         rec: dict[str, Any] = {"experiment": exp_dir.name}
-        rec |= {c: row[c] for c in COLUMNS}
+        rec |= {c: row.get(c) for c in COLUMNS}
         rec |= {a: row[a] for a in axes}
         rec["dead_fraction"] = list(row["dead_fraction"])
         rec["saturated_fraction"] = list(row["saturated_fraction"])
@@ -80,7 +81,7 @@ def summary_table(records: list[dict[str, Any]], axes: list[str], title: str = "
     table = Table(title=title, title_justify="left", header_style="bold")
     for a in axes:
         table.add_column(a.split(".")[-1])
-    for name in ("status", "train loss", "test loss", "dead units / layer", "saturated / layer", "run id"):
+    for name in ("status", "train loss", "test loss", "dead units / layer", "saturated / layer", "kernel", "run id"):
         table.add_column(name, justify="right" if "loss" in name else "left")
     for r in records:
         style = {"diverged": "yellow", "failed": "red"}.get(r["status"])
@@ -91,6 +92,7 @@ def summary_table(records: list[dict[str, Any]], axes: list[str], title: str = "
             fmt_loss(r["final_test_loss"]),
             fmt_fractions(r["dead_fraction"]),
             fmt_fractions(r["saturated_fraction"]),
+            r.get("engine.kernel") or "-",
             r["run_id"],
             style=style,
         )

@@ -25,13 +25,15 @@ import pandas as pd
 import torch
 import yaml
 
-from normbench.train import RunFailure
+from normbench.engine.driver import RunFailure
 
 if TYPE_CHECKING:
     from normbench.config import Experiment, Run
-    from normbench.train import RunResult
+    from normbench.engine.driver import RunResult
 
 TABLES = ("curves", "layers", "histograms")
+# What produced a run (summary.json's "engine", runs.parquet's engine.* columns): see docs/results-format.md.
+ENGINE = ("kernel", "compiled", "device", "dtype", "threads", "torch", "stack")
 FINISHED = ("ok", "diverged")
 
 
@@ -158,11 +160,15 @@ class ExperimentStore:
                     "dead_fraction": [_num(v) for v in s.get("dead_fraction", [])],
                     "saturated_fraction": [_num(v) for v in s.get("saturated_fraction", [])],
                     "error": s.get("error"),
+                    **{f"engine.{k}": (s.get("engine") or {}).get(k) for k in ENGINE},
                 }
             )
         df = pd.DataFrame(rows)
         df["diverged_step"] = df["diverged_step"].astype("Int64")
         df["steps_done"] = df["steps_done"].astype("Int64")
+        for col in ("engine.threads", "engine.stack"):
+            df[col] = df[col].astype("Int64")
+        df["engine.compiled"] = df["engine.compiled"].astype("boolean")
         write_parquet_atomic(df, self.dir / "runs.parquet")
         return df
 
@@ -184,6 +190,7 @@ def run_summary(result: RunResult) -> dict[str, Any]:
         "final_test_accuracy": float(test.accuracy.iloc[-1]) if len(test) else None,
         "last_finite_train_loss": float(finite.loss.iloc[-1]) if len(finite) else None,
         "wall_time_s": result.wall_time_s,
+        "engine": result.provenance,
         "last_step": int(layers.step.max()),
         "dead_fraction": last.dead_fraction.tolist(),
         "saturated_fraction": last.saturated_fraction.tolist(),

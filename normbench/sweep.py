@@ -1,7 +1,7 @@
 """Run an experiment's grid: every run not yet finished, each committed as it ends.
 
     table = run_experiment(load_experiment("configs/morvan_tf23.yaml"), out="results")
-    table = run_experiment(exp, workers=2)                                    # local processes
+    table = run_experiment(exp, workers=2)                                    # 2 local processes
     table = run_experiment(exp, executor="dask", scheduler="tcp://host:8786")  # a Dask cluster
 
 An exception inside one run marks that run 'failed' (with its error) and the sweep goes on; a diverged run is
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,9 +29,20 @@ from rich.progress import (
 
 from normbench.config import ConfigError, Experiment, Run, RunConfig
 from normbench.data import DataError, build_dataset
-from normbench.models import build_model
+from normbench.engine import (
+    PlanError,
+    RunFailure,
+    RunResult,
+    Unit,
+    kernel_for,
+    make_plan,
+    resolve_device,
+    total_steps,
+    train_stack,
+)
+from normbench.engine.plan import MAX_STACK
+from normbench.nn.models import build_model
 from normbench.store import ExperimentStore
-from normbench.train import RunFailure, RunResult, resolve_device, total_steps, train_run
 
 
 def run_experiment(
@@ -41,47 +51,52 @@ def run_experiment(
     *,
     force: bool = False,
     retry_failed: bool = False,
-    workers: int = 1,
+    workers: int | None = None,
     executor: str = "local",
     scheduler: str | None = None,
-    engine: str = "per-run",
-    compile: bool = False,
+    kernel: str = "auto",
+    stack: int = MAX_STACK,
+    compile: bool | None = None,
     device: str = "cpu",
     console: Console | None = None,
 ) -> pd.DataFrame:
     """Train the runs of `exp` not finished yet and return runs.parquet's table.
 
-    executor 'local' with workers 1 trains in this process (with a progress bar per step); workers N > 1 trains
-    in N processes of one thread each; 'dask' sends each run to the Dask cluster at `scheduler`. In every case
-    the runs' results come back here and are committed by this process alone, one atomic folder per run.
-    engine 'stacked' trains the runs that share a structure as one stacked computation (stacked.py), a stack
-    being the unit sent to a worker; runs it cannot stack use the per-run engine. engine 'auto' is 'stacked' on
-    a GPU and 'per-run' (the reference) on the CPU. `compile` puts the stacked training step through
-    torch.compile; `device` is 'cpu', 'cuda' or 'auto' (the GPU if PyTorch sees one), where each worker trains.
+    The plan (engine/plan.py) groups the runs into stacks of one structure (at most `stack` runs; 1 trains each
+    run alone), each trained by one call of the driver on `kernel` ('auto': the written-out kernel where it
+    supports the config, else autograd), compiled or not (`compile` None: when it pays back). executor 'local'
+    trains the stacks in this process (workers 1, with a progress bar per step) or in worker processes of one
+    thread each (workers None: one per core when the grid is large enough); 'dask' sends each stack to the Dask
+    cluster at `scheduler`. In every case the results come back here and are committed by this process alone,
+    one atomic folder per run. `device` is 'cpu', 'cuda' or 'auto' (the GPU if PyTorch sees one).
     """
     console = console or Console(stderr=True)
     try:
         dev = resolve_device(device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    engine = ("stacked" if dev.type == "cuda" else "per-run") if engine == "auto" else engine
-    if compile and engine != "stacked":
-        raise ConfigError("--compile compiles the stacked engine's step: use it with --engine stacked")
-    if compile and dev.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        raise ConfigError("--compile on the CPU needs a C++ compiler on the PATH (g++ or clang++) for torch.compile")
     preflight(exp)
     store = ExperimentStore(out, exp.name)
-    store.prepare(exp)
     todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed)]
+    steps_of = {r.run_id: total_steps(r.config, build_dataset(r.config.data)) for r in todo}
+    if executor == "dask":
+        workers = 1 if workers is None else workers  # the cluster decides where units run
+    try:
+        plan = make_plan(
+            todo, steps_of, kernel=kernel, stack=stack, workers=workers, compile=compile, device_type=dev.type
+        )
+    except PlanError as e:
+        raise ConfigError(str(e)) from None
+    store.prepare(exp)
     skipped = len(exp.runs) - len(todo)
-    where = f"dask at {scheduler}" if executor == "dask" else f"{workers} worker process(es)" if workers > 1 else ""
+    where = f" on dask at {scheduler}" if executor == "dask" else ""
     console.print(
         f"[bold]{exp.name}[/]: {len(exp.runs)} runs, {len(todo)} to train"
         + (f", {skipped} already finished (--force to redo)" if skipped else "")
-        + (f" on {where}" if where else "")
-        + f", {engine} engine{' (compiled)' if compile else ''} on {dev}"
+        + (f": {plan.describe()}{where}, {dev}" if todo else "")
         + f" -> {store.dir}"
     )
+    _say_other_kernels(exp.runs, todo, store, kernel, console)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -92,12 +107,11 @@ def run_experiment(
     )
     with Progress(*columns, console=console, transient=True, disable=not todo) as bar:
         runs_task = bar.add_task("runs", total=len(todo))
-        units = _units(todo, engine)
-        options = {"compile": compile, "device": str(dev)}
-        if executor == "local" and workers == 1:
-            outcomes = _in_process(units, bar, options)
+        device_name = str(dev)
+        if executor == "local" and plan.workers == 1:
+            outcomes = _in_process(plan.units, bar, steps_of, device_name)
         else:
-            outcomes = _elsewhere(units, workers, executor, scheduler, options)
+            outcomes = _elsewhere(plan.units, plan.workers, executor, scheduler, device_name)
         for run, outcome in outcomes:
             summary = store.write_run(run, outcome)
             bar.advance(runs_task)
@@ -112,60 +126,59 @@ def _label(run: Run) -> str:
     return " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.params.items()) or run.run_id
 
 
-Unit = tuple[list[Run], bool]  # runs trained together, and whether as one stack
+def _say_other_kernels(runs: list[Run], todo: list[Run], store: ExperimentStore, kernel: str, console) -> None:
+    """A results folder never mixes kernels silently: finished runs kept from another kernel are named."""
+    pending = {r.run_id for r in todo}
+    other: dict[str, int] = {}
+    for run in runs:
+        s = store.summary(run.run_id)
+        if run.run_id in pending or s is None or s.get("status") == "failed":
+            continue
+        had = (s.get("engine") or {}).get("kernel", "an older engine")
+        try:
+            now = kernel_for(run.config, kernel)
+        except PlanError:
+            now = kernel
+        if had != now:
+            other[had] = other.get(had, 0) + 1
+    for had, n in other.items():
+        console.print(
+            f"  [yellow]{n} finished run(s) were trained by {had}, not the kernel this invocation uses; kept "
+            "(--force retrains them)[/]"
+        )
 
 
-def _units(todo: list[Run], engine: str) -> list[Unit]:
-    if engine != "stacked":
-        return [([r], False) for r in todo]
-    from normbench.stacked import stack_groups, stackable
-
-    stacks = [(group, True) for group in stack_groups([r for r in todo if stackable(r.config)])]
-    return stacks + [([r], False) for r in todo if not stackable(r.config)]
-
-
-def train_unit(
-    configs: list[dict], stacked: bool, on_step=None, *, compile: bool = False, device: str = "cpu"
-) -> list[Outcome]:
+def train_unit(configs: list[dict], kernel: str, compile: bool, on_step=None, *, device: str = "cpu") -> list[Outcome]:
     """Train one unit where it lands (this process, a local worker, a Dask worker); configs travel as JSON-able
-    data, failures come back as data. A stack that fails records the failure on each of its runs."""
-    cfgs = [RunConfig.model_validate(c) for c in configs]
-    if not stacked:
-        return [attempt(c, on_step, device) for c in cfgs]
-    from normbench.stacked import train_stacked
-
+    data, failures come back as data. When a stack fails, its runs are trained again one by one, so that one
+    broken run is recorded as failed (with its error) and the others are not."""
     try:
-        return list(train_stacked(cfgs, on_step=on_step, compile=compile, device=device))
+        cfgs = [RunConfig.model_validate(c) for c in configs]
+        return list(train_stack(cfgs, on_step, kernel=kernel, compile=compile, device=device))
     except Exception as e:
-        return [RunFailure.from_exception(e)] * len(cfgs)
+        if len(configs) == 1:
+            return [RunFailure.from_exception(e)]
+    return [train_unit([c], kernel, compile, on_step, device=device)[0] for c in configs]
 
 
-def attempt(cfg: RunConfig, on_step=None, device: str = "cpu") -> Outcome:
-    """Train one run; an exception becomes a RunFailure, so that one broken run is recorded as failed and the
-    sweep goes on (and, in a worker, the failure comes back as data instead of dying in the worker's log)."""
-    try:
-        return train_run(cfg, on_step=on_step, device=device)
-    except Exception as e:
-        return RunFailure.from_exception(e)
+def _payload(unit: Unit) -> tuple[list[dict], str, bool]:
+    return [r.config.model_dump(mode="json") for r in unit.runs], unit.kernel, unit.compile
 
 
-def _payload(unit: Unit) -> tuple[list[dict], bool]:
-    runs, stacked = unit
-    return [r.config.model_dump(mode="json") for r in runs], stacked
-
-
-def _in_process(units: list[Unit], bar: Progress, options: dict) -> Iterator[tuple[Run, Outcome]]:
-    for runs, stacked in units:
-        label = f"stack of {len(runs)} runs" if stacked else _label(runs[0])
-        task = bar.add_task(f"  {label}", total=total_steps(runs[0].config, build_dataset(runs[0].config.data)))
+def _in_process(
+    units: list[Unit], bar: Progress, steps_of: dict[str, int], device: str
+) -> Iterator[tuple[Run, Outcome]]:
+    for unit in units:
+        label = f"stack of {len(unit.runs)} runs" if len(unit.runs) > 1 else _label(unit.runs[0])
+        task = bar.add_task(f"  {label}", total=steps_of[unit.runs[0].run_id])
         progress = lambda s, t=task: bar.update(t, completed=s)  # noqa: E731
-        outcomes = train_unit(*_payload((runs, stacked)), on_step=progress, **options)
+        outcomes = train_unit(*_payload(unit), on_step=progress, device=device)
         bar.remove_task(task)
-        yield from zip(runs, outcomes, strict=True)
+        yield from zip(unit.runs, outcomes, strict=True)
 
 
 def _elsewhere(
-    units: list[Unit], workers: int, executor: str, scheduler: str | None, options: dict
+    units: list[Unit], workers: int, executor: str, scheduler: str | None, device: str
 ) -> Iterator[tuple[Run, Outcome]]:
     if executor == "dask":
         try:
@@ -178,7 +191,9 @@ def _elsewhere(
             raise ConfigError(f"--scheduler {scheduler}: cannot reach a Dask scheduler ({e})") from None
         with client:
             futures = {
-                client.submit(train_unit, *_payload(u), **options, key=f"normbench-{u[0][0].run_id}", pure=False): u[0]
+                client.submit(
+                    train_unit, *_payload(u), device=device, key=f"normbench-{u.runs[0].run_id}", pure=False
+                ): u.runs
                 for u in units
             }
             for future in as_completed(futures):
@@ -187,7 +202,7 @@ def _elsewhere(
     # 'spawn': a fresh interpreter per worker; forking a process whose OpenMP threads already ran can hang.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(train_unit, *_payload(u), **options): u[0] for u in units}
+        futures = {pool.submit(train_unit, *_payload(u), device=device): u.runs for u in units}
         try:
             for future in concurrent.futures.as_completed(futures):
                 yield from zip(futures[future], future.result(), strict=True)

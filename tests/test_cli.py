@@ -85,10 +85,10 @@ def test_list_shows_registries_and_configs():
 def test_failed_runs_make_run_exit_1_and_plot_refuses_empty(tmp_path, write_config, tiny_raw, monkeypatch):
     from normbench import sweep
 
-    def broken(cfg, **kw):
+    def broken(cfgs, *args, **kw):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(sweep, "train_run", broken)
+    monkeypatch.setattr(sweep, "train_stack", broken)
     tiny_raw |= {"seeds": [1], "grid": {"model.norm": ["none", "batch"]}}
     result = runner.invoke(app, ["run", str(write_config(tiny_raw)), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "2 failed" in result.output

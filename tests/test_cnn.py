@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from normbench.cli import app
 from normbench.config import experiment_from_dict
 from normbench.data import build_dataset
+from normbench.engine import total_steps, train_run
 from normbench.store import load_table
-from normbench.train import total_steps, train_run
 
 TINY_CNN = {
     "name": "tiny_cnn",

@@ -91,6 +91,6 @@ def test_stacks_sent_to_workers_match_stacks_in_process(tmp_path):
             "grid": {"model.norm": ["none", "batch"]},
         }
     )
-    run_experiment(exp, tmp_path / "a", engine="stacked", console=quiet)
-    run_experiment(exp, tmp_path / "b", engine="stacked", workers=2, console=quiet)
+    run_experiment(exp, tmp_path / "a", workers=1, console=quiet)
+    run_experiment(exp, tmp_path / "b", workers=2, console=quiet)
     same_results(tmp_path / "a" / "stacks", tmp_path / "b" / "stacks")

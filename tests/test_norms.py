@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.config import experiment_from_dict
-from normbench.models import build_model
-from normbench.norms import NORMS, SwitchableNorm, _ManualBatchNormFn
+from normbench.nn.models import build_model
+from normbench.nn.norms import NORMS, SwitchableNorm, _ManualBatchNormFn
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 SHAPES = {"features": (16, 6), "maps": (4, 6, 5, 3)}

@@ -79,8 +79,8 @@ def test_stacked_histograms_equal_numpy_model_by_model():
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
 def test_stacked_unit_metrics_model_by_model(activation):
-    from normbench.models import ACTIVATIONS
     from normbench.record import unit_metrics_stacked
+    from normbench.registry import ACTIVATIONS
 
     g = torch.Generator().manual_seed(4)
     act = torch.randn(4, 6, 50, generator=g).clamp_min(0) if activation == "relu" else torch.randn(4, 6, 50).tanh()

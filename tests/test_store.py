@@ -66,8 +66,8 @@ def test_rerun_skips_finished_runs_and_force_reruns(done, monkeypatch):
     exp, exp_dir, _ = done
     mtimes = {p: p.stat().st_mtime_ns for p in (exp_dir / "runs").glob("*/summary.json")}
     calls = []
-    real = sweep.train_run
-    monkeypatch.setattr(sweep, "train_run", lambda cfg, **kw: calls.append(cfg) or real(cfg, **kw))
+    real = sweep.train_stack
+    monkeypatch.setattr(sweep, "train_stack", lambda cfgs, *a, **kw: calls.extend(cfgs) or real(cfgs, *a, **kw))
     run_experiment(exp, exp_dir.parent, console=quiet)
     assert calls == []
     assert mtimes == {p: p.stat().st_mtime_ns for p in (exp_dir / "runs").glob("*/summary.json")}
@@ -85,21 +85,23 @@ def test_only_missing_runs_are_trained(tmp_path, tiny_raw):
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_raw, monkeypatch):
+    """A run that raises fails its stack; the stack's runs are trained again one by one, so that only the broken
+    run is recorded failed."""
     exp = experiment_from_dict(tiny_raw)
     bad = exp.runs[2].run_id
-    real = sweep.train_run
+    real = sweep.train_stack
 
-    def flaky(cfg, **kw):
-        if cfg.run_id() == bad:
+    def flaky(cfgs, *args, **kw):
+        if any(c.run_id() == bad for c in cfgs):
             raise RuntimeError("boom")
-        return real(cfg, **kw)
+        return real(cfgs, *args, **kw)
 
-    monkeypatch.setattr(sweep, "train_run", flaky)
+    monkeypatch.setattr(sweep, "train_stack", flaky)
     table = run_experiment(exp, tmp_path, console=quiet).set_index("run_id")
     assert table.loc[bad, "status"] == "failed" and "boom" in table.loc[bad, "error"]
     assert (table.drop(index=bad).status == "ok").all()
     # Failed runs stay failed until asked: --retry-failed trains them again.
-    monkeypatch.setattr(sweep, "train_run", real)
+    monkeypatch.setattr(sweep, "train_stack", real)
     assert run_experiment(exp, tmp_path, console=quiet).set_index("run_id").loc[bad, "status"] == "failed"
     assert (
         run_experiment(exp, tmp_path, retry_failed=True, console=quiet).set_index("run_id").loc[bad, "status"] == "ok"
@@ -133,3 +135,19 @@ def test_diverged_run_has_step_and_null_loss(tmp_path, tiny_raw):
     assert pd.isna(row.final_train_loss)  # inf/NaN is not a loss to report; the status says why
     summary = json.loads(next((tmp_path / "tiny" / "runs").glob("*/summary.json")).read_text())
     assert summary["diverged_step"] == row.diverged_step and summary["final_train_loss"] is None
+
+
+def test_resuming_with_another_kernel_keeps_the_runs_and_says_so(tmp_path, tiny_raw):
+    """A results folder never mixes kernels silently: the finished runs are kept, their kernel named, and each
+    run's kernel is in runs.parquet and the summary."""
+    from io import StringIO
+
+    exp = experiment_from_dict({**tiny_raw, "seeds": [1]})
+    run_experiment(exp, tmp_path, kernel="autograd", console=quiet)
+    said = StringIO()
+    table = run_experiment(exp, tmp_path, console=Console(file=said, width=200))
+    assert set(table["engine.kernel"]) == {"autograd"} and set(table.status) == {"ok"}
+    assert "4 finished run(s) were trained by autograd" in said.getvalue()
+    table = run_experiment(exp, tmp_path, force=True, console=quiet)
+    assert set(table["engine.kernel"]) == {"written-out"}
+    assert set(table["engine.dtype"]) == {"float32"} and set(table["engine.threads"]) == {1}

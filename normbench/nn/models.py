@@ -1,4 +1,4 @@
-"""Activations, weight initializations and models, chosen by name.
+"""Weight initializations and models, chosen by name (activations: activations.py, norms: norms.py).
 
 A model is a stack of role-named blocks so that recording can find its points by name:
 
@@ -15,60 +15,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from normbench.norms import NORMS
-from normbench.registry import Registry
-
-aten = torch.ops.aten
+from normbench.registry import ACTIVATIONS, INITS, MODELS, NORMS
 
 if TYPE_CHECKING:
     from normbench.config import InitConfig, ModelConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Activations
-
-
-@dataclass(frozen=True)
-class Activation:
-    make: Callable[[], nn.Module]
-    # The gradient w.r.t. the input, from the upstream gradient g, the input x and the output y, for engines that
-    # write their backward out (the stacked one): the very kernels autograd calls for these modules, so both
-    # engines round alike. tests/test_stacked.py checks each against autograd in float64.
-    grad: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-    # Which post-activation values count as saturated, given a threshold in (0, 1); None: never saturates.
-    saturated: Callable[[torch.Tensor, float], torch.Tensor] | None = None
-
-
-ACTIVATIONS: Registry[Activation] = Registry("activation")
-ACTIVATIONS.register("relu", help="max(0, x); never saturates, but a unit can die (0 for every input)")(
-    Activation(nn.ReLU, lambda g, x, y: aten.threshold_backward(g, y, 0.0))
-)
-ACTIVATIONS.register("tanh", help="saturated when |a| > threshold")(
-    Activation(nn.Tanh, lambda g, x, y: aten.tanh_backward(g, y), lambda a, t: a.abs() > t)
-)
-# Sigmoid's bounds are 0 and 1: map to (-1, 1) so one threshold means the same closeness to a bound as for tanh.
-ACTIVATIONS.register("sigmoid", help="saturated when |2a - 1| > threshold")(
-    Activation(nn.Sigmoid, lambda g, x, y: aten.sigmoid_backward(g, y), lambda a, t: (2 * a - 1).abs() > t)
-)
-ACTIVATIONS.register("leaky_relu", aliases=("lrelu",), help="max(0.01x, x); never saturates")(
-    Activation(lambda: nn.LeakyReLU(0.01), lambda g, x, y: aten.leaky_relu_backward(g, x, 0.01, False))
-)
-ACTIVATIONS.register("elu", help="x or exp(x) - 1; saturated when a < -threshold (near its bound -1)")(
-    Activation(nn.ELU, lambda g, x, y: aten.elu_backward(g, 1.0, 1.0, 1.0, False, x), lambda a, t: a < -t)
-)
-ACTIVATIONS.register("identity", aliases=("linear",), help="no activation")(Activation(nn.Identity, lambda g, x, y: g))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Weight initializations: fn(weight, cfg) in place, under torch.no_grad()
-
-INITS: Registry[Callable[[torch.Tensor, InitConfig], None]] = Registry("init")
 
 
 @INITS.register("normal")
@@ -220,7 +179,6 @@ def recorded_layers(model: nn.Module) -> list[nn.Module]:
     return [getattr(model, f"layer{i}") for i in range(model.depth + 1)]
 
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.register("mlp", help="depth x width fully connected layers, each fc -> norm -> act, then a linear head")(MLP)
 MODELS.register("cnn", help="conv -> norm -> act -> pool blocks (model.channels), then a linear head")(CNN)
 

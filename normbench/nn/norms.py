@@ -30,9 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.registry import Registry
-
-NORMS: Registry[type[nn.Module]] = Registry("norm")
+from normbench.registry import NORMS
 
 
 def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

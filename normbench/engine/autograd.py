@@ -1,0 +1,156 @@
+"""The autograd kernel: M ordinary models (models.py) one after the other, their gradients from autograd.
+
+It trains anything the models can be built as: CNNs, every norm (a new norm class trains here with no other
+change), every activation. Each model's parameters are views into one row of the (M, P) matrix `theta`, and its
+running statistics views into one row of an (M, S) matrix, so that the one optimizer (optim.py) updates every
+model with whole-matrix ops and the driver can hold back or restore the statistics of all models at once.
+
+A loop of modules rather than torch.func's vmap over stacked state: docs/benchmarks.md measures both; on this
+CPU the loop was the faster (vmap turns a convolution of M models into one grouped convolution, which is slower
+here than M plain ones), and it keeps each norm's own forward, running-statistics update included, untouched.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from normbench.engine.base import accuracies, losses, targets
+from normbench.nn.models import recorded_layers
+from normbench.record import IMPORTANCE, Probe
+
+if TYPE_CHECKING:
+    from normbench.config import RunConfig
+
+
+def _as_rows(tensors: list[list[torch.Tensor]], device) -> tuple[torch.Tensor, list[int]]:
+    """Copy each model's tensors into a row of one (M, P) matrix and make them views of it; returns the matrix
+    and the offsets of the tensors in a row."""
+    sizes = [t.numel() for t in tensors[0]]
+    offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    flat = torch.zeros(len(tensors), offsets[-1], device=device, dtype=tensors[0][0].dtype if sizes else None)
+    for j, row in enumerate(tensors):
+        for k, t in enumerate(row):
+            view = flat[j, offsets[k] : offsets[k + 1]].view(t.shape)
+            view.copy_(t.detach())
+            t.data = view
+    return flat, offsets
+
+
+class AutogradKernel:
+    """The kernel interface (base.py) over a list of nn.Modules."""
+
+    name = "autograd"
+
+    def __init__(self, models: list[nn.Module], cfgs: list[RunConfig], classification: bool, device, compile=False):
+        if compile:
+            raise ValueError("the autograd kernel does not compile; compiling is for the written-out kernel")
+        self.models = [m.to(device) for m in models]
+        self.classification = classification
+        self.params = [list(m.parameters()) for m in self.models]
+        self.theta, offsets = _as_rows(self.params, device)
+        self.grad = torch.zeros_like(self.theta)
+        # Running statistics (BN's running_mean/var, switchable's); num_batches_tracked is never read (momentum set).
+        self.buffers = [[b for n, b in m.named_buffers() if "running" in n] for m in self.models]
+        self.stats, _ = _as_rows(self.buffers, device)
+        self.pending = self.stats
+        index = {id(p): k for k, p in enumerate(self.params[0])}
+        self.layer_weights = {
+            i: slice(offsets[index[id(b.fc.weight)]], offsets[index[id(b.fc.weight)] + 1])
+            for i, b in enumerate(recorded_layers(self.models[0]))
+            if i > 0
+        }
+
+    def columns(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, targets(y)
+
+    @contextmanager
+    def _mode(self, mode: str):
+        """Norms on batch ('train') or running ('eval') statistics; the running statistics as found after."""
+        saved = self.stats.clone()
+        for m in self.models:
+            m.train(mode == "train")
+        try:
+            yield
+        finally:
+            self.stats.copy_(saved)
+
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, T, N): every model on its own samples (or all on the same ones)."""
+        return torch.stack([m(x[j if len(x) > 1 else 0]) for j, m in enumerate(self.models)]).transpose(1, 2)
+
+    def _grads(self, loss: torch.Tensor) -> torch.Tensor:
+        """d(own loss)/d(own parameters) of every model, as an (M, P) matrix (zero where a parameter is unused)."""
+        flat = [p for ps in self.params for p in ps]
+        grads = torch.autograd.grad(loss.sum(), flat, allow_unused=True)
+        rows = [g.reshape(-1) if g is not None else p.new_zeros(p.numel()) for g, p in zip(grads, flat, strict=True)]
+        return torch.cat(rows).view_as(self.theta)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._mode("train"):
+            out = self._outputs(x)
+            self.pending = self.stats.clone()  # the norms' own running update, held back until commit
+        loss = losses(out, y, self.classification)[0]
+        self.grad = self._grads(loss)
+        return loss.detach(), accuracies(out.detach(), y, self.classification)
+
+    def commit(self, active: torch.Tensor) -> None:
+        self.stats.copy_(torch.where(active[:, None], self.pending, self.stats))
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._mode(mode):
+            out = self._outputs(x)
+        return losses(out, y, self.classification)[0], accuracies(out, y, self.classification)
+
+    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe:
+        with self._mode(mode), _capture(self.models) as found:
+            out = self._outputs(x)
+        grad = self._grads(losses(out, y, self.classification)[0])
+        points = {
+            key: torch.stack([v.detach().movedim(1, 0).reshape(v.shape[1], -1) for v in values])
+            for key, values in found.items()
+        }
+        return Probe(points, grad, _importance(self.models))
+
+
+@contextmanager
+def _capture(models: list[nn.Module]):
+    """{(layer, point): [each model's values (N, C, ...)]} from every recorded layer's norm and activation, in
+    the order of the models, during the forwards inside."""
+    found: dict[tuple[int, str], list[torch.Tensor]] = {}
+    handles = []
+
+    def keep(key, value):
+        found.setdefault(key, []).append(value)
+
+    for m in models:
+        for i, block in enumerate(recorded_layers(m)):
+
+            def on_norm(module, inputs, output, i=i):
+                keep((i, "pre_norm"), inputs[0])
+                keep((i, "post_norm"), output)
+
+            handles.append(block.norm.register_forward_hook(on_norm))
+            handles.append(block.act.register_forward_hook(lambda mod, inp, out, i=i: keep((i, "post_act"), out)))
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _importance(models: list[nn.Module]) -> dict[int, torch.Tensor]:
+    """Switchable norm's importance weights after the softmax, per hidden layer (M, 6); NaN for other norms."""
+    out = {}
+    for i in range(1, len(recorded_layers(models[0]))):
+        rows = []
+        for m in models:
+            norm = recorded_layers(m)[i].norm
+            weights = norm.importance() if hasattr(norm, "importance") else {}
+            rows.append([weights.get(k.removeprefix("sn_"), float("nan")) for k in IMPORTANCE])
+        out[i] = torch.tensor(rows, dtype=torch.float64)
+    return out
