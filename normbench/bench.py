@@ -9,6 +9,7 @@
                otherwise, one thread
     default    `normbench run` with no options in a fresh process, as a user types it: start, plan (stacks, worker
                processes, compiling or not), training, recording and the results folder, all counted
+    variants   the two ways an autograd kernel could compute M models: a loop of modules, torch.func's vmap
 
 The grid is the seed's: a 7x30 MLP with batch norm and ReLU on 500 points, full batch, SGD 0.001, one run per
 seed. A second table times the training of the three configs of `normbench demo dead-neurons` by `normbench
@@ -277,4 +278,68 @@ def print_bench(runs: int, steps: int, repeat: int, console, demo: bool = True) 
     )
     console.print(f"recording costs {on / off - 1:.0%} of the written-out kernel's training time here")
     console.print(f"compiling took about {timings[7].seconds - timings[8].seconds:.1f} s (first use minus again)")
+    variants = Table(
+        title="autograd kernel: a loop of modules or torch.func's vmap (layer norm, 8 models, one thread)",
+        title_justify="left",
+    )
+    for col in ("model, way", "model-steps/s"):
+        variants.add_column(col)
+    for config in ("cnn_norms", "morvan_tf23"):
+        for t in autograd_variants(config):
+            variants.add_row(t.name, f"{t.rate:.0f}")
+    console.print(variants)
+    return timings
+
+
+def autograd_variants(config: str = "cnn_norms", models: int = 8, steps: int = 10) -> list[Timing]:
+    """The two ways an autograd kernel could compute M models' gradients, with layer norm (no running statistics,
+    so both apply as they are): a loop over the ordinary modules (what the autograd kernel does), and torch.func's
+    vmap of one functional model over stacked parameters (functional_call). On `config`'s model and its first 50
+    training samples (cnn_norms: the CNN on the digits; morvan_tf23: the 7x30 MLP)."""
+    from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+    exp = load_experiment(
+        config,
+        [
+            f"seeds={list(range(1, models + 1))}",
+            "grid.model.norm=[layer]",
+            "model.normalize_input=false",
+            "grid.model.activation=[relu]",
+        ],
+    )
+    cfgs = [r.config for r in exp.runs]
+    data = build_dataset(cfgs[0].data)
+    x, y = data.x_train[:50], data.y_train[:50]
+    classification = data.task == "classification"
+    mods = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)
+        mods.append(build_model(c.model, data.input_shape, data.out_features))
+    params, buffers = stack_module_state(mods)
+    base = mods[0]
+
+    def loss(out: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y) if classification else (out - y).square().sum(1).mean()
+
+    def loss_of(p, b):
+        return loss(functional_call(base, (p, b), (x,)))
+
+    vmapped = vmap(grad_and_value(loss_of))
+
+    def loop() -> None:
+        for m in mods:
+            grads = torch.autograd.grad(loss(m(x)), list(m.parameters()))
+            assert grads
+
+    def func() -> None:
+        vmapped(params, buffers)
+
+    timings = []
+    with single_thread():
+        for name, fn in (("loop of modules", loop), ("torch.func vmap", func)):
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            timings.append(Timing(f"{config}, {name}", time.perf_counter() - t0, models * steps))
     return timings

@@ -44,6 +44,15 @@ from normbench.engine.plan import MAX_STACK
 from normbench.nn.models import build_model
 from normbench.store import ExperimentStore
 
+_COLUMNS = (  # the progress bars
+    TextColumn("{task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TimeElapsedColumn(),
+    TextColumn("eta"),
+    TimeRemainingColumn(),
+)
+
 
 def run_experiment(
     exp: Experiment,
@@ -97,15 +106,7 @@ def run_experiment(
         + f" -> {store.dir}"
     )
     _say_other_kernels(exp.runs, todo, store, kernel, console)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True, disable=not todo) as bar:
+    with Progress(*_COLUMNS, console=console, transient=True, disable=not todo) as bar:
         runs_task = bar.add_task("runs", total=len(todo))
         device_name = str(dev)
         if executor == "local" and plan.workers == 1:

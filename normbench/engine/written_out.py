@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -229,12 +229,21 @@ def _norm_backward(spec: Spec, p: Tensors, i: int, du: torch.Tensor, saved, mode
     return ((centred - x * g_x) * rstd).reshape(du.shape)
 
 
+class Saved(NamedTuple):
+    """What the backward of one layer needs from its forward."""
+
+    h_in: torch.Tensor | None  # the layer's input (the previous layer's output)
+    norm: tuple | None  # what the layer's norm saved (None without a norm)
+    act_in: torch.Tensor | None  # the activation's input
+    act_out: torch.Tensor | None  # the activation's output
+
+
 def forward(spec: Spec, p: Tensors, x: torch.Tensor, mode: str, stats: Tensors | None = None, found=None):
     """Outputs (M, T, N), the tape for `backward`, and each norm layer's batch statistics (mode 'train').
     `found`, if given, collects every recorded point {(layer, point): (M, C, N)}."""
     tape, batch = [], {}
     u, saved, batch[0] = _norm_forward(spec, p, 0, x, mode, stats)
-    tape.append((None, saved, None, None))
+    tape.append(Saved(None, saved, None, None))
     if found is not None:
         m = p["w_head"].shape[0]
         found.update({(0, "pre_norm"): x.expand(m, -1, -1), (0, "post_norm"): u.expand(m, -1, -1)})
@@ -247,29 +256,29 @@ def forward(spec: Spec, p: Tensors, x: torch.Tensor, mode: str, stats: Tensors |
         if spec.norm_first:
             u, saved, batch[i] = _norm_forward(spec, p, i, z, mode, stats)
             a = spec.act_fn(u)
-            tape.append((h, saved, u, a))
+            tape.append(Saved(h, saved, u, a))
             pre, h = z, a
         else:
             a = spec.act_fn(z)
             u, saved, batch[i] = _norm_forward(spec, p, i, a, mode, stats)
-            tape.append((h, saved, z, a))
+            tape.append(Saved(h, saved, z, a))
             pre, h = a, u
         if found is not None:
             found.update({(i, "pre_norm"): pre, (i, "post_norm"): u, (i, "post_act"): a})
-    tape.append((h, None, None, None))
+    tape.append(Saved(h, None, None, None))  # the head's input
     out = torch.matmul(p["w_head"], h) + p["b_head"]
     return out, tape, {i: b for i, b in batch.items() if b is not None}
 
 
-def backward(spec: Spec, p: Tensors, tape: list, dout: torch.Tensor, mode: str) -> Tensors:
+def backward(spec: Spec, p: Tensors, tape: list[Saved], dout: torch.Tensor, mode: str) -> Tensors:
     """Gradients of every model's own loss w.r.t. its parameters, from dout = d(loss)/d(outputs)."""
     grads: Tensors = {}
-    h = tape[-1][0]
+    h = tape[-1].h_in
     grads["w_head"] = torch.matmul(dout, h.transpose(1, 2))
     grads["b_head"] = dout.sum(2, keepdim=True)
     dh = torch.matmul(p["w_head"].transpose(1, 2), dout)
     for i in range(spec.depth, 0, -1):
-        h_in, saved, act_in, a = tape[i]
+        h_in, saved, act_in, a = tape[i]  # a Saved
         if spec.norm_first:  # dh is d(loss)/d(act output)
             dz = _norm_backward(spec, p, i, spec.act.grad(dh, act_in, a), saved, mode, grads)
         else:  # dh is d(loss)/d(norm output)
@@ -280,7 +289,7 @@ def backward(spec: Spec, p: Tensors, tape: list, dout: torch.Tensor, mode: str) 
         if i > 1 or "gamma0" in p:
             dh = torch.matmul(p[f"w{i}"].transpose(1, 2), dz)
     if "gamma0" in p:
-        _norm_backward(spec, p, 0, dh, tape[0][1], mode, grads)
+        _norm_backward(spec, p, 0, dh, tape[0].norm, mode, grads)
     return grads
 
 
