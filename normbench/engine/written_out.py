@@ -307,15 +307,23 @@ def train_grads(spec: Spec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     return loss, correct, spec.flatten(backward(spec, p, tape, dout, "train")), batch_stats
 
 
-_compiled: dict[Spec, Callable] = {}
+def evaluate(spec: Spec, theta: torch.Tensor, stats: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: str):
+    """Losses (M,) and accuracies (M,) with the norms on batch ('train') or running ('eval') statistics."""
+    out = forward(spec, spec.views(theta), x, mode, spec.views(stats, spec.stat_shapes))[0]
+    return losses(out, y, spec.classification)[0], accuracies(out, y, spec.classification)
 
 
-def compiled_step(spec: Spec) -> Callable:
-    """train_grads for `spec` through torch.compile, one per structure in a process: a stack of the same structure
-    reuses it (and its compiled graphs, one per batch shape) instead of tracing and compiling again."""
-    if spec not in _compiled:
-        _compiled[spec] = torch.compile(lambda theta, x, y: train_grads(spec, theta, x, y), dynamic=False)
-    return _compiled[spec]
+_compiled: dict[tuple[Spec, str], Callable] = {}
+
+
+def compiled(spec: Spec, what: str) -> Callable:
+    """train_grads (what 'step') or evaluate ('evaluate') for `spec` through torch.compile, one per structure in a
+    process: a stack of the same structure reuses it (and its compiled graphs, one per data shape and mode)
+    instead of tracing and compiling again."""
+    if (spec, what) not in _compiled:
+        fn = functools.partial(train_grads if what == "step" else evaluate, spec)
+        _compiled[(spec, what)] = torch.compile(fn, dynamic=False)
+    return _compiled[(spec, what)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -339,7 +347,8 @@ class WrittenOutKernel:
             self.stats_flat = torch.stack(rows).detach().to(device)
         self.stats = spec.views(self.stats_flat, spec.stat_shapes)
         self.pending = self.stats_flat
-        self.step_fn = compiled_step(spec) if compile else functools.partial(train_grads, spec)
+        self.step_fn = compiled(spec, "step") if compile else functools.partial(train_grads, spec)
+        self.evaluate_fn = compiled(spec, "evaluate") if compile else functools.partial(evaluate, spec)
         at, self.layer_weights = 0, {}
         for name, shape in spec.shapes:
             if name.startswith("w") and name[1:].isdigit():
@@ -362,8 +371,7 @@ class WrittenOutKernel:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        out = forward(self.spec, self.spec.views(self.theta), x, mode, self.stats)[0]
-        return losses(out, y, self.spec.classification)[0], accuracies(out, y, self.spec.classification)
+        return self.evaluate_fn(self.theta, self.stats_flat, x, y, mode)
 
     @torch.no_grad()
     def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe:
