@@ -109,7 +109,9 @@ def run(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run runs recorded as failed.")] = False,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Local worker processes of one thread each [default: one per core for large grids]."),
+        typer.Option(
+            min=1, help="Local worker processes of one thread each (default: one per core when the grid is large)."
+        ),
     ] = None,
     executor: Annotated[Executor, typer.Option(help="local, or dask (needs --scheduler).")] = Executor.local,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://HOST:8786.")] = None,
@@ -130,7 +132,7 @@ def run(
         bool | None,
         typer.Option(
             "--compile/--no-compile",
-            help="Compile the written-out kernel's step (torch.compile) [default: when the grid is large enough].",
+            help="Compile the written-out kernel's step (torch.compile) (default: when the grid is large enough).",
             show_default=False,
         ),
     ] = None,
