@@ -240,6 +240,11 @@ def summary(
         for e in exps:
             recs = [r for r in records if r["experiment"] == e.name]
             out.print(summary_table(recs, experiment_axes(e), title=e.name))
+    for e in exps:
+        missing = sum(r["status"] == "missing" for r in records if r["experiment"] == e.name)
+        if missing:
+            total = sum(r["experiment"] == e.name for r in records)
+            err.print(f"{e.name}: {missing} of {total} runs not finished yet (`normbench run` trains them)")
 
 
 @app.command()

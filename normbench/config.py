@@ -14,6 +14,7 @@ import copy
 import hashlib
 import itertools
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +32,9 @@ from pydantic import (
 
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, Registry, UnknownName
 
+# Norms that take statistics over the samples of a batch.
+BATCH_STATISTICS = ("batch", "batch_manual", "switchable")
+
 PACKAGED_CONFIGS = [Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs"]
 
 
@@ -45,8 +49,27 @@ def _grid_base(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("grid_base"))
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, maybe in a union or Annotated) and not a bool."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _numeric(args[0])
+    if args:  # a union, a tuple or a list of ...
+        return bool not in args and any(_numeric(a) for a in args)
+    return annotation in (int, float)
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and NaN are not numbers a config means (lr: .inf would make every run diverge at step 1)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, v: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false are not numbers: `lr: true` would otherwise train with lr 1.0."""
+        if isinstance(v, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got {str(v).lower()}")
+        return v
 
 
 def _name_in(registry: Registry[Any]):
@@ -221,6 +244,11 @@ class RunConfig(Strict):
             raise ValueError("record.eval_split is 'test' but data.n_test is 0 (no test split)")
         if self.data.preprocess == "pca" and self.model.name == "cnn":
             raise ValueError("data.preprocess pca gives flat vectors, not images: use zca with a cnn")
+        if self.train.batch_size == 1 and self.model.norm in BATCH_STATISTICS:
+            raise ValueError(
+                f"train.batch_size 1 with {self.model.norm} norm: batch statistics of a single sample are undefined "
+                "(use a batch of 2 or more, or a per-sample norm such as layer or group)"
+            )
         return self
 
     def run_id(self) -> str:

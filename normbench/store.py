@@ -139,11 +139,12 @@ class ExperimentStore:
         _replace_dir(tmp, self.runs_dir / run.run_id)
         return summary
 
-    def write_runs_table(self, exp: Experiment) -> pd.DataFrame:
-        """runs.parquet: one row per run of the experiment's current grid, finished or not."""
+    def write_runs_table(self, exp: Experiment, known: dict[str, dict | None] | None = None) -> pd.DataFrame:
+        """runs.parquet: one row per run of the experiment's current grid, finished or not. `known`: the runs'
+        summaries when the caller has them (None: not finished), instead of reading every summary.json again."""
         rows = []
         for run in exp.runs:
-            s = self.summary(run.run_id) or {"status": "missing"}
+            s = (known[run.run_id] if known is not None else self.summary(run.run_id)) or {"status": "missing"}
             rows.append(
                 {
                     "run_id": run.run_id,

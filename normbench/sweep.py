@@ -5,7 +5,8 @@
     table = run_experiment(exp, executor="dask", scheduler="tcp://host:8786")  # a Dask cluster
 
 An exception inside one run marks that run 'failed' (with its error) and the sweep goes on; a diverged run is
-not a failure. Ctrl-C stops the sweep; the runs committed so far stay, and the next call resumes.
+not a failure. runs.parquet is rewritten after every committed run, so `summary` and `plot` work on a sweep in
+progress or stopped. Ctrl-C stops the sweep; the runs committed so far stay, and the next call resumes.
 """
 
 from __future__ import annotations
@@ -96,7 +97,12 @@ def run_experiment(
         )
     except PlanError as e:
         raise ConfigError(str(e)) from None
-    store.prepare(exp)
+    try:
+        store.prepare(exp)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write the results there ({e.strerror or e})") from None
+    known = {r.run_id: store.summary(r.run_id) for r in exp.runs}
+    store.write_runs_table(exp, known)  # summary and plot work from the first committed run on
     skipped = len(exp.runs) - len(todo)
     where = f" on dask at {scheduler}" if executor == "dask" else ""
     console.print(
@@ -114,10 +120,17 @@ def run_experiment(
         else:
             outcomes = _elsewhere(plan.units, plan.workers, executor, scheduler, device_name)
         for run, outcome in outcomes:
-            summary = store.write_run(run, outcome)
+            try:
+                known[run.run_id] = store.write_run(run, outcome)
+                store.write_runs_table(exp, known)
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot write run {run.run_id} under {store.dir} ({e.strerror or e}); "
+                    "the runs committed before it are kept"
+                ) from None
             bar.advance(runs_task)
-            console.print(f"  {_label(run)}: {_outcome(summary)}", highlight=False)
-    return store.write_runs_table(exp)
+            console.print(f"  {_label(run)}: {_outcome(known[run.run_id])}", highlight=False)
+    return store.write_runs_table(exp, known)
 
 
 Outcome = RunResult | RunFailure

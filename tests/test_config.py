@@ -63,6 +63,12 @@ def test_valid_config_prints_grid_size(write_config, tiny_raw):
         (lambda r: r["model"].update(name="cnn", kernel=4), ["kernel must be odd"]),
         (lambda r: r["train"].update(epochs=2), ["steps or train.epochs"]),
         (lambda r: r["data"].update(preprocess="whiten"), ["data.preprocess", "zca"]),
+        (lambda r: r["train"].update(lr=float("inf")), ["train.lr", "finite"]),
+        (lambda r: r["train"].update(lr=float("nan")), ["train.lr", "finite"]),
+        (lambda r: r["train"].update(lr=True), ["train.lr", "expected a number, got true"]),
+        (lambda r: r["model"].update(depth=False), ["model.depth", "expected a number, got false"]),
+        (lambda r: r["data"].update(noise=float("-inf")), ["data.noise", "finite"]),
+        (lambda r: r["train"].update(batch_size=1), ["grid point", "batch_size 1 with batch norm", "single sample"]),
     ],
 )
 def test_bad_config_is_one_line_naming_the_field(write_config, tiny_raw, edit, fragments):

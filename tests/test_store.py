@@ -151,3 +151,69 @@ def test_resuming_with_another_kernel_keeps_the_runs_and_says_so(tmp_path, tiny_
     table = run_experiment(exp, tmp_path, force=True, console=quiet)
     assert set(table["engine.kernel"]) == {"written-out"}
     assert set(table["engine.dtype"]) == {"float32"} and set(table["engine.threads"]) == {1}
+
+
+def test_runs_table_is_current_after_every_committed_run(tmp_path, tiny_raw, monkeypatch):
+    """A sweep stopped after its first stacks leaves a runs.parquet that summary and plot read: the finished runs
+    with their numbers, the others 'missing', and summary says how many are missing."""
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    exp = experiment_from_dict(tiny_raw)
+    real, calls = sweep.train_stack, []
+
+    def stopped_on_the_third_stack(cfgs, *args, **kw):
+        calls.append(cfgs)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(cfgs, *args, **kw)
+
+    monkeypatch.setattr(sweep, "train_stack", stopped_on_the_third_stack)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tmp_path, console=quiet)
+    runs = load_runs(tmp_path / exp.name)
+    assert sorted(runs.status.value_counts().items()) == [("missing", 4), ("ok", 4)]
+    result = CliRunner().invoke(app, ["summary", str(tmp_path / exp.name)])
+    assert result.exit_code == 0 and "4 of 8 runs not finished yet" in result.output
+    assert CliRunner().invoke(app, ["plot", str(tmp_path / exp.name)]).exit_code == 0
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_an_unusable_out_folder_is_one_line_and_writes_nothing(tmp_path, write_config, tiny_raw, where):
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    out = blocker if where == "a file" else blocker / "results"
+    result = CliRunner().invoke(app, ["run", str(write_config(tiny_raw)), "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0 and "--out" in result.output, result.output
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_write_that_fails_mid_sweep_is_one_line_and_keeps_the_committed_runs(tmp_path, tiny_raw, monkeypatch):
+    """The disk fills up after two runs: the error names the run and the folder, the two runs stay committed."""
+    import errno
+
+    from normbench.config import ConfigError
+
+    exp = experiment_from_dict(tiny_raw)
+    real, written = ExperimentStore.write_run, []
+
+    def full_after_two(self, run, outcome):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(run.run_id)
+        return real(self, run, outcome)
+
+    monkeypatch.setattr(ExperimentStore, "write_run", full_after_two)
+    with pytest.raises(ConfigError, match=r"No space left on device.*committed before it are kept"):
+        run_experiment(exp, tmp_path, console=quiet)
+    store = ExperimentStore(tmp_path, exp.name)
+    assert [r.run_id for r in exp.runs if store.is_done(r.run_id)] == sorted(
+        written, key=[r.run_id for r in exp.runs].index
+    )
+    assert sorted(load_runs(store.dir).status.value_counts().items()) == [("missing", 6), ("ok", 2)]
