@@ -110,7 +110,7 @@ class ExperimentStore:
 
     def prepare(self, exp: Experiment) -> None:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.runs_dir.glob(".tmp-*"):  # left by a killed process
+        for stale in [*self.runs_dir.glob(".tmp-*"), *self.runs_dir.glob(".old-*")]:  # left by a killed process
             if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(stale, ignore_errors=True)
         text = f"# resolved from {exp.source}\n" + yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False)

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +101,7 @@ def run_experiment(
         )
     except PlanError as e:
         raise ConfigError(str(e)) from None
+    client = _dask_client(scheduler) if executor == "dask" and todo else None  # before anything is written
     try:
         store.prepare(exp)
     except OSError as e:
@@ -118,7 +123,7 @@ def run_experiment(
         if executor == "local" and plan.workers == 1:
             outcomes = _in_process(plan.units, bar, steps_of, device_name)
         else:
-            outcomes = _elsewhere(plan.units, plan.workers, executor, scheduler, device_name)
+            outcomes = _elsewhere(plan.units, plan.workers, client, device_name)
         for run, outcome in outcomes:
             try:
                 known[run.run_id] = store.write_run(run, outcome)
@@ -191,18 +196,22 @@ def _in_process(
         yield from zip(unit.runs, outcomes, strict=True)
 
 
-def _elsewhere(
-    units: list[Unit], workers: int, executor: str, scheduler: str | None, device: str
-) -> Iterator[tuple[Run, Outcome]]:
-    if executor == "dask":
-        try:
-            from dask.distributed import Client, as_completed
-        except ImportError:
-            raise ConfigError("--executor dask needs Dask: pip install 'normbench[dask]'") from None
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError, ValueError) as e:
-            raise ConfigError(f"--scheduler {scheduler}: cannot reach a Dask scheduler ({e})") from None
+def _dask_client(scheduler: str | None):
+    """A client of the Dask scheduler, or one line saying why there is none."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ConfigError("--executor dask needs Dask: pip install 'normbench[dask]'") from None
+    try:
+        return Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as e:
+        raise ConfigError(f"--scheduler {scheduler}: cannot reach a Dask scheduler ({e})") from None
+
+
+def _elsewhere(units: list[Unit], workers: int, client, device: str) -> Iterator[tuple[Run, Outcome]]:
+    if client is not None:
+        from dask.distributed import as_completed
+
         with client:
             futures = {
                 client.submit(
@@ -213,16 +222,64 @@ def _elsewhere(
             for future in as_completed(futures):
                 yield from zip(futures[future], future.result(), strict=True)
         return
+    yield from _on_local_workers(units, workers, device)
+
+
+WORKER_ATTEMPTS = 3  # a unit whose worker process died is sent again, up to this many times in all
+
+
+def _on_local_workers(units: list[Unit], workers: int, device: str) -> Iterator[tuple[Run, Outcome]]:
+    """Units on `workers` spawned processes. A worker that dies (killed, out of memory) breaks the pool: the units
+    that were in flight are sent again to a fresh pool, each at most WORKER_ATTEMPTS times, then recorded as
+    failed; the finished ones are kept and the others go on."""
+    attempts = dict.fromkeys(range(len(units)), 0)
+    pending = list(range(len(units)))
+    while pending:
+        lost = yield from _pool_round(units, pending, workers, device, attempts)
+        pending = []
+        for i in lost:
+            if attempts[i] >= WORKER_ATTEMPTS:
+                failure = RunFailure(f"worker died {attempts[i]} times (killed by a signal or out of memory)", "")
+                yield from ((run, failure) for run in units[i].runs)
+            else:
+                pending.append(i)
+
+
+def _pool_round(units, indices, workers, device, attempts):
+    """One pool over the units `indices`; yields their outcomes; returns the indices lost to a dead worker."""
     # 'spawn': a fresh interpreter per worker; forking a process whose OpenMP threads already ran can hang.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(train_unit, *_payload(u), device=device): u.runs for u in units}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                yield from zip(futures[future], future.result(), strict=True)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),))
+    lost: list[int] = []
+    try:
+        futures = {}
+        for i in indices:
+            attempts[i] += 1
+            futures[pool.submit(train_unit, *_payload(units[i]), device=device)] = i
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                outcomes = future.result()
+            except BrokenProcessPool:
+                lost.append(futures[future])
+                continue
+            yield from zip(units[futures[future]].runs, outcomes, strict=True)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return lost
+
+
+def _exit_with(parent: int) -> None:
+    """A worker's initializer: end this process when the sweep that started it is gone (killed with -9, say),
+    instead of living on with its memory."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def preflight(exp: Experiment) -> None:

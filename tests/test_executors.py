@@ -70,6 +70,7 @@ def test_dask_without_scheduler_is_a_clear_error(tmp_path, write_config, tiny_ra
         ],
     )
     assert result.exit_code == 2 and "cannot reach a Dask scheduler" in result.output, result.output
+    assert not (tmp_path / tiny_raw["name"]).exists()  # checked before anything is written
 
 
 def test_dry_run_lists_runs_and_writes_nothing(tmp_path, write_config, tiny_raw):

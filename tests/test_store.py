@@ -108,9 +108,10 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_raw, mon
     )
 
 
-def test_stale_temporary_run_folder_is_cleaned_and_ignored(done):
+@pytest.mark.parametrize("kind", [".tmp", ".old"])
+def test_stale_temporary_run_folder_is_cleaned_and_ignored(done, kind):
     exp, exp_dir, _ = done
-    stale = exp_dir / "runs" / f".tmp-{exp.runs[0].run_id}-999999999"
+    stale = exp_dir / "runs" / f"{kind}-{exp.runs[0].run_id}-999999999"
     stale.mkdir()
     (stale / "summary.json").write_text("{ half written")
     run_experiment(exp, exp_dir.parent, console=quiet)

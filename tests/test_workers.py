@@ -1,0 +1,77 @@
+"""Worker processes that die, and a sweep that dies under its workers, with real processes and SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_sweep(tmp_path, write_config, tiny_raw, steps: int) -> tuple[subprocess.Popen, list[str], Path]:
+    tiny_raw["seeds"] = [1, 2, 3]
+    tiny_raw["train"]["steps"] = steps
+    cfg = write_config(tiny_raw)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "normbench", "run", str(cfg), "--out", str(out), "--workers", "2", "--stack", "1"]
+    with open(tmp_path / "stderr.txt", "w") as log:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log), cmd, out
+
+
+def wait_for_workers(proc: subprocess.Popen, count: int) -> list[int]:
+    """The sweep's worker processes, once `count` of them run training (the resource tracker is not one)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = [p for p in children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        if len(workers) >= count:
+            time.sleep(3)  # they have imported torch and taken a unit
+            return workers
+        time.sleep(0.1)
+    raise AssertionError("the workers did not start")
+
+
+def test_a_killed_worker_is_replaced_and_its_runs_trained_again(tmp_path, write_config, tiny_raw):
+    proc, _, out = start_sweep(tmp_path, write_config, tiny_raw, steps=600)
+    workers = wait_for_workers(proc, 2)
+    os.kill(workers[0], signal.SIGKILL)  # as the out-of-memory killer would
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()
+    table = pd.read_parquet(out / "tiny" / "runs.parquet")
+    assert len(table) == 12 and set(table.status) == {"ok"}, table.status.value_counts()
+
+
+def test_workers_end_when_the_sweep_is_killed(tmp_path, write_config, tiny_raw):
+    proc, _, _ = start_sweep(tmp_path, write_config, tiny_raw, steps=3000)
+    workers = wait_for_workers(proc, 2)
+    tracker = [p for p in children(proc.pid) if p not in workers]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(p) for p in workers + tracker):
+        time.sleep(0.2)
+    assert not [p for p in workers + tracker if alive(p)], "processes outlived the sweep"
