@@ -45,7 +45,7 @@ from normbench.engine import (
     total_steps,
     train_stack,
 )
-from normbench.engine.plan import MAX_STACK
+from normbench.engine.plan import MAX_STACK, memory_available, memory_needed
 from normbench.nn.models import build_model
 from normbench.store import ExperimentStore
 
@@ -295,10 +295,21 @@ def preflight(exp: Experiment) -> None:
             key = cfg.model.model_dump_json() + str(data.input_shape)
             if key not in models:
                 models.add(key)
+                _fits_in_memory(cfg, data)
                 build_model(cfg.model, data.input_shape, data.out_features)
         except (DataError, ValueError) as e:
             point = ", ".join(f"{k}={v}" for k, v in run.params.items())
             raise ConfigError(f"{exp.source}: {e}" + (f" (grid point {point})" if point else "")) from None
+
+
+def _fits_in_memory(cfg: RunConfig, data) -> None:
+    largest = max(len(data.x_train), len(data.x_test) if data.x_test is not None else 0)
+    need, have = memory_needed(cfg, data.input_shape, largest, data.out_features), memory_available()
+    if need > have:
+        raise ValueError(
+            f"one run of this model needs at least {need / 2**30:.3g} GiB (parameters, gradients, optimizer state and "
+            f"the values of a pass over {largest} samples), more than the {have / 2**30:.3g} GiB this machine has free"
+        )
 
 
 def _outcome(s: dict) -> str:

@@ -155,3 +155,24 @@ def test_morvan_tf23_is_the_seed_setting():
 def test_per_sample_norm_on_a_single_input_value_is_refused_before_training():
     result = validate("morvan_tf23", "--set", "grid.model.norm=[none, layer]")
     assert_user_error(result, "normalize_input", "layer norm", "single input value", "grid point")
+
+
+@pytest.mark.parametrize("override", ["model.width=10000000", "model.width=100000", "model.depth=100000000"])
+def test_a_model_too_large_for_the_machine_is_refused_with_its_size(write_config, tiny_raw, tmp_path, override):
+    result = runner.invoke(app, ["run", str(write_config(tiny_raw)), "--set", override, "--out", str(tmp_path)])
+    assert_user_error(result, "GiB", "more than the", "grid point")
+    assert not (tmp_path / "tiny").exists()
+
+
+@pytest.mark.parametrize("name", ["morvan_tf23", "cnn_norms", "init_scale"])
+def test_the_memory_estimate_covers_the_parameters_four_times(name):
+    """At least the values, the gradient and two optimizer buffers of every parameter the built model has."""
+    from normbench.data import build_dataset
+    from normbench.engine.plan import memory_needed
+    from normbench.nn.models import build_model
+
+    for run in load_experiment(name).runs[:4]:
+        data = build_dataset(run.config.data)
+        model = build_model(run.config.model, data.input_shape, data.out_features)
+        n_params = sum(p.numel() for p in model.parameters())
+        assert memory_needed(run.config, data.input_shape, 1, data.out_features) >= 4 * 4 * n_params

@@ -16,6 +16,8 @@ docs/benchmarks.md):
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import shutil
 from collections import defaultdict
@@ -127,6 +129,38 @@ def make_plan(
             raise PlanError("--compile on the CPU needs a C++ compiler on the PATH (g++ or clang++)")
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE))  # workers inherit it
     return Plan(units, workers)
+
+
+def memory_needed(cfg: RunConfig, input_shape: tuple[int, ...], n_samples: int, outputs: int) -> int:
+    """Bytes one run needs at least, in float32: its parameters four times (the values, their gradient and two
+    optimizer buffers) and, for the largest pass over `n_samples` samples (the recording's, on a whole split),
+    each hidden layer's values at its three recorded points and the autograd copies of them (about six per
+    layer). An estimate from below: if it does not fit, the run cannot."""
+    mc = cfg.model
+    if mc.name == "mlp":
+        widths = [math.prod(input_shape)] + [mc.width] * mc.depth
+        params = sum(a * b + 3 * b for a, b in itertools.pairwise(widths)) + widths[-1] * outputs + outputs
+        values = sum(widths[1:])
+    else:
+        channels, (h, w) = [input_shape[0], *mc.channels], input_shape[1:]
+        params, values = 0, 0
+        for c_in, c_out in itertools.pairwise(channels):
+            params += c_in * c_out * mc.kernel**2 + 3 * c_out
+            values += c_out * h * w
+            h, w = (h // 2, w // 2) if mc.pool != "none" else (h, w)
+        params += channels[-1] * h * w * outputs + outputs
+    return 4 * (4 * params + 6 * n_samples * values)
+
+
+def memory_available() -> int:
+    """Bytes this machine can still give a process (MemAvailable), or its physical memory where that is unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def has_compiler() -> bool:
