@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,38 @@ class ExperimentStore:
         s = self.summary(run_id)
         return s is not None and (s["status"] in FINISHED or (s["status"] == "failed" and not retry_failed))
 
+    # -- claims: two `normbench run` on one folder never train the same run ------------------------------------
+
+    def claim(self, run_id: str) -> bool:
+        """Take run `run_id` for this process: an atomically created runs/.claim-<id> holding pid and host. A claim
+        whose process is gone (on this host) is taken over; a live one, or one from another host, is respected."""
+        path = self.runs_dir / f".claim-{run_id}"
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid, _, host = path.read_text().partition(" ")
+                except OSError:
+                    continue  # released meanwhile: try again
+                if host.strip() == socket.gethostname() and not _pid_alive(pid):
+                    path.unlink(missing_ok=True)  # stale: its process was killed
+                    continue
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return True
+        return False
+
+    def release(self, run_id: str) -> None:
+        path = self.runs_dir / f".claim-{run_id}"
+        try:
+            if path.read_text().partition(" ")[0] == str(os.getpid()):
+                path.unlink()
+        except OSError:
+            pass
+
     # -- writing ---------------------------------------------------------------------------------------------
 
     def prepare(self, exp: Experiment) -> None:
@@ -113,6 +146,13 @@ class ExperimentStore:
         for stale in [*self.runs_dir.glob(".tmp-*"), *self.runs_dir.glob(".old-*")]:  # left by a killed process
             if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(stale, ignore_errors=True)
+        for claim in self.runs_dir.glob(".claim-*"):
+            try:
+                pid, _, host = claim.read_text().partition(" ")
+            except OSError:
+                continue
+            if host.strip() == socket.gethostname() and not _pid_alive(pid):
+                claim.unlink(missing_ok=True)
         text = f"# resolved from {exp.source}\n" + yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False)
         write_text_atomic(self.dir / "config.yaml", text)
 

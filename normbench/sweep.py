@@ -106,24 +106,41 @@ def run_experiment(
         store.prepare(exp)
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot write the results there ({e.strerror or e})") from None
+    claimed = [r for r in todo if store.claim(r.run_id)]  # runs another `normbench run` trains are left to it
+    busy = len(todo) - len(claimed)
+    try:
+        if busy:
+            todo = claimed
+            plan = make_plan(
+                todo, steps_of, kernel=kernel, stack=stack, workers=workers, compile=compile, device_type=dev.type
+            )
+        skipped = len(exp.runs) - len(todo) - busy
+        where = f" on dask at {scheduler}" if executor == "dask" else ""
+        console.print(
+            f"[bold]{exp.name}[/]: {len(exp.runs)} runs, {len(todo)} to train"
+            + (f", {skipped} already finished (--force to redo)" if skipped else "")
+            + (f", {busy} being trained by another normbench run" if busy else "")
+            + (f": {plan.describe()}{where}, {dev}" if todo else "")
+            + f" -> {store.dir}"
+        )
+        _say_other_kernels(exp.runs, todo, store, kernel, console)
+        _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console)
+    finally:
+        for run in todo:
+            store.release(run.run_id)
+    return store.write_runs_table(exp)  # read back from disk: another invocation may have committed runs too
+
+
+def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, console) -> None:
+    """Train the plan's units and commit each run as its outcome arrives, runs.parquet after each."""
     known = {r.run_id: store.summary(r.run_id) for r in exp.runs}
     store.write_runs_table(exp, known)  # summary and plot work from the first committed run on
-    skipped = len(exp.runs) - len(todo)
-    where = f" on dask at {scheduler}" if executor == "dask" else ""
-    console.print(
-        f"[bold]{exp.name}[/]: {len(exp.runs)} runs, {len(todo)} to train"
-        + (f", {skipped} already finished (--force to redo)" if skipped else "")
-        + (f": {plan.describe()}{where}, {dev}" if todo else "")
-        + f" -> {store.dir}"
-    )
-    _say_other_kernels(exp.runs, todo, store, kernel, console)
     with Progress(*_COLUMNS, console=console, transient=True, disable=not todo) as bar:
         runs_task = bar.add_task("runs", total=len(todo))
-        device_name = str(dev)
-        if executor == "local" and plan.workers == 1:
-            outcomes = _in_process(plan.units, bar, steps_of, device_name)
+        if client is None and plan.workers == 1:
+            outcomes = _in_process(plan.units, bar, steps_of, device)
         else:
-            outcomes = _elsewhere(plan.units, plan.workers, client, device_name)
+            outcomes = _elsewhere(plan.units, plan.workers, client, device)
         for run, outcome in outcomes:
             try:
                 known[run.run_id] = store.write_run(run, outcome)
@@ -135,7 +152,6 @@ def run_experiment(
                 ) from None
             bar.advance(runs_task)
             console.print(f"  {_label(run)}: {_outcome(known[run.run_id])}", highlight=False)
-    return store.write_runs_table(exp, known)
 
 
 Outcome = RunResult | RunFailure

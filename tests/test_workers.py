@@ -75,3 +75,27 @@ def test_workers_end_when_the_sweep_is_killed(tmp_path, write_config, tiny_raw):
     while time.monotonic() < deadline and any(alive(p) for p in workers + tracker):
         time.sleep(0.2)
     assert not [p for p in workers + tracker if alive(p)], "processes outlived the sweep"
+
+
+def test_two_sweeps_on_one_folder_never_train_the_same_run(tmp_path, write_config, tiny_raw):
+    """Two real `normbench run` of one config into one folder at once: each run is trained by one of them only
+    (a claim per run), and both end with the whole grid finished in runs.parquet."""
+    tiny_raw["seeds"] = [1, 2, 3, 4]
+    tiny_raw["train"]["steps"] = 1500  # a few seconds of training: the second starts while the first trains
+    cfg = write_config(tiny_raw)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "normbench", "run", str(cfg), "--out", str(out), "--stack", "1", "--workers", "1"]
+    logs = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    procs = []
+    for log in logs:
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f))
+        time.sleep(1.0)
+    for p in procs:
+        assert p.wait(timeout=600) == 0
+    committed = [line for log in logs for line in log.read_text().splitlines() if ": ok, final train loss" in line]
+    assert len(committed) == 16 and len(set(committed)) == 16, committed  # every run once, by one of the two
+    assert "being trained by another normbench run" in logs[1].read_text(), logs[1].read_text()
+    table = pd.read_parquet(out / "tiny" / "runs.parquet")
+    assert len(table) == 16 and set(table.status) == {"ok"}
+    assert not list((out / "tiny" / "runs").glob(".claim-*"))
