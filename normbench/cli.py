@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -228,10 +229,13 @@ def summary(
 ) -> None:
     """One record per run: status, diverged step, final losses, grid parameters, dead/saturated per layer."""
     from normbench.report import records_csv, summary_records, summary_table
-    from normbench.store import experiment_axes
+    from normbench.store import DamagedResults, experiment_axes
 
     exps = _experiments(results)
-    records = [r for e in exps for r in summary_records(e)]
+    try:
+        records = [r for e in exps for r in summary_records(e)]
+    except DamagedResults as ex:
+        raise fail(str(ex)) from None
     if format is Format.json:
         sys.stdout.write(json.dumps(records, indent=2) + "\n")
     elif format is Format.csv:
@@ -258,13 +262,33 @@ def plot(
 ) -> None:
     """Write the figures of each experiment to OUT/<name>/figures/."""
     from normbench.plot import PlotError, plot_experiment
+    from normbench.store import DamagedResults
 
     for e in _experiments(results):
         try:
             paths = plot_experiment(e, compare=compare, point=point.value, fmt=format.value)
-        except PlotError as ex:
+        except (PlotError, DamagedResults) as ex:
             raise fail(str(ex)) from None
         err.print(f"{e.name}: {len(paths)} figures -> {e / 'figures'}")
+
+
+@app.command()
+def check(results: ResultsArg) -> None:
+    """Verify every run folder against the sizes and checksums written when it was committed; exit 1 if any run
+    is damaged (`normbench run` trains damaged runs again)."""
+    from normbench.store import check_experiment
+
+    damaged = 0
+    for e in _experiments(results):
+        rows = check_experiment(e)
+        bad = [r for r in rows if r["problems"]]
+        damaged += len(bad)
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in rows).items()))
+        out.print(f"{e.name}: {len(rows)} run folders ({counts}), {len(bad)} damaged")
+        for r in bad:
+            out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}")
+    if damaged:
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -12,6 +12,7 @@ Every file is written to a temporary file and renamed over its target (os.replac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -105,7 +106,26 @@ class ExperimentStore:
 
     def is_done(self, run_id: str, retry_failed: bool = False) -> bool:
         s = self.summary(run_id)
-        return s is not None and (s["status"] in FINISHED or (s["status"] == "failed" and not retry_failed))
+        if s is None:
+            return False
+        if s["status"] in FINISHED:
+            return not self.verify(run_id, s)
+        return s["status"] == "failed" and not retry_failed
+
+    def verify(self, run_id: str, summary: dict[str, Any] | None = None) -> list[str]:
+        """What is wrong with a committed run's files ([] when nothing): each table as summary.json's sizes and
+        SHA-256 say it was written."""
+        s = summary if summary is not None else self.summary(run_id)
+        if s is None:
+            return ["summary.json missing or unreadable"]
+        problems = []
+        for name, expected in (s.get("files") or {}).items():
+            path = self.runs_dir / run_id / name
+            if not path.is_file():
+                problems.append(f"{name} missing")
+            elif _fingerprint(path) != expected:
+                problems.append(f"{name} changed or damaged since it was written")
+        return problems
 
     # -- claims: two `normbench run` on one folder never train the same run ------------------------------------
 
@@ -171,6 +191,8 @@ class ExperimentStore:
                 df.insert(0, "run_id", run.run_id)
                 df.to_parquet(tmp / f"{name}.parquet", index=False)
             summary |= run_summary(outcome)
+            # What verify() checks: a finished run counts as finished only while its files are these.
+            summary["files"] = {f"{name}.parquet": _fingerprint(tmp / f"{name}.parquet") for name in TABLES}
         summary |= {
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "environment": environment(),
@@ -238,6 +260,15 @@ def run_summary(result: RunResult) -> dict[str, Any]:
     }
 
 
+def _fingerprint(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+class DamagedResults(ValueError):
+    """A results file that cannot be read; the message names the run and what to do."""
+
+
 def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
@@ -283,7 +314,24 @@ def find_experiments(path: Path | str) -> list[Path]:
 
 
 def load_runs(exp_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(exp_dir / "runs.parquet")
+    try:
+        return pd.read_parquet(exp_dir / "runs.parquet")
+    except (OSError, ValueError) as e:
+        raise DamagedResults(
+            f"{exp_dir / 'runs.parquet'} cannot be read ({type(e).__name__}); `normbench run` writes it again"
+        ) from None
+
+
+def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
+    """Every run folder of an experiment: its status and what is wrong with its files ([] when nothing)."""
+    store = ExperimentStore(exp_dir.parent, exp_dir.name)
+    rows = []
+    for run_dir in sorted(p for p in store.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        s = store.summary(run_dir.name)
+        status = s["status"] if s else "unreadable"
+        problems = store.verify(run_dir.name, s) if s is None or status in FINISHED else []
+        rows.append({"run_id": run_dir.name, "status": status, "problems": problems})
+    return rows
 
 
 def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd.DataFrame:
@@ -291,7 +339,15 @@ def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd
     if run_ids is None:
         runs = load_runs(exp_dir)
         run_ids = runs.loc[runs.status.isin(FINISHED), "run_id"].tolist()
-    frames = [pd.read_parquet(exp_dir / "runs" / rid / f"{name}.parquet") for rid in run_ids]
+    frames = []
+    for rid in run_ids:
+        try:
+            frames.append(pd.read_parquet(exp_dir / "runs" / rid / f"{name}.parquet"))
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DamagedResults(
+                f"run {rid} of {exp_dir.name}: {name}.parquet cannot be read ({type(e).__name__}); "
+                f"`normbench check {exp_dir}` lists damaged runs, `normbench run` trains them again"
+            ) from None
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

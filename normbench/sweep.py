@@ -47,7 +47,7 @@ from normbench.engine import (
 )
 from normbench.engine.plan import MAX_STACK, memory_available, memory_needed
 from normbench.nn.models import build_model
-from normbench.store import ExperimentStore
+from normbench.store import FINISHED, ExperimentStore
 
 _COLUMNS = (  # the progress bars
     TextColumn("{task.description}"),
@@ -92,6 +92,7 @@ def run_experiment(
     preflight(exp)
     store = ExperimentStore(out, exp.name)
     todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed)]
+    damaged = 0 if force else sum((store.summary(r.run_id) or {}).get("status") in FINISHED for r in todo)
     steps_of = {r.run_id: total_steps(r.config, build_dataset(r.config.data)) for r in todo}
     if executor == "dask":
         workers = 1 if workers is None else workers  # the cluster decides where units run
@@ -120,6 +121,7 @@ def run_experiment(
             f"[bold]{exp.name}[/]: {len(exp.runs)} runs, {len(todo)} to train"
             + (f", {skipped} already finished (--force to redo)" if skipped else "")
             + (f", {busy} being trained by another normbench run" if busy else "")
+            + (f", {damaged} of them finished but with damaged files" if damaged else "")
             + (f": {plan.describe()}{where}, {dev}" if todo else "")
             + f" -> {store.dir}"
         )

@@ -218,3 +218,26 @@ def test_a_write_that_fails_mid_sweep_is_one_line_and_keeps_the_committed_runs(t
         written, key=[r.run_id for r in exp.runs].index
     )
     assert sorted(load_runs(store.dir).status.value_counts().items()) == [("missing", 6), ("ok", 2)]
+
+
+def test_a_damaged_run_is_found_named_and_trained_again(done):
+    """One finished run's curves.parquet truncated after the fact: `check` names it and exits 1, `plot` names it in
+    one line instead of a traceback, `run` trains it again, and then everything verifies."""
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    exp, exp_dir, _ = done
+    victim = exp.runs[1].run_id
+    path = exp_dir / "runs" / victim / "curves.parquet"
+    path.write_bytes(path.read_bytes()[:100])
+    runner = CliRunner()
+    checked = runner.invoke(app, ["check", str(exp_dir)])
+    assert checked.exit_code == 1 and victim in checked.output and "curves.parquet" in checked.output, checked.output
+    plotted = runner.invoke(app, ["plot", str(exp_dir)])
+    assert plotted.exit_code == 2 and "Traceback" not in plotted.output and victim in plotted.output
+    said = __import__("io").StringIO()
+    table = run_experiment(exp, exp_dir.parent, console=Console(file=said, width=200))
+    assert "1 to train" in said.getvalue() and "damaged files" in said.getvalue()
+    assert set(table.status) == {"ok"}
+    assert runner.invoke(app, ["check", str(exp_dir)]).exit_code == 0
