@@ -228,19 +228,42 @@ def _dask_client(scheduler: str | None):
 
 def _elsewhere(units: list[Unit], workers: int, client, device: str) -> Iterator[tuple[Run, Outcome]]:
     if client is not None:
-        from dask.distributed import as_completed
-
         with client:
-            futures = {
-                client.submit(
-                    train_unit, *_payload(u), device=device, key=f"normbench-{u.runs[0].run_id}", pure=False
-                ): u.runs
-                for u in units
-            }
-            for future in as_completed(futures):
-                yield from zip(futures[future], future.result(), strict=True)
+            yield from _on_dask(units, client, device)
         return
     yield from _on_local_workers(units, workers, device)
+
+
+DASK_NO_WORKER_S = 60.0  # a Dask cluster without any worker for this long ends the sweep
+
+
+def _on_dask(units: list[Unit], client, device: str) -> Iterator[tuple[Run, Outcome]]:
+    """Units on a Dask cluster, as they finish. When the cluster has had no worker for DASK_NO_WORKER_S seconds
+    (every worker died, none came back), the sweep ends with one line; the runs finished before are kept."""
+    from dask.distributed import wait
+
+    futures = {
+        client.submit(train_unit, *_payload(u), device=device, key=f"normbench-{u.runs[0].run_id}", pure=False): u.runs
+        for u in units
+    }
+    pending, alone_since = set(futures), None
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        for future in done:
+            yield from zip(futures[future], future.result(), strict=True)
+        if client.scheduler_info().get("workers"):
+            alone_since = None
+        elif pending:
+            alone_since = alone_since or time.monotonic()
+            if time.monotonic() - alone_since > DASK_NO_WORKER_S:
+                left = sum(len(futures[f]) for f in pending)
+                raise ConfigError(
+                    f"the Dask cluster has had no worker for {DASK_NO_WORKER_S:.0f} s; {left} runs were not trained "
+                    "(the finished ones are kept: run again once workers are back)"
+                )
 
 
 WORKER_ATTEMPTS = 3  # a unit whose worker process died is sent again, up to this many times in all

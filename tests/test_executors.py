@@ -95,3 +95,19 @@ def test_stacks_sent_to_workers_match_stacks_in_process(tmp_path):
     run_experiment(exp, tmp_path / "a", workers=1, console=quiet)
     run_experiment(exp, tmp_path / "b", workers=2, console=quiet)
     same_results(tmp_path / "a" / "stacks", tmp_path / "b" / "stacks")
+
+
+def test_a_dask_cluster_without_workers_ends_the_sweep_with_one_line(tmp_path, monkeypatch):
+    """Every worker gone (here: none ever started): after DASK_NO_WORKER_S the sweep stops waiting, says so, and
+    the results folder holds what was finished (nothing here)."""
+    distributed = pytest.importorskip("dask.distributed")
+    from normbench import sweep
+    from normbench.config import ConfigError
+    from tests.conftest import TINY
+
+    monkeypatch.setattr(sweep, "DASK_NO_WORKER_S", 2.0)
+    exp = experiment_from_dict({**TINY, "seeds": [1]})
+    cluster = distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None)
+    with cluster, pytest.raises(ConfigError, match="no worker for 2 s; 4 runs were not trained"):
+        run_experiment(exp, tmp_path, executor="dask", scheduler=cluster.scheduler_address, console=quiet)
+    assert set(pd.read_parquet(tmp_path / exp.name / "runs.parquet").status) == {"missing"}
