@@ -136,7 +136,10 @@ def run_experiment(
 def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, console) -> None:
     """Train the plan's units and commit each run as its outcome arrives, runs.parquet after each."""
     known = {r.run_id: store.summary(r.run_id) for r in exp.runs}
-    store.write_runs_table(exp, known)  # summary and plot work from the first committed run on
+    try:
+        store.write_runs_table(exp, known)  # summary and plot work from the first committed run on
+    except OSError as e:
+        raise ConfigError(f"cannot write {store.dir / 'runs.parquet'} ({e.strerror or e})") from None
     with Progress(*_COLUMNS, console=console, transient=True, disable=not todo) as bar:
         runs_task = bar.add_task("runs", total=len(todo))
         if client is None and plan.workers == 1:
