@@ -104,8 +104,10 @@ class ExperimentStore:
         except (OSError, ValueError):
             return None
 
-    def is_done(self, run_id: str, retry_failed: bool = False) -> bool:
-        s = self.summary(run_id)
+    def is_done(self, run_id: str, retry_failed: bool = False, summary: dict[str, Any] | None = None) -> bool:
+        """Whether `run_id` needs no training: finished with its files intact, or failed (unless retry_failed).
+        `summary`: its summary.json when the caller has read it already."""
+        s = summary if summary is not None else self.summary(run_id)
         if s is None:
             return False
         if s["status"] in FINISHED:
@@ -123,7 +125,7 @@ class ExperimentStore:
             path = self.runs_dir / run_id / name
             if not path.is_file():
                 problems.append(f"{name} missing")
-            elif _fingerprint(path) != expected:
+            elif _fingerprint(path.read_bytes()) != expected:
                 problems.append(f"{name} changed or damaged since it was written")
         return problems
 
@@ -138,12 +140,8 @@ class ExperimentStore:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    pid, _, host = path.read_text().partition(" ")
-                except OSError:
-                    continue  # released meanwhile: try again
-                if host.strip() == socket.gethostname() and not _pid_alive(pid):
-                    path.unlink(missing_ok=True)  # stale: its process was killed
+                if _stale_claim(path):  # its process was killed, or it was released meanwhile
+                    path.unlink(missing_ok=True)
                     continue
                 return False
             with os.fdopen(fd, "w") as f:
@@ -167,11 +165,7 @@ class ExperimentStore:
             if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(stale, ignore_errors=True)
         for claim in self.runs_dir.glob(".claim-*"):
-            try:
-                pid, _, host = claim.read_text().partition(" ")
-            except OSError:
-                continue
-            if host.strip() == socket.gethostname() and not _pid_alive(pid):
+            if _stale_claim(claim):
                 claim.unlink(missing_ok=True)
         text = f"# resolved from {exp.source}\n" + yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False)
         write_text_atomic(self.dir / "config.yaml", text)
@@ -186,13 +180,15 @@ class ExperimentStore:
         if isinstance(outcome, RunFailure):
             summary |= {"status": "failed", "error": outcome.error, "traceback": outcome.traceback}
         else:
+            # What verify() checks: a finished run counts as finished only while its files are these.
+            summary["files"] = {}
             for name in TABLES:
                 df = outcome.tables.get(name, pd.DataFrame()).copy()
                 df.insert(0, "run_id", run.run_id)
-                df.to_parquet(tmp / f"{name}.parquet", index=False)
+                data = df.to_parquet(index=False)
+                (tmp / f"{name}.parquet").write_bytes(data)
+                summary["files"][f"{name}.parquet"] = _fingerprint(data)
             summary |= run_summary(outcome)
-            # What verify() checks: a finished run counts as finished only while its files are these.
-            summary["files"] = {f"{name}.parquet": _fingerprint(tmp / f"{name}.parquet") for name in TABLES}
         summary |= {
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "environment": environment(),
@@ -260,8 +256,7 @@ def run_summary(result: RunResult) -> dict[str, Any]:
     }
 
 
-def _fingerprint(path: Path) -> dict[str, Any]:
-    data = path.read_bytes()
+def _fingerprint(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -281,6 +276,15 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(src, dst)
+
+
+def _stale_claim(path: Path) -> bool:
+    """Whether a claim file is gone, or held by a process of this host that no longer exists."""
+    try:
+        pid, _, host = path.read_text().partition(" ")
+    except OSError:
+        return True
+    return host.strip() == socket.gethostname() and not _pid_alive(pid)
 
 
 def _pid_alive(pid: str) -> bool:

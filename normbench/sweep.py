@@ -45,7 +45,7 @@ from normbench.engine import (
     total_steps,
     train_stack,
 )
-from normbench.engine.plan import MAX_STACK, memory_available, memory_needed
+from normbench.engine.plan import memory_available, memory_needed
 from normbench.nn.models import build_model
 from normbench.store import FINISHED, ExperimentStore
 
@@ -69,7 +69,7 @@ def run_experiment(
     executor: str = "local",
     scheduler: str | None = None,
     kernel: str = "auto",
-    stack: int = MAX_STACK,
+    stack: int | None = None,
     compile: bool | None = None,
     device: str = "cpu",
     console: Console | None = None,
@@ -91,8 +91,9 @@ def run_experiment(
         raise ConfigError(str(e)) from None
     preflight(exp)
     store = ExperimentStore(out, exp.name)
-    todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed)]
-    damaged = 0 if force else sum((store.summary(r.run_id) or {}).get("status") in FINISHED for r in todo)
+    found = {r.run_id: store.summary(r.run_id) for r in exp.runs}  # every summary.json, read once
+    todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed, found[r.run_id])]
+    damaged = 0 if force else sum((found[r.run_id] or {}).get("status") in FINISHED for r in todo)
     steps_of = {r.run_id: total_steps(r.config, build_dataset(r.config.data)) for r in todo}
     if executor == "dask":
         workers = 1 if workers is None else workers  # the cluster decides where units run
@@ -125,17 +126,18 @@ def run_experiment(
             + (f": {plan.describe()}{where}, {dev}" if todo else "")
             + f" -> {store.dir}"
         )
-        _say_other_kernels(exp.runs, todo, store, kernel, console)
-        _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console)
+        _say_other_kernels(exp.runs, todo, found, kernel, console)
+        _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console, found)
     finally:
         for run in todo:
             store.release(run.run_id)
     return store.write_runs_table(exp)  # read back from disk: another invocation may have committed runs too
 
 
-def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, console) -> None:
-    """Train the plan's units and commit each run as its outcome arrives, runs.parquet after each."""
-    known = {r.run_id: store.summary(r.run_id) for r in exp.runs}
+def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, console, found: dict) -> None:
+    """Train the plan's units and commit each run as its outcome arrives, runs.parquet after each. `found`: the
+    runs' summaries as read when the sweep started (None: not committed)."""
+    known = dict(found)
     try:
         store.write_runs_table(exp, known)  # summary and plot work from the first committed run on
     except OSError as e:
@@ -166,12 +168,12 @@ def _label(run: Run) -> str:
     return " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.params.items()) or run.run_id
 
 
-def _say_other_kernels(runs: list[Run], todo: list[Run], store: ExperimentStore, kernel: str, console) -> None:
+def _say_other_kernels(runs: list[Run], todo: list[Run], found: dict, kernel: str, console) -> None:
     """A results folder never mixes kernels silently: finished runs kept from another kernel are named."""
     pending = {r.run_id for r in todo}
     other: dict[str, int] = {}
     for run in runs:
-        s = store.summary(run.run_id)
+        s = found[run.run_id]
         if run.run_id in pending or s is None or s.get("status") == "failed":
             continue
         had = (s.get("engine") or {}).get("kernel", "an older engine")
