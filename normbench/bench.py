@@ -94,8 +94,7 @@ def plain_loop(cfgs: list[RunConfig], dtype=torch.float32) -> list[torch.nn.Modu
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.input_shape, data.out_features).to(dtype)
         opt = torch_optimizer(model.parameters(), cfg.train)
-        size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
-        stream = batches(x, y, size, cfg.data.shuffle, torch.Generator().manual_seed(cfg.seed))
+        stream = batches(x, y, cfg.train.minibatch(), cfg.data.shuffle, torch.Generator().manual_seed(cfg.seed))
         for _ in range(total_steps(cfg, data)):
             xb, yb = next(stream)
             out = model(xb)

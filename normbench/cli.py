@@ -127,8 +127,11 @@ def run(
         ),
     ] = KernelName.auto,
     stack: Annotated[
-        int, typer.Option(min=1, help="At most this many runs of one structure train together (1: each alone).")
-    ] = 16,
+        int | None,
+        typer.Option(
+            min=1, help="At most this many runs of one structure train together (1: each alone; default: 16)."
+        ),
+    ] = None,
     compile_: Annotated[
         bool | None,
         typer.Option(

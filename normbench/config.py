@@ -32,9 +32,6 @@ from pydantic import (
 
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, Registry, UnknownName
 
-# Norms that take statistics over the samples of a batch.
-BATCH_STATISTICS = ("batch", "batch_manual", "switchable")
-
 PACKAGED_CONFIGS = [Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs"]
 
 
@@ -193,6 +190,10 @@ class TrainConfig(Strict):
             raise ValueError("train.lr_batch scales lr with the batch size; it needs a numeric batch_size")
         return self
 
+    def minibatch(self) -> int | None:
+        """The samples of a step, as data.batches takes them: None for the full batch."""
+        return None if self.batch_size == "full" else self.batch_size
+
     def effective_lr(self) -> float:
         if self.lr_batch is None:
             return self.lr
@@ -244,7 +245,7 @@ class RunConfig(Strict):
             raise ValueError("record.eval_split is 'test' but data.n_test is 0 (no test split)")
         if self.data.preprocess == "pca" and self.model.name == "cnn":
             raise ValueError("data.preprocess pca gives flat vectors, not images: use zca with a cnn")
-        if self.train.batch_size == 1 and self.model.norm in BATCH_STATISTICS:
+        if self.train.batch_size == 1 and getattr(NORMS.get(self.model.norm), "batch_statistics", False):
             raise ValueError(
                 f"train.batch_size 1 with {self.model.norm} norm: batch statistics of a single sample are undefined "
                 "(use a batch of 2 or more, or a per-sample norm such as layer or group)"

@@ -62,11 +62,7 @@ def total_steps(cfg: RunConfig, data: Dataset) -> int:
     """train.steps, or train.epochs passes over the training set."""
     if cfg.train.steps is not None:
         return cfg.train.steps
-    return cfg.train.epochs * steps_per_epoch(len(data.x_train), _batch_size(cfg))
-
-
-def _batch_size(cfg: RunConfig) -> int | None:
-    return None if cfg.train.batch_size == "full" else cfg.train.batch_size
+    return cfg.train.epochs * steps_per_epoch(len(data.x_train), cfg.train.minibatch())
 
 
 @contextmanager
@@ -125,7 +121,7 @@ class Training:
         self.opt = FlatOptimizer(cfgs, device, self.kernel.theta.dtype)
         self.device = device
         self.steps = total_steps(cfg, data)
-        size = _batch_size(cfg)
+        size = cfg.train.minibatch()
         self.full_batch = (size is None or size >= len(data.x_train)) and not cfg.data.shuffle  # as data.batches
         names = ["train"] + (["test"] if data.x_test is not None else [])
         self.splits = {name: self.kernel.columns(*self._shared(*data.split(name))) for name in names}
@@ -156,9 +152,9 @@ class Training:
         cfg, data = self.cfgs[0], self.data
         x, y = self._on_device(data.x_train, data.y_train)
         every = torch.arange(len(x))
-        size = _batch_size(cfg)
         orders = [
-            batches(every, every, size, cfg.data.shuffle, torch.Generator().manual_seed(c.seed)) for c in self.cfgs
+            batches(every, every, cfg.train.minibatch(), cfg.data.shuffle, torch.Generator().manual_seed(c.seed))
+            for c in self.cfgs
         ]
         while True:
             idx = torch.stack([next(o)[0] for o in orders]).to(self.device)  # (M, B)

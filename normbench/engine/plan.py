@@ -98,26 +98,28 @@ def make_plan(
     steps_of: dict[str, int],
     *,
     kernel: str = "auto",
-    stack: int = MAX_STACK,
+    stack: int | None = None,
     workers: int | None = None,
     compile: bool | None = None,
     cores: int | None = None,
     device_type: str = "cpu",
 ) -> Plan:
-    """`steps_of`: run id -> training steps. None for workers or compile: decide as the module docstring says."""
+    """`steps_of`: run id -> training steps. None for stack, workers or compile: decide as the module docstring
+    says."""
     cores = cores or os.cpu_count() or 1
-    groups = stack_groups(runs, stack)
+    groups = stack_groups(runs, stack or MAX_STACK)
     work = sum(steps_of[r.run_id] for r in runs)
     if workers is None:
         workers = min(cores, len(groups)) if work >= WORKERS_FROM and len(groups) > 1 else 1
-    structures: dict[str, int] = defaultdict(int)
-    for r in runs:
-        structures[structure_key(r.config)] += steps_of[r.run_id]
+    structures: dict[str, int] = defaultdict(int)  # model-steps per structure
+    keys = [structure_key(g[0].config) for g in groups]
+    for key, g in zip(keys, groups, strict=True):
+        structures[key] += sum(steps_of[r.run_id] for r in g)
     units = []
-    for g in groups:
+    for key, g in zip(keys, groups, strict=True):
         k = kernel_for(g[0].config, kernel)
         if compile is None:
-            share = structures[structure_key(g[0].config)] / max(1, min(workers, len(groups)))
+            share = structures[key] / max(1, min(workers, len(groups)))
             c = k == "written-out" and share >= COMPILE_FROM and has_compiler()
         else:
             c = compile and k == "written-out"

@@ -23,6 +23,7 @@ norm, a future norm) trains on the autograd kernel; `unsupported(cfg)` says why.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -80,7 +81,7 @@ class Spec:
         """Named views into an (M, P) matrix of parameters or gradients (or of statistics): no copies."""
         out, at = {}, 0
         for name, shape in self.shapes if shapes is None else shapes:
-            size = _numel(shape)
+            size = math.prod(shape)
             out[name] = flat[:, at : at + size].view(flat.shape[0], *shape)
             at += size
         return out
@@ -90,13 +91,6 @@ class Spec:
         m = max(t.shape[0] for t in tensors.values())
         order = self.shapes if shapes is None else shapes
         return torch.cat([tensors[name].expand(m, *shape).reshape(m, -1) for name, shape in order], dim=1)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    size = 1
-    for s in shape:
-        size *= s
-    return size
 
 
 def reference_tensors(model: nn.Module) -> tuple[Tensors, Tensors]:
@@ -352,8 +346,8 @@ class WrittenOutKernel:
         at, self.layer_weights = 0, {}
         for name, shape in spec.shapes:
             if name.startswith("w") and name[1:].isdigit():
-                self.layer_weights[int(name[1:])] = slice(at, at + _numel(shape))
-            at += _numel(shape)
+                self.layer_weights[int(name[1:])] = slice(at, at + math.prod(shape))
+            at += math.prod(shape)
 
     def columns(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples as the last axis: x (m, N, ...) -> (m, F, N)."""

@@ -68,6 +68,8 @@ class NoNorm(nn.Identity):
 class BatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm (Ioffe & Szegedy 2015): per channel over the batch (and H, W); running statistics for eval."""
 
+    batch_statistics = True  # needs more than one sample per batch (checked at load)
+
     def __init__(self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1):
         # momentum is PyTorch's: running = (1 - momentum) * running + momentum * batch. TF's EMA decay d is 1 - d.
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
@@ -123,6 +125,8 @@ class RMSNorm(_Affine):
 
 class _RunningStats(_Affine):
     """Running mean/var buffers, updated in train mode, used in eval mode (as PyTorch's BN names them)."""
+
+    batch_statistics = True  # its statistics (or part of them) are over the batch
 
     def __init__(self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
