@@ -11,7 +11,7 @@
                processes, compiling or not), training, recording and the results folder, all counted
     variants   the two ways an autograd kernel could compute M models: a loop of modules, torch.func's vmap
 
-The grid is the seed's: a 7x30 MLP with batch norm and ReLU on 500 points, full batch, SGD 0.001, one run per
+The grid is the tutorial's: a 7x30 MLP with batch norm and ReLU on 500 points, full batch, SGD 0.001, one run per
 seed. A second table times the training of the three configs of `normbench demo dead-neurons` by `normbench
 run`'s default path against the plain loop over the same 36 runs. Timings on a shared machine are noisy: compare
 the ratios of one invocation, not numbers across invocations.

@@ -301,7 +301,7 @@ def bench(
     repeat: Annotated[int, typer.Option(min=1, help="Time each way this many times, keep the best.")] = 1,
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Also time the demo's training.")] = True,
 ) -> None:
-    """Time the seed's 7x30 MLP grid several ways side by side (a plain PyTorch loop, its matmul floor, each
+    """Time the tutorial's 7x30 MLP grid several ways side by side (a plain PyTorch loop, its matmul floor, each
     kernel alone and stacked, eager and compiled, and `normbench run` as typed) and report the speed targets."""
     from normbench.bench import print_bench
 
@@ -313,7 +313,7 @@ def dead_neurons(
     out_dir: OutOpt = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Re-run runs that already finished.")] = False,
 ) -> None:
-    """The seed's batch-norm demonstration: ReLU/tanh, with and without BN; runs, figures and verdicts."""
+    """The tutorial's batch-norm demonstration: ReLU/tanh, with and without BN; runs, figures and verdicts."""
     from normbench.demo import run_dead_neurons
 
     run_dead_neurons(out_dir, force=force, console=out)

@@ -131,7 +131,8 @@ class ModelConfig(Strict):
     weight_init: InitConfig = InitConfig()
     bias_init: float = 0.0
     bias: Literal["auto"] | bool = Field(
-        "auto", description="bias of linear/conv layers; auto: none where a norm directly follows (seed 002)"
+        "auto",
+        description="bias of linear/conv layers; auto: none where a norm directly follows (Ioffe & Szegedy 2015)",
     )
     norm_groups: int = Field(2, gt=0, description="group norm: channel groups per layer")
     channels: list[Annotated[int, Field(gt=0)]] = Field([16, 32], min_length=1, description="cnn: channels per block")

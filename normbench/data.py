@@ -11,7 +11,8 @@
 | fashion_mnist | the same IDX format and file names                   | 10 classes              | (1, 28, 28)|
 | cifar10       | the python pickle batches in data.path               | 10 classes              | (3, 32, 32)|
 
-Images are scaled to [0, 1], then `data.preprocess` (seed 000), fitted on the training split only:
+Images are scaled to [0, 1], then `data.preprocess` (as in cs231n's notes on data preprocessing), fitted on the
+training split only:
 none | zscore (per input feature) | pca (PCA whitening: rotate onto the principal axes, unit variance; the
 result is a flat vector, so an MLP only) | zca (ZCA whitening: PCA whitening rotated back, images stay images).
 """
@@ -80,9 +81,9 @@ class Dataset:
 
 @DATASETS.register("quadratic")
 def quadratic(cfg: DataConfig) -> Dataset:
-    """y = x^2 - 5 + Normal(0, noise) on x = linspace(x_min, x_max, n): the seed's noisy parabola."""
+    """y = x^2 - 5 + Normal(0, noise) on x = linspace(x_min, x_max, n): the tutorial's noisy parabola."""
 
-    # numpy's legacy RandomState so that seed 1 draws the very noise of the seed's `np.random.seed(1)` script.
+    # numpy's legacy RandomState so that seed 1 draws the very noise of the tutorial's `np.random.seed(1)` script.
     rng = np.random.RandomState(cfg.seed)
 
     def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,7 +260,7 @@ def batches(
     of one sample are undefined (PyTorch's BN refuses them)."""
     n = x.shape[0]
     size = n if batch_size is None else min(batch_size, n)
-    if size == n and not shuffle:  # the seed's setting: the same full batch every step, no copies
+    if size == n and not shuffle:  # the tutorial's setting: the same full batch every step, no copies
         while True:
             yield x, y
     while True:

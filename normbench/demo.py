@@ -1,4 +1,4 @@
-"""`normbench demo dead-neurons`: the seed's batch-norm demonstration, run, drawn and judged from the numbers.
+"""`normbench demo dead-neurons`: the tutorial's batch-norm demonstration, run, drawn and judged from the numbers.
 
 It runs three packaged configs (configs/morvan_tf23.yaml, morvan_pt504.yaml, dead_neurons.yaml), writes their
 figures, prints one row per run, then checks the article's four claims against what was measured:

@@ -10,7 +10,7 @@ Points recorded in every recorded layer (models.recorded_layers), on the evaluat
 
 Histograms have fixed bins over a configured range and count, beside the bins, the finite values below and
 above the range and the NaN and inf values: counts + below + above + nan + inf == n, always. Nothing silently
-falls out of a picture (the seed's own histograms dropped every NaN of a diverged net and looked "empty").
+falls out of a picture (the tutorial's own histograms dropped every NaN of a diverged net and looked "empty").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The seed's demonstration, qualitatively, on the packaged configs (one seed each, to stay fast).
+"""The tutorial's demonstration, qualitatively, on the packaged configs (one seed each, to stay fast).
 
 The full demo (three seeds, figures, verdicts) is `normbench demo dead-neurons`; tests marked slow run it whole.
 """

@@ -76,7 +76,7 @@ def test_seed_setting_same_divergence_and_first_steps():
 
 
 def test_seed_setting_whole_batch_norm_runs():
-    """All 251 steps of the seed's batch-norm runs, where plain SGD amplifies rounding the most."""
+    """All 251 steps of the tutorial's batch-norm runs, where plain SGD amplifies rounding the most."""
     compare("morvan_tf23", ["grid.model.norm=[batch]"])
 
 

@@ -64,7 +64,7 @@ def targets(y: torch.Tensor) -> torch.Tensor:
 def losses(out: torch.Tensor, y: torch.Tensor, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of each model (M,) and d(loss)/d(out), from outputs (M, T, N) and `targets(y)`.
     Classification: mean cross-entropy over the samples. Regression: mean over the samples of the squared error
-    summed over the outputs (the seed article's reduce_mean(reduce_sum(...)))."""
+    summed over the outputs (the tutorial's reduce_mean(reduce_sum(...)))."""
     n = out.shape[2]
     if classification:
         logp = out.log_softmax(1)

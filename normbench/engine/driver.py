@@ -146,7 +146,7 @@ class Training:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x, y) of every step, in the kernel's layout: each run's samples in the order data.batches gives it."""
-        if self.full_batch:  # the seed's setting: the same data every step, no indexing
+        if self.full_batch:  # the tutorial's setting: the same data every step, no indexing
             while True:
                 yield self.splits["train"]
         cfg, data = self.cfgs[0], self.data

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 Rule = Callable[[torch.Tensor, dict[str, torch.Tensor], int, torch.Tensor, "TrainConfig"], torch.Tensor]
 
 
-@OPTIMIZERS.register("sgd", aliases=("gd",), help="plain (stochastic) gradient descent, as the seed article")
+@OPTIMIZERS.register("sgd", aliases=("gd",), help="plain (stochastic) gradient descent, as the tutorial")
 def _sgd(g, state, t, lr, c):
     return lr * g
 

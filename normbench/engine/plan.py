@@ -4,7 +4,7 @@ docs/benchmarks.md):
 
 - kernel: the written-out kernel where it supports the config (MLPs with the norms it writes out), else autograd;
 - stacks: runs of one structure (everything but seed, learning rate, init scale and bias init) train together,
-  at most 16 per stack (larger stacks of the seed's MLP were slower per model here: their activations fall out
+  at most 16 per stack (larger stacks of the tutorial's MLP were slower per model here: their activations fall out
   of a core's 1 MB cache);
 - workers: one process per core when the grid is large enough to pay for starting them (about 2 s each), i.e.
   at least WORKERS_FROM model-steps in at least two stacks; else the stacks train in this process;

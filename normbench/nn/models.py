@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 @INITS.register("normal")
 def _normal(w: torch.Tensor, cfg: InitConfig) -> None:
-    """Normal(0, std): the seed uses std 1.0 (saturates/explodes) and 0.1 ("a bad init")."""
+    """Normal(0, std): the tutorial uses std 1.0 (saturates/explodes) and 0.1 ("a bad init")."""
     nn.init.normal_(w, 0.0, cfg.std)
 
 
@@ -53,7 +53,7 @@ def _kaiming(w: torch.Tensor, cfg: InitConfig) -> None:
 
 
 class InputBlock(nn.Module):
-    """Layer 0: the input, optionally normalized (the seed batch-normalizes x too). Its activation is identity."""
+    """Layer 0: the input, optionally normalized (the tutorial batch-normalizes x too). Its activation is identity."""
 
     def __init__(self, norm: nn.Module, flatten: bool = False):
         super().__init__()
@@ -66,7 +66,7 @@ class InputBlock(nn.Module):
 
 
 class Block(nn.Module):
-    """fc -> norm -> act (placement 'before', as in the BN paper and the seed) or fc -> act -> norm ('after'),
+    """fc -> norm -> act (placement 'before', as in the BN paper and the tutorial) or fc -> act -> norm ('after'),
     then pool (identity in the MLP)."""
 
     def __init__(self, fc: nn.Module, norm: nn.Module, act: nn.Module, placement: str, pool: nn.Module | None = None):
@@ -107,8 +107,9 @@ def _input_norm(cfg: ModelConfig, features: int, values_per_sample: int) -> nn.M
 
 
 def _use_bias(cfg: ModelConfig) -> bool:
-    # 'auto': a norm right after the layer removes any constant per channel, so its bias is redundant (seed 002:
-    # z = g(BN(Wu))). With placement 'after' the activation comes between, and the bias matters.
+    # 'auto': a norm right after the layer removes any constant per channel, so its bias is redundant
+    # (Ioffe & Szegedy 2015, sec. 3.2: z = g(BN(Wu))). With placement 'after' the activation comes between, and
+    # the bias matters.
     if cfg.bias == "auto":
         return cfg.norm == "none" or cfg.placement == "after"
     return bool(cfg.bias)
@@ -164,7 +165,7 @@ class CNN(Model):
 
 
 def init_weights(model: nn.Module, weight_init: InitConfig, bias_init: float) -> None:
-    """Every linear and conv layer (the head too, as in the seed): weights by `weight_init`, biases constant."""
+    """Every linear and conv layer (the head too, as in the tutorial): weights by `weight_init`, biases constant."""
     init = INITS.get(weight_init.name)
     with torch.no_grad():
         for m in model.modules():

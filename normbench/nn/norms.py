@@ -4,7 +4,8 @@ Every constructor takes the feature (channel) count first and the same keyword o
 
     norm = NORMS.get("group")(32, eps=1e-5, momentum=0.1, affine=True, groups=8)   # (N, 32, H, W) -> same
 
-Which axes each one normalizes over (seed 004), for MLP features (N, C) and conv maps (N, C, H, W):
+Which axes each one normalizes over (Wu & He, "Group Normalization", 2018, fig. 2), for MLP features (N, C) and
+conv maps (N, C, H, W):
 
 | name         | (N, C, H, W): statistics over            | (N, C)                     | running stats (eval) |
 |--------------|------------------------------------------|----------------------------|----------------------|
