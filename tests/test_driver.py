@@ -51,6 +51,9 @@ def test_recording_leaves_parameters_statistics_and_gradients_untouched(tiny_raw
     after = (k.theta, k.grad, k.pending, k.stats if kernel == "autograd" else k.stats_flat)
     for b, a in zip(before, after, strict=True):
         assert torch.equal(a, b)
+    assert any(p.startswith("grad_") for p in training.rec.tables(0)["histograms"].point)  # gradients were taken
+    if kernel == "autograd":  # and none was left on the modules
+        assert all(p.grad is None for m in k.models for p in m.parameters())
 
 
 def test_eval_mode_loss_uses_running_statistics(tiny_raw):

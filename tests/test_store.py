@@ -58,8 +58,9 @@ def test_histogram_rows_account_for_every_value(done):
     h = load_table(exp_dir, "histograms")
     total = h.counts.map(sum) + h.below + h.above + h.nan + h.inf
     assert (total == h.n).all()
-    assert set(h.point) == {"pre_norm", "post_norm", "post_act"}
+    assert set(h.point) == {"pre_norm", "post_norm", "post_act", "grad_pre_norm", "grad_weight"}
     assert set(h.layer) == {0, 1, 2, 3}
+    assert set(h[h.point.str.startswith("grad_")].layer) == {1, 2, 3}  # hidden layers only
 
 
 def test_rerun_skips_finished_runs_and_force_reruns(done, monkeypatch):

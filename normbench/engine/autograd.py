@@ -82,19 +82,25 @@ class AutogradKernel:
         """(M, T, N): every model on its own samples (or all on the same ones)."""
         return torch.stack([m(x[j if len(x) > 1 else 0]) for j, m in enumerate(self.models)]).transpose(1, 2)
 
-    def _grads(self, loss: torch.Tensor) -> torch.Tensor:
-        """d(own loss)/d(own parameters) of every model, as an (M, P) matrix (zero where a parameter is unused)."""
+    def _grads(self, loss: torch.Tensor, also: list[torch.Tensor] | None = None):
+        """d(own loss)/d(own parameters) of every model, as an (M, P) matrix (zero where a parameter is unused), and
+        the list of d(loss)/d(t) of each tensor t of `also` (intermediate values of the forward)."""
         flat = [p for ps in self.params for p in ps]
-        grads = torch.autograd.grad(loss.sum(), flat, allow_unused=True)
-        rows = [g.reshape(-1) if g is not None else p.new_zeros(p.numel()) for g, p in zip(grads, flat, strict=True)]
-        return torch.cat(rows).view_as(self.theta)
+        also = also or []
+        grads = torch.autograd.grad(loss.sum(), [*flat, *also], allow_unused=True)
+        rows = [
+            g.reshape(-1) if g is not None else p.new_zeros(p.numel())
+            for g, p in zip(grads[: len(flat)], flat, strict=True)
+        ]
+        extra = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads[len(flat) :], also, strict=True)]
+        return torch.cat(rows).view_as(self.theta), extra
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._mode("train"):
             out = self._outputs(x)
             self.pending = self.stats.clone()  # the norms' own running update, held back until commit
         loss = losses(out, y, self.classification)[0]
-        self.grad = self._grads(loss)
+        self.grad = self._grads(loss)[0]
         return loss.detach(), accuracies(out.detach(), y, self.classification)
 
     def commit(self, active: torch.Tensor) -> None:
@@ -109,11 +115,19 @@ class AutogradKernel:
     def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe:
         with self._mode(mode), _capture(self.models) as found:
             out = self._outputs(x)
-        grad = self._grads(losses(out, y, self.classification)[0])
-        points = {
-            key: torch.stack([v.detach().movedim(1, 0).reshape(v.shape[1], -1) for v in values])
-            for key, values in found.items()
-        }
+        # The gradient at each hidden layer's norm input, the very tensor its forward hook saw (a sum of the
+        # models' losses: each model's value depends on its own loss only).
+        pre = [key for key in found if key[0] > 0 and key[1] == "pre_norm"]
+        also = [v for key in pre for v in found[key]]
+        grad, at_pre = self._grads(losses(out, y, self.classification)[0], also)
+        m = len(self.models)
+        found.update({(i, "grad_pre_norm"): at_pre[k * m : (k + 1) * m] for k, (i, _) in enumerate(pre)})
+        stacked: dict[tuple[int, ...], torch.Tensor] = {}  # one tensor for points that are the same values
+        for values in found.values():
+            if tuple(map(id, values)) not in stacked:
+                rows = [v.detach().movedim(1, 0).reshape(v.shape[1], -1) for v in values]
+                stacked[tuple(map(id, values))] = torch.stack(rows)
+        points = {key: stacked[tuple(map(id, values))] for key, values in found.items()}
         return Probe(points, grad, _importance(self.models))
 
 

@@ -240,8 +240,9 @@ def forward(spec: Spec, p: Tensors, x: torch.Tensor, mode: str, stats: Tensors |
     tape.append(Saved(None, saved, None, None))
     if found is not None:
         m = p["w_head"].shape[0]
-        found.update({(0, "pre_norm"): x.expand(m, -1, -1), (0, "post_norm"): u.expand(m, -1, -1)})
-        found[(0, "post_act")] = found[(0, "post_norm")]
+        pre = x.expand(m, -1, -1)
+        found[(0, "pre_norm")] = pre
+        found[(0, "post_norm")] = found[(0, "post_act")] = pre if u is x else u.expand(m, -1, -1)
     h = u
     for i in range(1, spec.depth + 1):
         z = torch.matmul(p[f"w{i}"], h)
@@ -264,8 +265,9 @@ def forward(spec: Spec, p: Tensors, x: torch.Tensor, mode: str, stats: Tensors |
     return out, tape, {i: b for i, b in batch.items() if b is not None}
 
 
-def backward(spec: Spec, p: Tensors, tape: list[Saved], dout: torch.Tensor, mode: str) -> Tensors:
-    """Gradients of every model's own loss w.r.t. its parameters, from dout = d(loss)/d(outputs)."""
+def backward(spec: Spec, p: Tensors, tape: list[Saved], dout: torch.Tensor, mode: str, found=None) -> Tensors:
+    """Gradients of every model's own loss w.r.t. its parameters, from dout = d(loss)/d(outputs). `found`, if
+    given, collects the gradient at each hidden layer's norm input {(layer, 'grad_pre_norm'): (M, C, N)}."""
     grads: Tensors = {}
     h = tape[-1].h_in
     grads["w_head"] = torch.matmul(dout, h.transpose(1, 2))
@@ -274,9 +276,12 @@ def backward(spec: Spec, p: Tensors, tape: list[Saved], dout: torch.Tensor, mode
     for i in range(spec.depth, 0, -1):
         h_in, saved, act_in, a = tape[i]  # a Saved
         if spec.norm_first:  # dh is d(loss)/d(act output)
-            dz = _norm_backward(spec, p, i, spec.act.grad(dh, act_in, a), saved, mode, grads)
+            dz = d_pre = _norm_backward(spec, p, i, spec.act.grad(dh, act_in, a), saved, mode, grads)
         else:  # dh is d(loss)/d(norm output)
-            dz = spec.act.grad(_norm_backward(spec, p, i, dh, saved, mode, grads), act_in, a)
+            d_pre = _norm_backward(spec, p, i, dh, saved, mode, grads)
+            dz = spec.act.grad(d_pre, act_in, a)
+        if found is not None:
+            found[(i, "grad_pre_norm")] = d_pre
         grads[f"w{i}"] = torch.matmul(dz, h_in.transpose(1, 2))
         if f"b{i}" in p:
             grads[f"b{i}"] = dz.sum(2, keepdim=True)
@@ -372,6 +377,6 @@ class WrittenOutKernel:
         p = self.spec.views(self.theta)
         found: dict[tuple[int, str], torch.Tensor] = {}
         out, tape, _ = forward(self.spec, p, x, mode, self.stats, found)
-        grads = backward(self.spec, p, tape, losses(out, y, self.spec.classification)[1], mode)
+        grads = backward(self.spec, p, tape, losses(out, y, self.spec.classification)[1], mode, found)
         nan = torch.full((len(self.theta), len(IMPORTANCE)), float("nan"))
         return Probe(found, self.spec.flatten(grads), dict.fromkeys(range(1, self.spec.depth + 1), nan))
