@@ -6,6 +6,10 @@
 
 Everything is checked here, once: unknown keys, wrong types, unknown names (with the valid choices), bad
 ranges, bad grid keys. Every problem becomes a ConfigError with a one-line message naming the dotted field.
+
+A grid axis is a list of values, or one of `logspace(START, STOP, COUNT)`, `linspace(START, STOP, COUNT)`,
+`range([START,] STOP[, STEP])` (numpy's and Python's meanings), and the grid key `zip` (or `zip_<label>`) holds
+settings that vary together: a list of mappings, one per point, crossed with the other axes.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,18 +206,31 @@ class TrainConfig(Strict):
         return self.lr * int(self.batch_size) / self.lr_batch
 
 
-class Ranges(Strict):
-    """Histogram bin ranges [low, high] per recorded point; values outside are counted, not dropped."""
+RangeOrAuto = Range | Literal["auto"]
 
-    input: Range = (-7.0, 10.0)  # layer 0, the (normalized) input
-    pre_norm: Range = (-4.0, 4.0)
-    post_norm: Range = (-4.0, 4.0)
-    post_act: Range = (-1.0, 1.0)
+
+class Ranges(Strict):
+    """Histogram bin ranges per recorded point: a fixed [low, high], or `auto`, a range chosen for each histogram
+    from its own values (record.auto_ranges has the rule). Values outside a range are counted, not dropped."""
+
+    input: RangeOrAuto = "auto"  # every point of layer 0, the (normalized) input
+    pre_norm: RangeOrAuto = "auto"
+    post_norm: RangeOrAuto = "auto"
+    post_act: RangeOrAuto = "auto"
+    grad_pre_norm: RangeOrAuto = "auto"  # d(loss)/d(pre_norm)
+    grad_weight: RangeOrAuto = "auto"  # d(loss)/d(the layer's weight)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _auto_or_pair(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":
+            raise ValueError(f"expected auto or [low, high], got {v!r}")
+        return v
 
     @field_validator("*")
     @classmethod
-    def _ordered(cls, v: Range) -> Range:
-        if not v[0] < v[1]:
+    def _ordered(cls, v: RangeOrAuto) -> RangeOrAuto:
+        if v != "auto" and not v[0] < v[1]:
             raise ValueError(f"range low ({v[0]}) must be below high ({v[1]})")
         return v
 
@@ -258,11 +276,113 @@ class RunConfig(Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+# Grid values written as an expression instead of a list (see expand_values).
+_HELPER = re.compile(r"^\s*(logspace|linspace|range)\s*\((.*)\)\s*$", re.DOTALL)
+# A grid key holding zipped settings: `zip`, or `zip_<label>` when several groups vary independently.
+_ZIP = re.compile(r"^zip(_[A-Za-z0-9_]+)?$")
+
+
+def is_zip_key(key: str) -> bool:
+    return bool(_ZIP.match(key))
+
+
+def grid_keys(grid: Any) -> list[str]:
+    """Every dotted key a grid sets, the keys inside `zip` groups included, in order. Tolerant of a grid not yet
+    validated (what is not a mapping is skipped), so it also serves to read back a results folder's config."""
+    keys: list[str] = []
+    if not isinstance(grid, dict):
+        return keys
+    for key, values in grid.items():
+        if is_zip_key(str(key)) and isinstance(values, list):
+            group: list[str] = []  # every entry names the same keys
+            for entry in values:
+                group += [str(k) for k in (entry if isinstance(entry, dict) else {}) if str(k) not in group]
+            keys += group
+        else:
+            keys.append(str(key))
+    return keys
+
+
+def _round(x: float) -> float:
+    """A computed grid value to 12 significant digits: logspace and linspace carry float64 rounding of a few ulp
+    (linspace(0.1, 1, 10) has 0.30000000000000004, and pow may differ by an ulp between platforms and numpy
+    versions), which would otherwise change run ids and print as noise in labels; 12 digits keep far more than
+    any experiment needs while leaving a margin of about 4 digits to float64's 15.9, so one expression gives
+    the same values, and the same run ids, everywhere, and 0.01 from a logspace is the 0.01 a list would give."""
+    return float(f"{x:.12g}")
+
+
+def expand_values(text: str, where: str) -> list[Any]:
+    """`logspace(-4, 0, 13)` -> 13 values from 1e-4 to 1 (numpy.logspace), `linspace(0.1, 1, 10)`
+    (numpy.linspace), `range(1, 6)` -> [1, 2, 3, 4, 5] (Python's range, integers). No eval: the arguments must be
+    plain numbers. `where` names the axis in the error message."""
+    import numpy as np
+
+    match = _HELPER.match(text)
+    if not match:
+        raise ValueError(
+            f"{where}: expected a list of values or logspace(START, STOP, COUNT), linspace(START, STOP, COUNT), "
+            f"range([START,] STOP[, STEP]); got {text!r}"
+        )
+    fn, body = match.groups()
+    args = [a.strip() for a in body.split(",")] if body.strip() else []
+    numbers = []
+    for a in args:
+        try:
+            x = float(a)
+        except ValueError:
+            raise ValueError(f"{where}: {fn}(...): {a!r} is not a number") from None
+        if not np.isfinite(x):
+            raise ValueError(f"{where}: {fn}(...): {a!r} is not a finite number")
+        numbers.append(x)
+    if fn == "range":
+        if not 1 <= len(numbers) <= 3:
+            raise ValueError(f"{where}: range takes 1 to 3 integers ([START,] STOP[, STEP]), got {len(numbers)}")
+        if any(x != int(x) or not re.fullmatch(r"[+-]?\d+", a) for x, a in zip(numbers, args, strict=True)):
+            raise ValueError(f"{where}: range takes integers, got {text.strip()!r} (use linspace for fractions)")
+        ints = [int(x) for x in numbers]
+        if len(ints) == 3 and ints[2] == 0:
+            raise ValueError(f"{where}: range step must not be zero")
+        values: list[Any] = list(range(*ints))
+        if not values:
+            raise ValueError(f"{where}: {text.strip()} has no values")
+        return values
+    if len(numbers) != 3:
+        raise ValueError(f"{where}: {fn} takes 3 numbers (START, STOP, COUNT), got {len(numbers)} in {text.strip()!r}")
+    start, stop, count = numbers
+    if count != int(count) or count < 1:
+        raise ValueError(f"{where}: {fn} COUNT must be a whole number of at least 1, got {args[2]}")
+    if count > 10_000:
+        raise ValueError(f"{where}: {fn} COUNT {int(count)} is more values than a grid axis should have")
+    make = np.logspace if fn == "logspace" else np.linspace
+    with np.errstate(over="ignore"):
+        values = [_round(float(x)) for x in make(start, stop, int(count))]
+    if fn == "logspace" and not all(np.isfinite(values)):
+        raise ValueError(f"{where}: {text.strip()} overflows float64")
+    return values
+
+
 class ExperimentConfig(RunConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the results folder's name")
     description: str = ""
     seeds: list[int] | None = Field(None, min_length=1, description="shorthand for a grid axis `seed`")
     grid: dict[str, list[Any]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, raw: Any) -> Any:
+        """Axis values written as logspace(...), linspace(...) or range(...) become their lists."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        if isinstance(raw.get("seeds"), str):
+            raw["seeds"] = expand_values(raw["seeds"], "seeds")
+        if isinstance(raw.get("grid"), dict):
+            raw["grid"] = {
+                k: expand_values(v, f"grid.{k}") if isinstance(v, str) and not is_zip_key(str(k)) else v
+                for k, v in raw["grid"].items()
+            }
+        return raw
 
     @field_validator("grid")
     @classmethod
@@ -274,21 +394,72 @@ class ExperimentConfig(RunConfig):
         for key, values in grid.items():
             if not values:
                 raise ValueError(f"grid key {key!r} has an empty list of values")
-            if key in ("name", "description", "seeds", "grid") or key.startswith("grid."):
-                raise ValueError(f"grid key {key!r} cannot vary")
+            if is_zip_key(key):
+                _check_zip(key, values)
+                keys = list(values[0])
+            else:
+                keys = [key]
+            for k in keys:
+                if k in ("name", "description", "seeds", "grid") or k.startswith("grid.") or is_zip_key(k):
+                    raise ValueError(f"grid key {k!r} cannot vary")
+        keys = grid_keys(grid)
+        for i, a in enumerate(keys):
+            for b in keys[:i]:
+                if a == b or a.startswith(b + ".") or b.startswith(a + "."):
+                    same = f"{a!r} is given twice" if a == b else f"{b!r} and {a!r} set the same field"
+                    raise ValueError(f"{same} (a key may be one axis or in one zip group, not several)")
         return grid
 
     @model_validator(mode="after")
     def _seed_axis(self) -> ExperimentConfig:
-        if self.seeds is not None and self.grid and "seed" in self.grid:
-            raise ValueError("give seeds either as `seeds:` or as grid key `seed`, not both")
+        if self.seeds is not None and "seed" in grid_keys(self.grid):
+            raise ValueError(
+                "give seeds either as `seeds:` or as grid key `seed`, not both (--set 'seeds=[1,2]' changes `seeds:`)"
+            )
         return self
 
-    def axes(self) -> dict[str, list[Any]]:
-        axes = dict(self.grid or {})
+    def axis_groups(self) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+        """The grid's axes as (keys, points): one key for a plain axis, several for a zip group; the runs are the
+        Cartesian product of the groups' points. `seeds` is the last axis, `seed`."""
+        groups: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
+        for key, values in (self.grid or {}).items():
+            if is_zip_key(key):
+                keys = tuple(values[0])
+                groups.append((keys, [tuple(entry[k] for k in keys) for entry in values]))
+            else:
+                groups.append(((key,), [(v,) for v in values]))
         if self.seeds is not None:
-            axes["seed"] = list(self.seeds)
-        return axes
+            groups.append((("seed",), [(s,) for s in self.seeds]))
+        return groups
+
+    def axes(self) -> dict[str, list[Any]]:
+        """Every varying key -> its values in grid order (a zipped key's values are its zip group's, in order)."""
+        return {k: [p[i] for p in points] for keys, points in self.axis_groups() for i, k in enumerate(keys)}
+
+    def shape(self) -> str:
+        """`model.norm (2) x zip(train.batch_size, train.lr) (3) x seed (2)`, or 'no grid'."""
+        parts = [
+            f"{keys[0]} ({len(points)})" if len(keys) == 1 else f"zip({', '.join(keys)}) ({len(points)})"
+            for keys, points in self.axis_groups()
+        ]
+        return " x ".join(parts) or "no grid"
+
+
+def _check_zip(key: str, entries: list[Any]) -> None:
+    """A zip group: a list of mappings with the same dotted keys, one mapping per point."""
+    for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or not entry:
+            raise ValueError(
+                f"{key} entry {i}: expected a mapping of dotted keys to values, e.g. "
+                "{train.batch_size: 2, train.lr: 0.01}, got " + repr(entry)
+            )
+        if set(entry) != set(entries[0]):
+            missing = sorted(set(entries[0]) - set(entry))
+            extra = sorted(set(entry) - set(entries[0]))
+            what = "; ".join(
+                [f"lacks {', '.join(missing)}"] * bool(missing) + [f"has {', '.join(extra)} in addition"] * bool(extra)
+            )
+            raise ValueError(f"{key} entry {i} {what}: every entry must set the same keys as entry 1")
 
 
 @dataclass(frozen=True)
@@ -310,6 +481,7 @@ class Experiment:
 
     @property
     def axes(self) -> list[str]:
+        """Every varying dotted key, zipped keys included (the columns of runs.parquet after run_id)."""
         return list(self.config.axes())
 
 
@@ -334,8 +506,8 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def packaged_configs() -> list[str]:
     for folder in PACKAGED_CONFIGS:
-        if folder.is_dir():
-            return sorted(f.stem for f in folder.glob("*.yaml"))
+        if folder.is_dir():  # claims.yaml beside them is `normbench claims`'s list, not an experiment
+            return sorted(f.stem for f in folder.glob("*.yaml") if f.name != "claims.yaml")
     return []
 
 
@@ -354,11 +526,14 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raise ConfigError(f"{p}: expected a mapping of sections (name, data, model, ...), got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
+    for item in overrides:
+        _check_not_shadowed(raw, item)
     return experiment_from_dict(raw, source=str(p))
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """`model.norm=batch` or `grid.model.norm=[none, batch]`: the value is read as YAML."""
+    """`model.norm=batch` or `grid.model.norm=[none, batch]`: the value is read as YAML; `grid.KEY=null` removes
+    that axis."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -370,7 +545,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if key.startswith("grid."):  # grid keys themselves contain dots
         grid = raw.get("grid") or {}
         raw["grid"] = grid
-        grid[key[len("grid.") :]] = value
+        if value is None:  # grid.KEY=null: that key no longer varies
+            grid.pop(key[len("grid.") :], None)
+            if not grid:
+                raw["grid"] = None
+        else:
+            grid[key[len("grid.") :]] = value
         return
     node = raw
     parts = key.split(".")
@@ -384,16 +564,50 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+def _check_not_shadowed(raw: dict[str, Any], item: str) -> None:
+    """`--set model.norm=batch` while the grid varies model.norm would be silently overwritten by every run."""
+    key, _, text = item.partition("=")
+    key, text = key.strip(), text.strip()
+    if key.startswith("grid.") or key in ("seeds", "name", "description", "grid"):
+        return
+    grid = raw.get("grid")
+    axes = grid_keys(grid)
+    if raw.get("seeds") is not None:
+        axes.append("seed")
+    for axis in axes:
+        if key != axis and not key.startswith(axis + "."):
+            continue
+        value = text if key == axis else "..."
+        if axis == "seed" and raw.get("seeds") is not None:
+            where, hint = f"seeds: {_flow(raw['seeds'])}", f"--set 'seeds=[{value}]'"
+        elif isinstance(grid, dict) and axis in grid:
+            where, hint = f"grid.{axis}: {_flow(grid[axis])}", f"--set 'grid.{axis}=[{value}]'"
+        else:
+            zkey = next(k for k, v in grid.items() if is_zip_key(str(k)) and axis in grid_keys({k: v}))
+            where, hint = f"in grid.{zkey}", f"--set 'grid.{zkey}=[...]' with the values you want"
+        raise ConfigError(
+            f"--set {item!r}: {axis} is a grid axis ({where}), so every run sets its own value and this one would be "
+            f"ignored; use {hint}"
+        )
+
+
+def _flow(values: Any) -> str:
+    """[none, batch] as YAML's flow style writes it, not Python's ['none', 'batch']."""
+    return "[" + ", ".join(str(v) for v in values) + "]" if isinstance(values, list) else str(values)
+
+
 def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experiment:
     try:
         cfg = ExperimentConfig.model_validate(raw, context={"grid_base": bool(raw.get("grid") or raw.get("seeds"))})
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe(e, ExperimentConfig)}") from None
     base = cfg.model_dump(mode="json", exclude={"name", "description", "seeds", "grid"})
-    axes = cfg.axes()
+    groups = cfg.axis_groups()
+    axes = [k for keys, _ in groups for k in keys]
     runs: list[Run] = []
     seen: set[str] = set()
-    for values in itertools.product(*axes.values()):
+    for points in itertools.product(*(pts for _, pts in groups)):
+        values = [v for point in points for v in point]
         d = copy.deepcopy(base)
         for key, value in zip(axes, values, strict=True):
             _set_dotted(d, key, value, source)

@@ -17,6 +17,7 @@ Adding a norm is one class and one `register` line; every test that loops over a
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -48,7 +49,8 @@ class Registry(Generic[T]):
                     raise ValueError(f"{self.kind} name {key!r} is registered twice")
                 self._lookup[_key(key)] = name
             self._items[name] = item
-            doc = help or (getattr(item, "__doc__", None) or "").strip().split("\n")[0]
+            # the docstring's first paragraph, whole (its first line may end mid-sentence)
+            doc = help or " ".join(inspect.cleandoc(getattr(item, "__doc__", None) or "").split("\n\n")[0].split())
             self._help[name] = doc
             return item
 

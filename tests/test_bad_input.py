@@ -67,6 +67,9 @@ CASES = {
     "unreachable scheduler": ["--executor", "dask", "--scheduler", "tcp://127.0.0.1:1"],
     "missing data files": ["--set", "data.name=mnist", "--set", "data.path=/nonexistent"],
     "pca for a CNN": ["--set", "model.name=cnn", "--set", "data.name=digits", "--set", "data.preprocess=pca"],
+    "a key the grid varies": ["--set", "model.norm=batch"],
+    "malformed grid expression": ["--set", "grid.model.weight_init.std=logspace(-4, 0)"],
+    "zip entries that differ": ["--set", "grid.zip=[{train.lr: 0.1}, {model.depth: 2}]"],
 }
 if not torch.cuda.is_available():
     CASES["cuda without a GPU"] = ["--device", "cuda"]
@@ -97,6 +100,24 @@ def test_bad_paths(finished, args):
     _, out = finished
     before = snapshot(out)
     result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["summary", "--where", "nrom=batch"],
+        ["summary", "--where", "norm"],
+        ["plot", "--where", "norm=bogus"],
+        ["plot", "--where", "seed=7"],
+    ],
+)
+def test_bad_where(finished, args):
+    _, out = finished
+    before = snapshot(out)
+    result = runner.invoke(app, [args[0], str(out), *args[1:]])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
     assert snapshot(out) == before

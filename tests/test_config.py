@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from normbench.cli import app
-from normbench.config import ConfigError, experiment_from_dict, load_experiment, packaged_configs
+from normbench.config import ConfigError, expand_values, experiment_from_dict, load_experiment, packaged_configs
 from normbench.sweep import preflight
 
 runner = CliRunner()
@@ -176,3 +176,186 @@ def test_the_memory_estimate_covers_the_parameters_four_times(name):
         model = build_model(run.config.model, data.input_shape, data.out_features)
         n_params = sum(p.numel() for p in model.parameters())
         assert memory_needed(run.config, data.input_shape, 1, data.out_features) >= 4 * 4 * n_params
+
+
+# -- grid value expressions ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("logspace(-4, 0, 5)", [1e-4, 1e-3, 1e-2, 0.1, 1.0]),
+        ("logspace(-2,0,3)", [0.01, 0.1, 1.0]),
+        ("linspace(0.1, 1, 10)", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
+        ("linspace(1, 1, 1)", [1.0]),
+        ("range(1, 6)", [1, 2, 3, 4, 5]),
+        ("range(3)", [0, 1, 2]),
+        ("range(10, 0, -4)", [10, 6, 2]),
+    ],
+)
+def test_grid_expressions_give_numpy_and_python_values(text, expected):
+    values = expand_values(text, "grid.x")
+    assert values == expected  # exactly: linspace's 0.30000000000000004 is rounded to the 0.3 a list holds
+    assert all(type(v) is type(e) for v, e in zip(values, expected, strict=True))
+
+
+def test_logspace_values_are_numpys_to_12_digits():
+    import numpy as np
+
+    values = expand_values("logspace(-4, 0, 13)", "grid.x")
+    assert len(values) == 13 and values[0] == 1e-4 and values[-1] == 1.0
+    np.testing.assert_allclose(values, np.logspace(-4, 0, 13), rtol=1e-12)
+    assert [float(f"{v:.12g}") for v in values] == values
+
+
+def test_an_expression_in_a_config_and_in_set_is_the_list_it_stands_for(tiny_raw, write_config):
+    listed = experiment_from_dict({**tiny_raw, "grid": {"train.lr": [0.01, 0.1, 1.0]}, "seeds": [1, 2]})
+    written = experiment_from_dict({**tiny_raw, "grid": {"train.lr": "logspace(-2, 0, 3)"}, "seeds": "range(1, 3)"})
+    assert [r.run_id for r in written.runs] == [r.run_id for r in listed.runs]
+    assert written.config.grid == {"train.lr": [0.01, 0.1, 1.0]} and written.config.seeds == [1, 2]
+    path = write_config(tiny_raw)
+    by_set = load_experiment(path, ["grid.train.lr=logspace(-2, 0, 3)", "grid.model.norm=null", "seeds=range(1,3)"])
+    assert by_set.config.shape() == "model.activation (2) x train.lr (3) x seed (2)"
+    assert len(by_set.runs) == 12
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("logspace(-4, 0)", "takes 3 numbers (START, STOP, COUNT), got 2"),
+        ("linspace(0, 1, 2, 3)", "takes 3 numbers"),
+        ("logspace(-4, 0, 0)", "COUNT must be a whole number of at least 1, got 0"),
+        ("linspace(0, 1, 2.5)", "COUNT must be a whole number"),
+        ("logspace(-4, x, 3)", "'x' is not a number"),
+        ("logspace(-4, __import__('os'), 3)", "is not a number"),
+        ("linspace(0, inf, 3)", "not a finite number"),
+        ("logspace(0, 400, 3)", "overflows float64"),
+        ("range(1.5, 4)", "range takes integers"),
+        ("range(5, 1)", "has no values"),
+        ("range(1, 5, 0)", "step must not be zero"),
+        ("range()", "range takes 1 to 3 integers"),
+        ("geomspace(1, 2, 3)", "expected a list of values or logspace"),
+        ("batch", "expected a list of values"),
+    ],
+)
+def test_a_malformed_grid_expression_is_one_line_naming_the_axis(write_config, tiny_raw, text, fragment):
+    tiny_raw["grid"]["train.lr"] = text
+    assert_user_error(validate(str(write_config(tiny_raw))), "grid.train.lr: ", fragment)
+
+
+def test_a_malformed_seeds_expression_names_seeds(write_config, tiny_raw):
+    assert_user_error(validate(str(write_config(tiny_raw)), "--set", "seeds=range(0)"), "seeds: ", "has no values")
+
+
+# -- zipped axes --------------------------------------------------------------------------------------------------
+
+ZIP = [{"train.batch_size": 2, "train.lr": 0.01}, {"train.batch_size": 32, "train.lr": 0.16}]
+
+
+def test_zipped_settings_are_one_axis_crossed_with_the_others(tiny_raw):
+    tiny_raw["grid"] = {"zip": ZIP, "model.norm": ["batch", "group"]}
+    exp = experiment_from_dict(tiny_raw)
+    assert len(exp.runs) == 2 * 2 * 2  # zip x norm x seed
+    assert exp.axes == ["train.batch_size", "train.lr", "model.norm", "seed"]
+    assert exp.config.shape() == "zip(train.batch_size, train.lr) (2) x model.norm (2) x seed (2)"
+    pairs = {(r.params["train.batch_size"], r.params["train.lr"]) for r in exp.runs}
+    assert pairs == {(2, 0.01), (32, 0.16)}
+    for r in exp.runs:
+        assert (r.config.train.batch_size, r.config.train.lr) == (r.params["train.batch_size"], r.params["train.lr"])
+    # The same runs written as one-key axes (here a single pair) have the same ids: ids hash the run, not the grid.
+    one = experiment_from_dict(
+        {**tiny_raw, "grid": {"train.batch_size": [2], "train.lr": [0.01], "model.norm": ["batch"]}}
+    )
+    assert {r.run_id for r in one.runs} <= {r.run_id for r in exp.runs}
+
+
+def test_several_zip_groups_and_the_seed_in_a_zip(tiny_raw):
+    tiny_raw.pop("seeds")
+    tiny_raw["grid"] = {
+        "zip_size": [{"model.depth": 2, "model.width": 16}, {"model.depth": 4, "model.width": 8}],
+        "zip_opt": [{"train.lr": 0.01, "seed": 1}, {"train.lr": 0.001, "seed": 2}, {"train.lr": 0.1, "seed": 3}],
+    }
+    exp = experiment_from_dict(tiny_raw)
+    assert len(exp.runs) == 6
+    assert exp.axes == ["model.depth", "model.width", "train.lr", "seed"]
+
+
+@pytest.mark.parametrize(
+    ("grid", "fragments"),
+    [
+        ({"zip": [{"train.lr": 0.1}, {"train.batch_size": 2}]}, ["grid: zip entry 2 lacks train.lr", "same keys"]),
+        ({"zip": [{"train.lr": 0.1}, 3]}, ["grid: zip entry 2: expected a mapping"]),
+        ({"zip": [{}]}, ["zip entry 1: expected a mapping"]),
+        ({"zip": []}, ["'zip' has an empty list"]),
+        ({"zip": {"train.lr": 0.1}}, ["grid.zip", "valid list"]),
+        ({"zip": [{"train.lr": 0.1}], "train.lr": [0.2]}, ["'train.lr' is given twice"]),
+        ({"zip_a": [{"train.lr": 0.1}], "zip_b": [{"train.lr": 0.2}]}, ["'train.lr' is given twice"]),
+        ({"zip": [{"model.weight_init": "xavier"}], "model.weight_init.std": [1.0]}, ["set the same field"]),
+        ({"zip": [{"model.nrom": "batch"}]}, ["grid.model.nrom", "unknown config key"]),
+        ({"zip": [{"seeds": [1]}]}, ["'seeds' cannot vary"]),
+        ({"zip": [{"zip": [1]}]}, ["'zip' cannot vary"]),
+        ({"zip": [{"seed": 1}]}, ["`seeds:` or as grid key `seed`, not both"]),
+        ({"zip": [{"model.norm": "bogus", "train.lr": 0.1}]}, ["grid point", "model.norm='bogus'", "unknown norm"]),
+    ],
+)
+def test_a_bad_zip_is_one_line(write_config, tiny_raw, grid, fragments):
+    tiny_raw["grid"] = grid
+    assert_user_error(validate(str(write_config(tiny_raw))), *fragments)
+
+
+def test_zipped_keys_are_axes_of_the_results(tmp_path, write_config, tiny_raw):
+    import pandas as pd
+
+    from normbench.store import experiment_axes, experiment_axis_groups
+
+    tiny_raw |= {"seeds": [1], "grid": {"model.norm": ["batch"], "zip": ZIP}}
+    result = runner.invoke(app, ["run", str(write_config(tiny_raw)), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    exp_dir = tmp_path / "tiny"
+    assert experiment_axes(exp_dir) == ["model.norm", "train.batch_size", "train.lr", "seed"]
+    assert experiment_axis_groups(exp_dir) == [["model.norm"], ["train.batch_size", "train.lr"], ["seed"]]
+    runs = pd.read_parquet(exp_dir / "runs.parquet")
+    assert list(runs.columns[:5]) == ["run_id", "model.norm", "train.batch_size", "train.lr", "seed"]
+    assert sorted(zip(runs["train.batch_size"], runs["train.lr"], strict=True)) == [(2, 0.01), (32, 0.16)]
+
+
+# -- an override the grid would overwrite ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "override", "fragments"),
+    [
+        (
+            None,
+            "model.norm=batch",
+            ["--set 'model.norm=batch'", "model.norm is a grid axis", "grid.model.norm=[batch]"],
+        ),
+        (None, "model.norm=bogus", ["model.norm is a grid axis", "grid.model.norm=[bogus]"]),
+        (None, "seed=3", ["seed is a grid axis (seeds: [1, 2])", "--set 'seeds=[3]'"]),
+        (
+            lambda r: r.pop("seeds") and r["grid"].update(seed=[1, 2]),
+            "seed=3",
+            ["seed is a grid axis (grid.seed: [1, 2])", "--set 'grid.seed=[3]'"],
+        ),
+        (lambda r: r["grid"].update(zip=ZIP), "train.lr=0.5", ["train.lr is a grid axis (in grid.zip)", "grid.zip"]),
+        (
+            lambda r: r["grid"].update({"model.weight_init": ["xavier", "kaiming"]}),
+            "model.weight_init.std=0.1",
+            ["model.weight_init is a grid axis"],
+        ),
+    ],
+)
+def test_an_override_the_grid_would_overwrite_is_an_error(write_config, tiny_raw, edit, override, fragments):
+    if edit:
+        edit(tiny_raw)
+    assert_user_error(validate(str(write_config(tiny_raw)), "--set", override), *fragments, "ignored")
+
+
+def test_grid_null_removes_an_axis_so_the_key_can_be_set(write_config, tiny_raw):
+    path = write_config(tiny_raw)
+    with pytest.raises(ConfigError, match="grid axis"):
+        load_experiment(path, ["grid.model.norm=[batch]", "model.norm=none"])
+    exp = load_experiment(path, ["grid.model.norm=null", "model.norm=batch", "model.width=16"])
+    assert {r.config.model.norm for r in exp.runs} == {"batch"} and "model.norm" not in exp.axes
+    assert {r.config.model.width for r in exp.runs} == {16}
+    assert len(exp.runs) == 4  # activation x seed
