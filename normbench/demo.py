@@ -17,7 +17,7 @@ import pandas as pd
 from rich.console import Console
 
 from normbench.config import load_experiment
-from normbench.plot import plot_experiment
+from normbench.plot import plot_experiments
 from normbench.report import summary_records, summary_table
 from normbench.store import ExperimentStore, load_runs, load_table
 from normbench.sweep import run_experiment
@@ -31,14 +31,17 @@ def run_dead_neurons(out: Path, force: bool = False, console: Console | None = N
     console = console or Console()
     progress = Console(stderr=True)
     verdicts: list[str] = []
-    for name in DEMO_CONFIGS:
-        exp = load_experiment(name)
+    exps = [load_experiment(name) for name in DEMO_CONFIGS]
+    for exp in exps:
         run_experiment(exp, out, force=force, console=progress)
-        exp_dir = ExperimentStore(out, exp.name).dir
-        figures = plot_experiment(exp_dir)
+    dirs = [ExperimentStore(out, exp.name).dir for exp in exps]
+    with progress.status("drawing the figures"):
+        figures = plot_experiments(dirs)  # all three at once: they render in parallel
+    for exp, exp_dir in zip(exps, dirs, strict=True):
         console.print()
         console.print(summary_table(summary_records(exp_dir), exp.axes, title=f"{exp.name}: {exp.config.description}"))
-        console.print(f"[dim]{len(figures)} figures in {exp_dir / 'figures'}[/]")
+        n = sum(exp_dir in p.parents for p in figures)
+        console.print(f"[dim]{n} figures in {exp_dir / 'figures'}[/]")
         lines = judge(exp_dir)
         for line in lines:
             console.print(f"  {line}", highlight=False)
@@ -48,9 +51,11 @@ def run_dead_neurons(out: Path, force: bool = False, console: Console | None = N
 
 def cell_stats(exp_dir: Path) -> pd.DataFrame:
     """One row per (activation, norm): runs, diverged runs and steps, mean final loss, mean dead and saturated
-    fractions over hidden layers and seeds at the last step and at step 0."""
+    fractions over hidden layers and seeds at the last step and at step 0, and each seed's initial loss."""
     runs = load_runs(exp_dir)
     layers = load_table(exp_dir, "layers")
+    curves = load_table(exp_dir, "curves")
+    initial = curves[(curves.step == 0) & (curves.split == "train") & (curves["mode"] == "train")]
     rows = []
     for (act, norm), grp in runs.groupby(["model.activation", "model.norm"], sort=False):
         mine = layers[layers.run_id.isin(grp.run_id)] if len(layers) else layers
@@ -68,6 +73,7 @@ def cell_stats(exp_dir: Path) -> pd.DataFrame:
                 "dead": _mean(last, "dead_fraction"),
                 "dead_max_layer": float(last.dead_fraction.max()) if len(last) else math.nan,
                 "dead_at_init": _mean(first, "dead_fraction"),
+                "initial_loss": initial.loc[initial.run_id.isin(grp.run_id), "loss"].tolist(),
                 "saturated": _mean(last, "saturated_fraction"),
             }
         )
@@ -88,8 +94,9 @@ def judge(exp_dir: Path) -> list[str]:
         if r.diverged:
             lines.append(
                 f"ReLU without BN: DIVERGES rather than dies: {r.diverged}/{r.runs} runs' loss became inf/NaN at step "
-                f"{_steps(r.diverged_steps)}. The article's empty ReLU histograms are NaN values that a fixed-range "
-                f"histogram drops, not dead neurons."
+                f"{_steps(r.diverged_steps)} (initial loss {_span(r.initial_loss)}). The article's empty ReLU "
+                f"histograms are NaN values that a fixed-range histogram drops, not dead neurons; "
+                f"{r.dead_at_init:.0%} of hidden units were already dead at step 0, before the divergence."
             )
         else:
             verdict = "units die (claim reproduced)" if r.dead > DEAD else "units do NOT die (claim not reproduced)"
@@ -121,6 +128,10 @@ def judge(exp_dir: Path) -> list[str]:
 
 def _outcome(r) -> str:
     return f"{r.diverged}/{r.runs} diverged, final loss {r.final_loss:.4g}."
+
+
+def _span(values: list[float]) -> str:
+    return f"{min(values):.2g} to {max(values):.2g}" if values else "not recorded"
 
 
 def _steps(steps: list[int]) -> str:

@@ -1,17 +1,38 @@
-"""Figures from a results folder: the article's histogram grid, cost curves, dead/saturated heatmaps.
+"""Figures from a results folder, each making one point.
 
-    paths = plot_experiment(Path("results/morvan_tf23"), compare="model.norm", point="post_act", fmt="png")
+    paths = plot_experiments([Path("results/morvan_tf23")], compare="model.norm", point="post_act", fmt="png")
 
 Runs are grouped by every grid key except the compared one and `seed`: one figure set per group (e.g. per
-activation). Histogram grids show one seed (the first); cost curves aggregate seeds as mean with a min-max band.
-Nothing is left out silently: values outside a histogram's range and NaN/inf are printed on each panel, and a
-diverged run is drawn up to its divergence step, marked with an x and labelled.
+activation). Per experiment:
+
+    cost.png               loss curves, one panel per group (wrapped into a grid), seeds as mean and min-max band
+    final_vs_<key>.png     final numbers against each numeric grid key (batch size, weight scale, lr)
+Per group:
+    hist_<point>_<g>.png   the histogram grid of one seed at the first and the last recorded step: rows = compared
+                           runs x {first, last}, columns = layers (--overlay: compared runs on the same axes)
+    ridge_<point>_<g>.png  (--ridge) the histograms of one seed at every recorded step, offset upwards
+    dist_<g>.png           distributions over training: per layer and point, the 1/20/50/80/99th percentiles of
+                           the stored histograms against the step, compared runs overlaid (Glorot & Bengio 2010)
+    grad_<g>.png           per-layer gradient norms over training (backpropagated dL/dz and weight gradient)
+    units_<g>.png          dead units and saturated values, layer x step
+    anim_<point>_<g>.gif   (--animate) the histogram grid at every recorded step, one frame each
+
+Nothing is left out silently: values outside a histogram's range and NaN/inf are drawn as bars at the panel's
+edges, a diverged run is a "diverged at step k" panel (never drawn as data), and every histogram figure says on
+which split and in which mode (batch or running statistics) its values were taken.
+
+Figures of several experiments render in parallel worker processes (fork: the tables are loaded once, before).
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import re
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,67 +43,257 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import yaml
 
-from normbench.record import POINTS
-from normbench.store import FINISHED, experiment_axes, load_runs, load_table
+from normbench.store import FINISHED, experiment_axes, experiment_axis_groups, load_runs, load_table
 
+FORWARD_POINTS = ("pre_norm", "post_norm", "post_act")
 POINT_TITLES = {
     "pre_norm": "before the norm",
     "post_norm": "after the norm",
     "post_act": "after the activation",
+    "grad_pre_norm": "gradient dL/dz at the norm's input",
+    "grad_weight": "weight gradient dL/dW",
 }
-COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+# Okabe & Ito's palette: distinguishable with every common colour-vision deficiency.
+COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+OUT_OF_RANGE = "#8c8c8c"
+BROKEN = "#D55E00"  # NaN / inf / diverged
+PERCENTILES = (1, 20, 50, 80, 99)
+WIDTH = 9.0  # inches; at DPI this is the README's width, so nothing is scaled down when shown there
+DPI = 100
+
+plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7.5})
 
 
 class PlotError(ValueError):
     pass
 
 
-def plot_experiment(exp_dir: Path, compare: str | None = None, point: str = "post_act", fmt: str = "png") -> list[Path]:
-    runs = load_runs(exp_dir)
-    axes = [a for a in experiment_axes(exp_dir) if a in runs.columns]
+# ---------------------------------------------------------------------------------------------------------------
+# What a figure is drawn from: one experiment's tables, read once
+
+
+@dataclass
+class Experiment:
+    dir: Path
+    runs: pd.DataFrame  # finished runs only
+    all_runs: pd.DataFrame
+    axes: list[str]
+    tied: list[list[str]]  # axes that vary together (a zip group), or alone
+    compare: str | None
+    group_keys: list[str]
+    config: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    def groups(self) -> list[tuple[Any, pd.DataFrame]]:
+        if not self.group_keys:
+            return [((), self.runs)]
+        return list(self.runs.groupby(self.group_keys, sort=False))
+
+    def mode_text(self) -> str:
+        rec = self.config.get("record", {})
+        split = "training set" if rec.get("eval_split", "train") == "train" else "test set"
+        if rec.get("eval_mode", "train") == "eval":
+            return f"{split}, eval mode (norms use running statistics)"
+        return f"{split}, train mode (norms use the batch's statistics)"
+
+
+def load_experiment(exp_dir: Path, compare: str | None = None, where: pd.Series | None = None) -> Experiment:
+    """Read what the figures need. `where`: a boolean mask over runs.parquet's rows (already selected runs)."""
+    all_runs = load_runs(exp_dir)
+    if where is not None:
+        all_runs = all_runs[where]
+    axes = [a for a in experiment_axes(exp_dir) if a in all_runs.columns]
     compare = compare or ("model.norm" if "model.norm" in axes else (axes[0] if axes else None))
     if compare is not None and compare not in axes:
         raise PlotError(f"--compare {compare!r} is not a grid key of {exp_dir.name}; grid keys: {', '.join(axes)}")
-    group_keys = [a for a in axes if a not in (compare, "seed")]
-    points = list(POINTS) if point == "all" else [point]
-    out = exp_dir / "figures"
-    out.mkdir(exist_ok=True)
-    for old in out.glob(f"*.{fmt}"):  # figures of an earlier plot of this experiment would mislead
-        old.unlink()
+    runs = all_runs[all_runs.status.isin(FINISHED)]
+    if runs.empty:
+        statuses = ", ".join(sorted(set(all_runs.status))) or "none"
+        raise PlotError(f"{exp_dir.name}: no finished runs to plot (statuses: {statuses})")
+    config = yaml.safe_load((exp_dir / "config.yaml").read_text()) or {}
+    tied = experiment_axis_groups(exp_dir)
+    held = [*_tied(tied, compare), "seed"]  # a zipped key compared: the keys zipped with it vary along
+    exp = Experiment(exp_dir, runs, all_runs, axes, tied, compare, [a for a in axes if a not in held], config)
+    ids = runs.run_id.tolist()
+    exp.tables = {name: load_table(exp_dir, name, ids) for name in ("curves", "histograms", "layers")}
+    hists = exp.tables["histograms"]
+    if not hists.empty:
+        exp.tables["histograms"] = hists.join(percentiles(hists))
+    return exp
 
-    finished = runs[runs.status.isin(FINISHED)]
-    if finished.empty:
-        raise PlotError(f"{exp_dir.name}: no finished runs to plot (statuses: {', '.join(sorted(set(runs.status)))})")
-    tables = {name: load_table(exp_dir, name, finished.run_id.tolist()) for name in ("curves", "histograms", "layers")}
-    groups = list(finished.groupby(group_keys, sort=False)) if group_keys else [((), finished)]
-    paths = [_cost_figure(exp_dir.name, groups, group_keys, compare, tables["curves"], out / f"cost.{fmt}")]
-    for key in numeric_axes(runs, axes):
-        paths.append(
-            _final_vs_figure(exp_dir.name, runs, axes, key, compare, out / f"final_vs_{key.split('.')[-1]}.{fmt}")
-        )
-    for key, grp in groups:
-        slug = _slug(group_keys, key)
-        label = _label(group_keys, key)
-        first_seed = grp[grp.seed == grp.seed.min()] if "seed" in grp.columns else grp
-        hists = tables["histograms"]
-        hists = hists[hists.run_id.isin(first_seed.run_id)]
-        for p in points:
-            for step in _regular_steps(hists, first_seed):
-                path = out / f"hist_{p}_{slug}_step{int(step):05d}.{fmt}"
-                paths.append(_hist_figure(exp_dir.name, first_seed, compare, hists, p, int(step), label, path))
-        layers = tables["layers"]
-        paths.append(
-            _units_figure(
-                exp_dir.name,
-                grp,
-                compare,
-                layers[layers.run_id.isin(grp.run_id)],
-                label,
-                out / f"units_{slug}.{fmt}",
-            )
-        )
-    return paths
+
+def percentiles(hists: pd.DataFrame, qs: tuple[int, ...] = PERCENTILES) -> pd.DataFrame:
+    """The q-th percentiles of the finite values of each stored histogram, by linear interpolation inside its bin
+    (exact when the values are spread evenly within each bin). Mass outside the range sits at the range's edge,
+    so a percentile that falls there is the edge (the true value lies beyond it). NaN when no value is finite."""
+    sizes = hists["counts"].map(len)
+    if sizes.nunique() > 1:  # rows of different bin counts: each size on its own
+        return pd.concat([percentiles(hists[sizes == k], qs) for k in sizes.unique()]).loc[hists.index]
+    counts = np.stack(hists["counts"].to_numpy()).astype(float)  # (R, bins)
+    lo, hi = hists["lo"].to_numpy(float), hists["hi"].to_numpy(float)
+    below, above = hists["below"].to_numpy(float), hists["above"].to_numpy(float)
+    bins = counts.shape[1]
+    # cum[:, i] = values < the i-th edge (i = 0..bins), the below-range mass included
+    cum = np.concatenate([below[:, None], below[:, None] + np.cumsum(counts, 1)], 1)
+    finite = cum[:, -1] + above
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for q in qs:
+            target = q / 100 * finite
+            i = np.clip((cum < target[:, None]).sum(1) - 1, 0, bins - 1)  # the bin holding the target
+            rows = np.arange(len(cum))
+            inside = (target - cum[rows, i]) / np.maximum(counts[rows, i], 1e-300)
+            value = lo + (i + np.clip(inside, 0, 1)) * (hi - lo) / bins
+            value = np.where(target <= cum[:, 0], lo, np.where(target >= cum[:, -1], hi, value))
+            out[f"p{q}"] = np.where(finite > 0, value, np.nan)
+    return pd.DataFrame(out, index=hists.index)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+@dataclass
+class Job:
+    """One figure: a drawing function of this module, the experiment's index and its arguments."""
+
+    draw: str
+    exp: int
+    path: Path
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+_EXPERIMENTS: list[Experiment] = []  # read by forked workers: set before the pool starts
+
+
+def plot_experiment(
+    exp_dir: Path, compare: str | None = None, point: str = "post_act", fmt: str = "png", **kw: Any
+) -> list[Path]:
+    return plot_experiments([exp_dir], compare=compare, point=point, fmt=fmt, **kw)
+
+
+def where_folder(where: list[str]) -> str:
+    """The figure folder of a selection: `--where norm=batch --where lr=0.1` -> 'where-norm=batch,lr=0.1'."""
+    return "where-" + ",".join(re.sub(r"[^A-Za-z0-9_.=+-]", "_", w) for w in where)
+
+
+def plot_experiments(
+    exp_dirs: list[Path],
+    compare: str | None = None,
+    point: str = "post_act",
+    fmt: str = "png",
+    *,
+    overlay: bool = False,
+    animate: bool = False,
+    ridge: bool = False,
+    where: Callable[[pd.DataFrame], pd.Series] | None = None,
+    subdir: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Every figure of every experiment, into DIR/figures/ (DIR/figures/by-<key>/ for a --compare other than the
+    default). `where(runs) -> mask` keeps some runs; their figures go to a `subdir` of that folder when given, so
+    that the figures of every run stay. Returns the paths written, in a stable order."""
+    experiments = []
+    for d in exp_dirs:
+        runs = load_runs(d)
+        experiments.append(load_experiment(d, compare, where(runs) if where else None))
+    jobs: list[Job] = []
+    for i, exp in enumerate(experiments):
+        jobs += _jobs(i, exp, _figure_dir(exp, subdir), point, fmt, overlay, animate, ridge)
+    global _EXPERIMENTS
+    _EXPERIMENTS = experiments
+    try:
+        return _render(jobs, workers, progress)
+    finally:
+        _EXPERIMENTS = []
+
+
+def _figure_dir(exp: Experiment, subdir: str | None = None) -> Path:
+    default = "model.norm" if "model.norm" in exp.axes else (exp.axes[0] if exp.axes else None)
+    out = exp.dir / "figures"
+    if exp.compare != default:
+        out = out / f"by-{exp.compare}"
+    if subdir:
+        out = out / subdir
+    if out.exists():  # figures of an earlier plot would mislead: this folder holds this plot's figures only
+        for old in out.iterdir():
+            if old.is_file():
+                old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _jobs(
+    i: int, exp: Experiment, out: Path, point: str, fmt: str, overlay: bool, animate: bool, ridge: bool
+) -> list[Job]:
+    hists, layers = exp.tables["histograms"], exp.tables["layers"]
+    present = set(hists.point.unique()) if not hists.empty else set()
+    if point == "all":
+        points = [p for p in (*FORWARD_POINTS, "grad_pre_norm", "grad_weight") if p in present]
+    else:
+        if point not in present and not hists.empty:
+            raise PlotError(f"--point {point!r} was not recorded in {exp.name}; recorded: {', '.join(sorted(present))}")
+        points = [point]
+    jobs = [Job("cost", i, out / f"cost.{fmt}")]
+    jobs += [Job("final_vs", i, out / f"final_vs_{k.split('.')[-1]}.{fmt}", {"key": k}) for k in numeric_axes(exp)]
+    for key, _ in exp.groups():
+        slug = _slug(exp.group_keys, key)
+        g = {"group": key}
+        if not hists.empty:
+            for p in points:
+                jobs.append(Job("hist", i, out / f"hist_{p}_{slug}.{fmt}", g | {"point": p, "overlay": overlay}))
+                if ridge:
+                    jobs.append(Job("ridge", i, out / f"ridge_{p}_{slug}.{fmt}", g | {"point": p}))
+                if animate:
+                    gif = out / f"anim_{p}_{slug}.gif"
+                    jobs.append(Job("animation", i, gif, g | {"point": p, "path": gif}))
+            jobs.append(Job("dist", i, out / f"dist_{slug}.{fmt}", g))
+        if not layers.empty:
+            if "backprop_norm" in layers.columns or "grad_norm" in layers.columns:
+                jobs.append(Job("grad", i, out / f"grad_{slug}.{fmt}", g))
+            jobs.append(Job("units", i, out / f"units_{slug}.{fmt}", g))
+    return jobs
+
+
+def _render(jobs: list[Job], workers: int | None, progress: Callable[[int, int], None] | None) -> list[Path]:
+    workers = workers if workers is not None else min(len(os.sched_getaffinity(0)), 4)
+    done = 0
+    if progress:
+        progress(0, len(jobs))
+    if workers <= 1 or len(jobs) < 4 or "fork" not in multiprocessing.get_all_start_methods():
+        for job in jobs:
+            _draw(job)
+            done += 1
+            if progress:
+                progress(done, len(jobs))
+        return [j.path for j in jobs]
+    # fork: workers inherit the loaded tables; each figure's arguments are a few small values
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for _ in pool.imap_unordered(_draw, jobs):
+            done += 1
+            if progress:
+                progress(done, len(jobs))
+    return [j.path for j in jobs]
+
+
+def _draw(job: Job) -> Path:
+    exp = _EXPERIMENTS[job.exp]
+    fig = DRAW[job.draw](exp, **job.args)
+    if fig is not None:  # an animation saves itself
+        fig.savefig(job.path, dpi=DPI)
+        _done(fig)
+    return job.path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Labels
 
 
 def _slug(keys: list[str], values: Any) -> str:
@@ -95,132 +306,434 @@ def _label(keys: list[str], values: Any) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
 
 
-def _run_label(run: pd.Series, compare: str | None) -> str:
-    return f"{compare.split('.')[-1]}={run[compare]}" if compare else str(run.run_id)
+def _value_label(compare: str | None, value: Any) -> str:
+    return f"{compare.split('.')[-1]}={value}" if compare else "all runs"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Histogram grid: rows = compared runs, columns = layers
+def _group(exp: Experiment, key: Any) -> pd.DataFrame:
+    for k, grp in exp.groups():
+        if k == key:
+            return grp
+    raise KeyError(key)
 
 
-def _hist_figure(
-    exp: str,
-    runs: pd.DataFrame,
-    compare: str | None,
-    hists: pd.DataFrame,
-    point: str,
-    step: int,
-    label: str,
-    path: Path,
-) -> Path:
-    layers = sorted(hists.layer.unique())
-    fig, axs = plt.subplots(
-        len(runs),
-        len(layers),
-        figsize=(width := max(1.9 * len(layers) + 1.0, 7.0), height := 1.8 * len(runs) + 1.0),
-        squeeze=False,
-        sharey="row",
-    )
-    for r, (_, run) in enumerate(runs.iterrows()):
-        for c, layer in enumerate(layers):
-            ax = axs[r][c]
-            mine = hists[(hists.run_id == run.run_id) & (hists.layer == layer) & (hists.point == point)]
-            row = mine[mine.step == step]
-            shown = step
-            if row.empty and run.status == "diverged" and (mine.step <= step).any():
-                # A diverged run stopped early: show its last values (at the divergence step), labelled as such.
-                shown = int(mine.step[mine.step <= step].max())
-                row = mine[mine.step == shown]
-            if c == 0:
-                ax.set_ylabel(_run_label(run, compare) + "\nfraction of values", fontsize=8)
-            if r == 0:
-                ax.set_title("input" if layer == 0 else f"layer {layer}", fontsize=9)
-            ax.tick_params(labelsize=7)
-            if row.empty:
-                why = (
-                    f"diverged at step {run.diverged_step}\nno values after it"
-                    if run.status == "diverged"
-                    else "not recorded"
-                )
-                _note(ax, 0.5, 0.5, why, ha="center", va="center")
-                ax.set_xticks([])
-                continue
-            _hist_panel(ax, row.iloc[0])
-            if shown != step:
-                _note(ax, 0.03, 0.95, f"step {shown}:\ndiverged", ha="left", va="top")
-    fig.suptitle(
-        f"{exp}: values {POINT_TITLES[point]} ({point}) at step {step}"
-        + (f" | {label}" if label else "")
-        + (f" | seed {runs.seed.iloc[0]}" if "seed" in runs.columns else ""),
-        fontsize=10,
-    )
-    # Margins in inches, so that labels fit whatever the number of rows and columns.
-    fig.subplots_adjust(
-        left=1.0 / width, right=1 - 0.15 / width, bottom=0.4 / height, top=1 - 0.75 / height, wspace=0.25, hspace=0.35
-    )
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def _variants(exp: Experiment, runs: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
+    return list(runs.groupby(exp.compare, sort=False)) if exp.compare else [("", runs)]
+
+
+def _title(exp: Experiment, group: Any, runs: pd.DataFrame, what: str) -> str:
+    """'<experiment>: <what> | <group's values>, seed <s>' for a figure of one group's first seed."""
+    label = _label(exp.group_keys, group)
+    seed = f", seed {runs.seed.iloc[0]}" if "seed" in runs.columns else ""
+    return f"{exp.name}: {what}" + (f" | {label}" if label else "") + seed
+
+
+def _first_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs.seed == runs.seed.min()] if "seed" in runs.columns else runs
+
+
+def _grid(
+    n: int, ncols: int, panel_h: float, top: float = 0.55, reuse: str | None = None, **kw: Any
+) -> tuple[plt.Figure, np.ndarray]:
+    """n panels wrapped into rows of at most ncols, the figure WIDTH wide; unused panels hidden."""
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    height = panel_h * nrows + top + 0.5
+    fig, axs = _subplots(nrows, ncols, (WIDTH, height), reuse, **kw)
+    for ax in axs.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axs
+
+
+_REUSABLE: dict[tuple, tuple[plt.Figure, np.ndarray]] = {}  # per process: a worker draws many alike figures
+
+
+def _subplots(
+    nrows: int, ncols: int, size: tuple[float, float], reuse: str | None = None, **kw: Any
+) -> tuple[plt.Figure, np.ndarray]:
+    """plt.subplots; with `reuse` (a kind of figure), the figure of an earlier call with the same layout, emptied:
+    making the axes and their ticks is most of the cost of a figure of small multiples. A reused figure stays
+    open (_done closes the others)."""
+    key = (reuse, nrows, ncols, size, tuple(sorted(kw.items())))
+    if reuse is not None and key in _REUSABLE:
+        fig, axs = _REUSABLE[key]
+        _empty(fig)
+        return fig, axs
+    fig, axs = plt.subplots(nrows, ncols, figsize=size, squeeze=False, **kw)
+    if reuse is not None:
+        _REUSABLE[key] = (fig, axs)
+    return fig, axs
+
+
+def _empty(fig: plt.Figure) -> None:
+    """Take back everything a drawing function adds to a figure of _subplots, keeping the axes and their ticks."""
+    for artist in [*fig.texts, *fig.legends]:
+        artist.remove()
+    fig.suptitle("")
+    for ax in fig.axes:
+        for artist in [*ax.patches, *ax.lines, *ax.texts, *ax.collections, *ax.images]:
+            artist.remove()
+        ax.set_visible(True)
+        ax.set_facecolor("white")
+        ax.set_title("")
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(matplotlib.ticker.AutoLocator())
+            axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.relim()
+        ax.set_autoscale_on(True)
+
+
+def _done(fig: plt.Figure) -> None:
+    if not any(fig is f for f, _ in _REUSABLE.values()):
+        plt.close(fig)
 
 
 def _note(ax: plt.Axes, x: float, y: float, text: str, **kw: Any) -> None:
-    """Text in axes coordinates; red and small unless told otherwise (most notes are warnings)."""
-    ax.text(x, y, text, transform=ax.transAxes, **{"fontsize": 7, "color": "tab:red", **kw})
+    """Text in axes coordinates; small, in the warning colour unless told otherwise."""
+    ax.text(x, y, text, transform=ax.transAxes, **{"fontsize": 7, "color": BROKEN, **kw})
 
 
-def _regular_steps(hists: pd.DataFrame, runs: pd.DataFrame) -> list[int]:
-    """The scheduled histogram steps; a diverged run's extra record at its divergence step gets no figure of its
-    own (its row in later figures shows it instead), unless every run diverged."""
+PLAIN = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 100, 1e+06: no mathtext, which is slow to draw
+
+
+def _few_ticks(ax: plt.Axes, x: int = 4, y: int = 3) -> None:
+    """At most about x and y ticks: small panels read better, and every tick costs drawing time."""
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(x))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(y))
+
+
+def _pct(share: float) -> str:
+    """A share that is never shown as 0% when something is there."""
+    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+
+
+def _wide(values: list[float] | np.ndarray) -> bool:
+    pos = [v for v in values if v > 0 and math.isfinite(v)]
+    return bool(pos) and max(pos) / min(pos) > 100
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Histograms: one panel per layer
+
+
+def _hist_rows(exp: Experiment, run_ids: list[str], point: str) -> pd.DataFrame:
+    h = exp.tables["histograms"]
+    return h[h.run_id.isin(run_ids) & (h.point == point)]
+
+
+def _shown_steps(hists: pd.DataFrame, runs: pd.DataFrame) -> list[int]:
+    """The scheduled histogram steps (a diverged run's extra record at its divergence step is not one)."""
     healthy = runs[runs.status != "diverged"].run_id
     steps = hists[hists.run_id.isin(healthy)].step if len(healthy) else hists.step
     return sorted(int(s) for s in steps.unique())
 
 
-def _pct(count: float, n: float) -> str:
-    """A share that is never shown as 0% when something is there."""
-    share = count / n
-    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+def _diverged_before(run: pd.Series, step: int) -> bool:
+    return run.status == "diverged" and run.diverged_step is not None and step >= run.diverged_step
 
 
-def _hist_panel(ax: plt.Axes, h: pd.Series) -> None:
+def _hist_panel(ax: plt.Axes, h: pd.Series | None, run: pd.Series, step: int, color: str) -> None:
+    """One histogram as shares of values per bin; out-of-range and NaN/inf shares as bars beyond the edges."""
+    if h is None or _diverged_before(run, step) or h["nan"] or h["inf"]:
+        why = f"diverged at step {run.diverged_step}" if run.status == "diverged" else "NaN/inf values"
+        if h is None and run.status != "diverged":
+            why = "not recorded"
+        ax.set_facecolor("#fbe9e1" if why != "not recorded" else "white")
+        _note(ax, 0.5, 0.5, why.replace(" at ", "\nat "), ha="center", va="center", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
     counts = np.asarray(h["counts"], dtype=float)
     n = float(h["n"])
-    edges = np.linspace(h["lo"], h["hi"], len(counts) + 1)
-    # One stairs artist instead of a bar patch per bin: the same picture, several times faster to draw.
-    ax.stairs(counts / n, edges, fill=True, color="tab:blue")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
-    ax.set_xlim(h["lo"], h["hi"])
-    notes = []
-    if h["below"]:
-        notes.append(f"<{h['lo']:g}: {_pct(h['below'], n)}")
-    if h["above"]:
-        notes.append(f">{h['hi']:g}: {_pct(h['above'], n)}")
-    if h["nan"]:
-        notes.append(f"NaN: {_pct(h['nan'], n)}")
-    if h["inf"]:
-        notes.append(f"inf: {_pct(h['inf'], n)}")
-    if notes:
-        bad = h["nan"] or h["inf"]
-        box = dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1)
-        _note(ax, 0.97, 0.95, "\n".join(notes), ha="right", va="top", color="tab:red" if bad else "black", bbox=box)
+    lo, hi = float(h["lo"]), float(h["hi"])
+    w = (hi - lo) / len(counts)
+    ax.stairs(counts / n, np.linspace(lo, hi, len(counts) + 1), fill=True, color=color, alpha=0.85)
+    for share, x in ((h["below"] / n, lo - 1.5 * w), (h["above"] / n, hi + 0.5 * w)):
+        if share > 0:
+            ax.bar(x, share, width=w, align="edge", color=OUT_OF_RANGE, hatch="///", edgecolor="white", lw=0)
+            if share >= 0.05:  # smaller shares (automatic ranges leave out at most 1%) are the bar alone
+                ax.annotate(_pct(share), (x + w / 2, share), ha="center", va="bottom", fontsize=6.5, color="#555555")
+    ax.set_xlim(lo - 2 * w, hi + 2 * w)
+    ax.set_xticks(_edge_ticks(lo, hi))
+    ax.tick_params(labelsize=7, length=2, pad=1)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
+
+
+def _edge_ticks(lo: float, hi: float) -> list[float]:
+    """The range's ends (a bounded activation's automatic range is its bounds: tanh's -1 and 1) and 0 inside."""
+    ticks = [lo, hi] + ([0.0] if lo < 0 < hi and min(-lo, hi) > 0.2 * (hi - lo) else [])
+    return sorted({float(f"{t:.2g}") for t in ticks})
+
+
+def _hist(exp: Experiment, group: Any, point: str, overlay: bool = False, steps: list[int] | None = None):
+    runs = _first_seed(_group(exp, group))
+    hists = _hist_rows(exp, runs.run_id.tolist(), point)
+    all_steps = _shown_steps(hists, runs)
+    steps = steps or ([all_steps[0], all_steps[-1]] if len(all_steps) > 1 else all_steps)
+    layers = sorted(hists.layer.unique())
+    rows = [(s, None) for s in steps] if overlay else [(s, r) for s in steps for _, r in runs.iterrows()]
+    fig, axs = _grid(len(rows) * len(layers), len(layers), 1.15 if len(layers) > 4 else 1.6, top=0.8, reuse="hist")
+    index = {(r.run_id, int(r.step), int(r.layer)): r for r in hists.itertuples()}
+    colors = {rid: COLORS[i % len(COLORS)] for i, rid in enumerate(runs.run_id)}
+    for r, (step, run) in enumerate(rows):
+        for c, layer in enumerate(layers):
+            ax = axs[r][c]
+            shown = [run] if run is not None else [row for _, row in runs.iterrows()]
+            for one in shown:
+                rec = index.get((one.run_id, step, layer))
+                h = pd.Series(rec._asdict()) if rec is not None else None
+                _hist_panel(ax, h, one, step, colors[one.run_id])
+                if overlay and h is not None and not _diverged_before(one, step):
+                    ax.patches[-1].set_alpha(0.45) if ax.patches else None
+            if r == 0:
+                ax.set_title("input" if layer == 0 else f"layer {layer}")
+            if c == 0:
+                who = "" if run is None else _value_label(exp.compare, run[exp.compare]) + "\n" if exp.compare else ""
+                ax.set_ylabel(f"{who}step {step}", fontsize=7.5)
+        # One y scale per row, labelled once: the panels of a row compare at a glance (and unlabelled axes
+        # without ticks draw several times faster than shared ones).
+        top = max(ax.get_ylim()[1] for ax in axs[r])
+        for c, ax in enumerate(axs[r]):
+            ax.set_ylim(0, top)
+            if c:
+                ax.yaxis.set_major_locator(matplotlib.ticker.NullLocator())
+    if overlay:
+        handles = [
+            matplotlib.patches.Patch(color=colors[r.run_id], alpha=0.6, label=_value_label(exp.compare, r[exp.compare]))
+            for _, r in runs.iterrows()
+        ]
+        fig.legend(handles=handles, loc="upper right", ncols=len(handles), frameon=False)
+    _hist_title(fig, exp, runs, group, point, overlay)
+    fig.subplots_adjust(left=0.09, right=0.99, bottom=0.04, top=1 - 0.75 / fig.get_figheight(), hspace=0.45)
+    return fig
+
+
+def _hist_title(fig: plt.Figure, exp: Experiment, runs: pd.DataFrame, group: Any, point: str, overlay: bool) -> None:
+    fig.suptitle(
+        _title(exp, group, runs, f"values {POINT_TITLES.get(point, point)}"),
+        x=0.01,
+        ha="left",
+        fontsize=9.5,
+    )
+    key = "gray hatched bars beyond the edges: values outside the range; y: share of values per bin"
+    fig.text(0.01, 1 - 0.42 / fig.get_figheight(), f"on the {exp.mode_text()}. {key}", fontsize=7, color="#444444")
+
+
+def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None) -> None:
+    """The histogram grid at every recorded step, one GIF frame each (matplotlib's Pillow writer)."""
+    from matplotlib.animation import PillowWriter
+
+    runs = _first_seed(_group(exp, group))
+    steps = _shown_steps(_hist_rows(exp, runs.run_id.tolist(), point), runs)
+    writer = PillowWriter(fps=2)
+    fig = _hist(exp, group, point, overlay=False, steps=[steps[0]])
+    with writer.saving(fig, str(path), dpi=80):
+        for step in steps:  # one layout: every frame is the same (reused) figure, drawn again
+            fig = _hist(exp, group, point, overlay=False, steps=[step])
+            writer.grab_frame()
+    _done(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributions over training: percentile bands per layer and point
+
+
+def _dist(exp: Experiment, group: Any):
+    runs = _first_seed(_group(exp, group))
+    h = exp.tables["histograms"]
+    h = h[h.run_id.isin(runs.run_id) & (h.layer > 0)]
+    points = [p for p in FORWARD_POINTS if p in set(h.point)]
+    layers = sorted(h.layer.unique())
+    fig, axs = _subplots(len(layers), len(points), (WIDTH, 1.05 * len(layers) + 1.1), reuse="dist")
+    panels = dict(list(h.sort_values("step").groupby(["run_id", "layer", "point"])))
+    shown = {}  # compared value -> what its legend entry says
+    marked = False
+    for i, (value, vruns) in enumerate(_variants(exp, runs)):
+        color = COLORS[i % len(COLORS)]
+        for _, run in vruns.iterrows():
+            shown[value] = _value_label(exp.compare, value)
+            steps = h.loc[h.run_id == run.run_id, "step"]
+            if run.status == "diverged" and steps[steps < run.diverged_step].nunique() < 2:
+                # Diverged before a second record: nothing over time to draw, and its values at step 0 would
+                # set every axis's scale.
+                shown[value] += f" (diverged at step {run.diverged_step}: not drawn)"
+                continue
+            for r, layer in enumerate(layers):
+                for c, point in enumerate(points):
+                    d = panels.get((run.run_id, layer, point), h.iloc[:0])
+                    d = d[(d.nan == 0) & (d.inf == 0)]
+                    if run.status == "diverged":
+                        d = d[d.step < run.diverged_step]
+                    ax = axs[r][c]
+                    x = d.step.to_numpy()
+                    _band(ax, x, d.p1.to_numpy(), d.p99.to_numpy(), color=color, alpha=0.15)
+                    _band(ax, x, d.p20.to_numpy(), d.p80.to_numpy(), color=color, alpha=0.35)
+                    ax.plot(x, d.p50, color=color, lw=1.2)
+                    if run.status == "diverged" and len(x):
+                        ax.plot([x[-1]], [d.p50.iloc[-1]], "x", color=BROKEN, ms=6, mew=2)
+                        marked = True
+    span = (h.step.min(), h.step.max())
+    for r, layer in enumerate(layers):
+        axs[r][0].set_ylabel(f"layer {layer}")
+        for c, point in enumerate(points):
+            ax = axs[r][c]
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            _few_ticks(ax)
+            ax.set_xlim(*span)
+            if r < len(layers) - 1:  # one step axis, at the bottom (a shared axis costs ticks in every panel)
+                ax.xaxis.set_major_locator(matplotlib.ticker.NullLocator())
+            if r == 0:
+                ax.set_title(POINT_TITLES[point])
+    for ax in axs[-1]:
+        ax.set_xlabel("step")
+    handles = [
+        matplotlib.patches.Patch(color=COLORS[i % len(COLORS)], alpha=0.5, label=label)
+        for i, label in enumerate(shown.values())
+    ]
+    handles += [
+        matplotlib.lines.Line2D([], [], color="gray", lw=1.2, label="median"),
+        matplotlib.patches.Patch(color="gray", alpha=0.5, label="20-80th percentile"),
+        matplotlib.patches.Patch(color="gray", alpha=0.2, label="1-99th percentile"),
+    ]
+    if marked:
+        handles.append(matplotlib.lines.Line2D([], [], ls="", marker="x", color=BROKEN, label="diverged after"))
+    h = fig.get_figheight()
+    ncols = min(len(handles), 4)
+    fig.legend(handles=handles, loc="upper center", ncols=ncols, frameon=False, bbox_to_anchor=(0.5, 1 - 0.25 / h))
+    fig.suptitle(_title(exp, group, runs, "distributions over training") + f" ({exp.mode_text()})", y=1 - 0.05 / h)
+    rows = math.ceil(len(handles) / ncols)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.45 / h, top=1 - (0.45 + 0.2 * rows) / h)
+    return fig
+
+
+def _ridge(exp: Experiment, group: Any, point: str = "post_act"):
+    """Histograms over training, offset upwards step by step (TensorBoard's histogram view), one panel per compared
+    run and layer. Each histogram is scaled to its own tallest bin; a diverged run's steps after its divergence
+    are left out and said so."""
+    runs = _first_seed(_group(exp, group))
+    hists = _hist_rows(exp, runs.run_id.tolist(), point)
+    hists = hists[hists.layer > 0]
+    layers = sorted(hists.layer.unique())
+    steps = _shown_steps(hists, runs)
+    fig, axs = plt.subplots(len(runs), len(layers), figsize=(WIDTH, 2.0 * len(runs) + 0.9), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for r, (_, run) in enumerate(runs.iterrows()):
+        mine = hists[hists.run_id == run.run_id]
+        for c, layer in enumerate(layers):
+            ax = axs[r][c]
+            rows = mine[(mine.layer == layer) & mine.step.isin(steps)].sort_values("step", ascending=False)
+            broken = rows[(rows.nan > 0) | (rows.inf > 0)]
+            if run.status == "diverged":
+                broken = rows[rows.step >= run.diverged_step]
+            rows = rows.drop(broken.index)
+            for h in rows.itertuples():
+                k = steps.index(int(h.step))
+                counts = np.asarray(h.counts, dtype=float)
+                top = counts.max() or 1.0
+                edges = np.linspace(h.lo, h.hi, len(counts) + 1)
+                color = cmap(k / max(len(steps) - 1, 1))
+                ax.stairs(k + 0.9 * counts / top, edges, baseline=k, fill=True, color=color, ec="white", lw=0.5)
+            if len(broken):
+                _note(ax, 0.5, 0.98, f"diverged at step {run.diverged_step}", ha="center", va="top", fontsize=6.5)
+            ax.tick_params(labelsize=6.5, length=2, labelleft=c == 0)
+            if len(rows):
+                ax.set_xticks(_edge_ticks(rows.lo.min(), rows.hi.max()))
+            if r == 0:
+                ax.set_title(f"layer {layer}")
+        every = math.ceil(len(steps) / 7)  # at most 7 labelled steps
+        axs[r][0].set_yticks(range(0, len(steps), every), [str(s) for s in steps[::every]])
+        axs[r][0].set_ylabel((_value_label(exp.compare, run[exp.compare]) + "\n" if exp.compare else "") + "step")
+    fig.suptitle(
+        _title(exp, group, runs, f"histograms over training, values {POINT_TITLES.get(point, point)}")
+        + f"\non the {exp.mode_text()}; each histogram scaled to its tallest bin, later steps higher",
+        fontsize=8.5,
+    )
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.35 / fig.get_figheight(), top=1 - 0.6 / fig.get_figheight())
+    return fig
+
+
+def _band(ax: plt.Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any) -> None:
+    """The area between two curves as one polygon (fill_between's general machinery costs 5x more here)."""
+    if len(x):
+        ax.fill(np.r_[x, x[::-1]], np.r_[lo, hi[::-1]], lw=0, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradients: per-layer norms over training
+
+
+def _grad(exp: Experiment, group: Any):
+    runs = _first_seed(_group(exp, group))
+    layers = exp.tables["layers"]
+    layers = layers[layers.run_id.isin(runs.run_id)]
+    metrics = [
+        (m, t)
+        for m, t in (
+            ("backprop_norm", "backpropagated gradient ||dL/dz||"),
+            ("grad_norm", "weight gradient ||dL/dW||"),
+        )
+        if m in layers.columns
+    ]
+    variants = _variants(exp, runs)
+    fig, axs = plt.subplots(
+        len(metrics), len(variants), figsize=(WIDTH, 2.3 * len(metrics) + 1.0), squeeze=False, sharey="row"
+    )
+    depth = int(layers.layer.max())
+    cmap = plt.get_cmap("viridis")
+    for c, (value, vruns) in enumerate(variants):
+        run = vruns.iloc[0]
+        mine = layers[layers.run_id == run.run_id]
+        for r, (metric, title) in enumerate(metrics):
+            ax = axs[r][c]
+            for layer, d in mine.groupby("layer"):
+                d = d.sort_values("step")
+                y = d[metric].to_numpy(float)
+                ok = np.isfinite(y) & (y > 0)
+                ax.plot(d.step[ok], y[ok], color=cmap((layer - 1) / max(depth - 1, 1)), lw=1.2, label=f"layer {layer}")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(numticks=5))
+            ax.yaxis.set_major_formatter(PLAIN)
+            ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+            if not (mine[metric] > 0).any():
+                zero = (mine[metric] == 0).any()
+                why = "0 in every layer at every step:\nno gradient flows" if zero else "no finite values"
+                _note(ax, 0.5, 0.5, why, ha="center", va="center", fontsize=8)
+                ax.set_xlim(mine.step.min(), mine.step.max())
+            if run.status == "diverged":
+                _note(ax, 0.98, 0.04, f"diverged at step {run.diverged_step}", ha="right", fontsize=7.5)
+            ax.set_title(f"{_value_label(exp.compare, value)}: {title}" if exp.compare else title)
+            if r == len(metrics) - 1:
+                ax.set_xlabel("step")
+    axs[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(
+        _title(exp, group, runs, "gradient norms per layer") + f" ({exp.mode_text()})",
+        fontsize=9,
+    )
+    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / fig.get_figheight(), top=1 - 0.6 / fig.get_figheight())
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Cost curves: one panel per group, one line per compared value, seeds as mean and min-max band
 
 
-def _cost_figure(
-    exp: str, groups: list, group_keys: list[str], compare: str | None, curves: pd.DataFrame, path: Path
-) -> Path:
-    fig, axs = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.8), squeeze=False)
-    for ax, (key, grp) in zip(axs[0], groups, strict=True):
-        variants = list(grp.groupby(compare, sort=False)) if compare else [("", grp)]
-        finite_all: list[float] = []
+def _cost(exp: Experiment):
+    groups = exp.groups()
+    curves = exp.tables["curves"]
+    fig, axs = _grid(len(groups), 3, 2.6, top=0.9, sharey=True)
+    finite_all: list[float] = []
+    has_test = False
+    nseeds = 1
+    for ax, (key, grp) in zip(axs.ravel(), groups, strict=False):
         marks = []
-        has_test = False
-        for i, (value, runs) in enumerate(variants):
+        for i, (_, runs) in enumerate(_variants(exp, grp)):
             color = COLORS[i % len(COLORS)]
-            name = f"{compare.split('.')[-1]}={value}" if compare else "all runs"
             for split, mode, style in (("train", "train", "-"), ("test", "eval", "--")):
                 c = curves[curves.run_id.isin(runs.run_id) & (curves.split == split) & (curves["mode"] == mode)]
                 if c.empty:
@@ -228,18 +741,15 @@ def _cost_figure(
                 wide = c.pivot_table(index="step", columns="run_id", values="loss", aggfunc="first", dropna=False)
                 vals = wide.to_numpy(dtype=float, copy=True)
                 vals[~np.isfinite(vals)] = np.nan  # a diverged seed leaves the aggregate at its divergence step
-                # numpy warns on all-NaN slices (steps after every seed diverged): expected here
                 with np.errstate(all="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
                     mean, lo, hi = np.nanmean(vals, 1), np.nanmin(vals, 1), np.nanmax(vals, 1)
                 steps = wide.index.to_numpy()
                 ok = np.isfinite(mean)
                 finite_all += list(mean[ok]) + list(lo[ok]) + list(hi[ok])
-                nseeds = vals.shape[1]
+                nseeds = max(nseeds, vals.shape[1])
                 has_test |= split == "test"
-                # One legend entry per compared value; line styles are explained once, below.
-                label = name + (f" (mean of {nseeds})" if nseeds > 1 else "") if split == "train" else None
-                ax.plot(steps[ok], mean[ok], style, color=color, lw=1.6, label=label)
-                if nseeds > 1:
+                ax.plot(steps[ok], mean[ok], style, color=color, lw=1.5)
+                if vals.shape[1] > 1:
                     ax.fill_between(steps[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
                 if split == "train":
                     for _, run in runs[runs.status == "diverged"].iterrows():
@@ -247,154 +757,186 @@ def _cost_figure(
                         fin = np.isfinite(col)
                         last = (steps[fin][-1], col[fin][-1]) if fin.any() else (steps[0], np.nan)
                         marks.append((color, int(run.diverged_step), last))
-        ylog = _wide(finite_all)
+        _divergence_marks(ax, marks, finite_all)
+        ax.set_title(_label(exp.group_keys, key) or exp.name)
+        ax.grid(alpha=0.3)
+    ylog = _wide(finite_all)
+    for ax in axs.ravel():
         if ylog:
             ax.set_yscale("log")
-        for color, dstep, (s, v) in marks:
-            y = v if np.isfinite(v) else (max(finite_all) if finite_all else 1.0)
-            ax.plot([s], [y], "x", color=color, ms=10, mew=2.5)
-            ax.axvline(dstep, color=color, ls=":", lw=1)
-        if marks:
-            by_color: dict[str, list[int]] = {}
-            for color, dstep, _ in marks:
-                by_color.setdefault(color, []).append(dstep)
-            text = "\n".join(
-                f"{len(v)} run(s) diverged at step {min(v)}"
-                + (f"-{max(v)}" if max(v) != min(v) else "")
-                + " (x: last finite loss)"
-                for v in by_color.values()
-            )
-            box = dict(facecolor="white", alpha=0.85, edgecolor="tab:red")
-            _note(ax, 0.98, 0.97, text, ha="right", va="top", fontsize=8, bbox=box)
+            ax.yaxis.set_major_formatter(PLAIN)
+    for ax in axs[-1]:
         ax.set_xlabel("step (parameter updates)")
+    for ax in axs[:, 0]:
         ax.set_ylabel("loss" + (" (log scale)" if ylog else ""))
-        ax.set_title(_label(group_keys, key) or exp, fontsize=10)
-        ax.grid(alpha=0.3)
-        if has_test:
-            ax.plot([], [], "-", color="black", label="solid: train set, batch statistics")
-            ax.plot([], [], "--", color="black", label="dashed: test set, running statistics")
-    axs[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(f"{exp}: cost curves", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    handles = [
+        matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=2, label=_value_label(exp.compare, v))
+        for i, (v, _) in enumerate(_variants(exp, exp.runs))
+    ]
+    handles.append(matplotlib.lines.Line2D([], [], color="black", label="training set, train mode"))
+    if has_test:
+        handles.append(matplotlib.lines.Line2D([], [], color="black", ls="--", label="test set, eval mode"))
+    if nseeds > 1:
+        handles.append(matplotlib.patches.Patch(color="gray", alpha=0.3, label=f"band: min-max over {nseeds} seeds"))
+    title = f"{exp.name}: cost curves" + (f" (line: mean over {nseeds} seeds)" if nseeds > 1 else "")
+    # The title heads the legend, so that the two never overlap whatever the number of entries.
+    legend = fig.legend(
+        handles=handles, loc="upper center", ncols=min(len(handles), 3), frameon=False, bbox_to_anchor=(0.5, 1.0)
+    )
+    legend.set_title(title, prop={"size": 10})
+    h = fig.get_figheight()
+    rows = math.ceil(len(handles) / 3)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.45 / h, top=1 - (0.35 + 0.17 * rows + 0.25) / h)
+    fig.subplots_adjust(hspace=0.45)
+    return fig
 
 
-def _wide(values: list[float]) -> bool:
-    pos = [v for v in values if v > 0 and math.isfinite(v)]
-    return bool(pos) and max(pos) / min(pos) > 100
+def _divergence_marks(ax: plt.Axes, marks: list, finite_all: list[float]) -> None:
+    for color, dstep, (s, v) in marks:
+        y = v if np.isfinite(v) else (max(finite_all) if finite_all else 1.0)
+        ax.plot([s], [y], "x", color=color, ms=9, mew=2.5)
+        ax.axvline(dstep, color=color, ls=":", lw=1)
+    if marks:
+        by_color: dict[str, list[int]] = {}
+        for color, dstep, _ in marks:
+            by_color.setdefault(color, []).append(dstep)
+        text = "\n".join(
+            f"{len(v)} run(s) diverged at step {min(v)}" + (f"-{max(v)}" if max(v) != min(v) else "")
+            for v in by_color.values()
+        )
+        _note(ax, 0.98, 0.97, text + "\n(x: last finite loss)", ha="right", va="top", fontsize=7)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Final numbers against a numeric grid key (batch size, weight scale, lr): one line per compared value
 
 
-def numeric_axes(runs: pd.DataFrame, axes: list[str]) -> list[str]:
+def _tied(groups: list[list[str]], key: str | None) -> list[str]:
+    """`key` and the keys zipped with it."""
+    return next((g for g in groups if key in g), [key] if key else [])
+
+
+def numeric_axes(exp: Experiment) -> list[str]:
     """Grid keys other than seed whose values are all numbers, with at least 3 of them."""
     found = []
-    for a in axes:
-        values = runs[a].dropna().unique()
+    for a in exp.axes:
+        values = exp.all_runs[a].dropna().unique()
         numeric = all(isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) for v in values)
         if a != "seed" and numeric and len(values) >= 3:
             found.append(a)
     return found
 
 
-def _final_vs_figure(exp: str, runs: pd.DataFrame, axes: list[str], key: str, compare: str | None, path: Path) -> Path:
+def _final_vs(exp: Experiment, key: str):
     """Final train loss and (for classification) final test accuracy in eval mode against `key`; seeds as mean
     with min-max band; failed or diverged runs are counted in the legend, never silently averaged in."""
-    rest = [a for a in axes if a not in (key, compare, "seed")]
+    runs = exp.all_runs
+    rest = [a for a in exp.axes if a not in (*_tied(exp.tied, key), *_tied(exp.tied, exp.compare), "seed")]
     groups = list(runs.groupby(rest, sort=False)) if rest else [((), runs)]
-    metrics = [("final_train_loss", "final train loss (batch statistics)")]
+    metrics = [("final_train_loss", "final train loss (train mode)")]
     if runs.final_test_accuracy.notna().any():
-        metrics.append(("final_test_accuracy", "final test accuracy (running statistics)"))
-    fig, axs = plt.subplots(len(groups), len(metrics), figsize=(5.5 * len(metrics), 3.6 * len(groups)), squeeze=False)
+        metrics.append(("final_test_accuracy", "final test accuracy (eval mode)"))
+    fig, axs = plt.subplots(len(groups), len(metrics), figsize=(WIDTH, 2.8 * len(groups) + 0.8), squeeze=False)
     for r, (gkey, grp) in enumerate(groups):
-        variants = list(grp.groupby(compare, sort=False)) if compare else [("", grp)]
         for c, (metric, title) in enumerate(metrics):
             ax = axs[r][c]
-            for i, (value, vruns) in enumerate(variants):
+            for i, (value, vruns) in enumerate(_variants(exp, grp)):
                 ok = vruns[vruns.status == "ok"]
                 stats = ok.groupby(key)[metric].agg(["mean", "min", "max"]).sort_index()
                 lost = len(vruns) - len(ok)
-                name = f"{compare.split('.')[-1]}={value}" if compare else "runs"
                 color = COLORS[i % len(COLORS)]
-                ax.plot(
-                    stats.index,
-                    stats["mean"],
-                    "o-",
-                    color=color,
-                    ms=3,
-                    label=name + (f" ({lost} diverged/failed)" if lost else ""),
-                )
+                label = _value_label(exp.compare, value) + (f" ({lost} diverged/failed)" if lost else "")
+                ax.plot(stats.index, stats["mean"], "o-", color=color, ms=3, label=label)
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
             xs = runs[key].astype(float)
             if xs.min() > 0 and xs.max() / xs.min() >= 8:
                 ax.set_xscale("log", base=2 if key.endswith("batch_size") else 10)
+                ax.xaxis.set_major_formatter(PLAIN)
             if metric == "final_train_loss" and _wide(list(runs[metric].dropna())):
                 ax.set_yscale("log")
             ax.set_xlabel(key)
-            ax.set_title(title + (f" | {_label(rest, gkey)}" if rest else ""), fontsize=9)
+            ax.set_title(title + (f" | {_label(rest, gkey)}" if rest else ""))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.suptitle(f"{exp}: final numbers against {key}" + (" (mean and min-max over seeds)" if "seed" in axes else ""))
+            ax.legend()
+    nseeds = runs.seed.nunique() if "seed" in runs.columns else 1
+    band = f" (line: mean over {nseeds} seeds, band: min-max)" if nseeds > 1 else ""
+    fig.suptitle(f"{exp.name}: final numbers against {key}{band}", fontsize=9.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Dead / saturated heatmaps: layer x step, one row of panels per run
+# Dead / saturated units: layer x step, one row of panels per compared run
 
 
-def _units_figure(
-    exp: str, runs: pd.DataFrame, compare: str | None, layers: pd.DataFrame, label: str, path: Path
-) -> Path:
-    fig, axs = plt.subplots(len(runs), 2, figsize=(10, 1.6 * len(runs) + 0.8), squeeze=False)
+def _units(exp: Experiment, group: Any):
+    runs = _first_seed(_group(exp, group))
+    layers = exp.tables["layers"]
+    layers = layers[layers.run_id.isin(runs.run_id)]
+    titles = {"dead_fraction": "dead units (output 0 for every sample)", "saturated_fraction": "saturated values"}
+    # A metric is shown when it says something: saturation only for activations with a saturating region,
+    # dead units when some unit of some run died (an all-zero panel is a sentence, not a picture).
+    shown = [m for m in titles if layers[m].notna().any() and (m != "dead_fraction" or (layers[m] > 0).any())]
+    notes = []
+    if "dead_fraction" not in shown and layers.dead_fraction.notna().any():
+        notes.append("no dead units in any layer of these runs")
+    if "saturated_fraction" not in shown:
+        notes.append("the activation has no saturating region")
+    if not shown:
+        shown = ["dead_fraction"]
+    fig, axs = plt.subplots(len(runs), len(shown), figsize=(WIDTH, 1.3 * len(runs) + 1.0), squeeze=False)
     image = None
+    cmap = plt.get_cmap("magma_r").with_extremes(bad="lightgray")
     for r, (_, run) in enumerate(runs.iterrows()):
         data = layers[layers.run_id == run.run_id]
-        name = _run_label(run, compare) + (f", seed {run.seed}" if "seed" in runs.columns else "")
-        for c, metric in enumerate(("dead_fraction", "saturated_fraction")):
+        for c, metric in enumerate(shown):
             ax = axs[r][c]
             wide = data.pivot_table(index="layer", columns="step", values=metric, aggfunc="first", dropna=False)
             if r == 0:
-                ax.set_title("dead units (output 0 for every sample)" if c == 0 else "saturated values", fontsize=9)
-            ax.set_ylabel(name + "\nlayer", fontsize=8)
-            if wide.empty or wide.isna().all().all():
-                # Saturation is NaN everywhere for an activation without a saturated region (ReLU), while the
-                # dead fraction next to it is finite; both are NaN only where the values themselves were not.
-                no_region = metric == "saturated_fraction" and data.dead_fraction.notna().any()
-                why = "the activation has no saturating region" if no_region else "no finite values"
-                _note(ax, 0.5, 0.5, f"n/a: {why}", ha="center", va="center", fontsize=8, color="gray")
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.set_title(titles[metric])
+            ax.set_ylabel((_value_label(exp.compare, run[exp.compare]) + "\n" if exp.compare else "") + "layer")
+            if wide.empty:
                 continue
-            masked = np.ma.masked_invalid(wide.to_numpy(dtype=float))
-            cmap = plt.get_cmap("magma_r").with_extremes(bad="lightgray")
-            image = ax.imshow(
-                masked,
-                aspect="auto",
+            steps = wide.columns.to_numpy(float)
+            image = ax.pcolormesh(
+                _edges(steps),
+                _edges(wide.index.to_numpy(float)),
+                np.ma.masked_invalid(wide.to_numpy(dtype=float)),
                 cmap=cmap,
                 vmin=0,
                 vmax=1,
-                origin="lower",
-                extent=(-0.5, wide.shape[1] - 0.5, wide.index.min() - 0.5, wide.index.max() + 0.5),
             )
-            steps = list(wide.columns)
-            ticks = range(0, len(steps), max(1, len(steps) // 8))
-            ax.set_xticks(list(ticks), [str(steps[t]) for t in ticks], fontsize=7)
             ax.set_yticks(list(wide.index))
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
             ax.tick_params(labelsize=7)
             if run.status == "diverged":
-                _note(ax, 0.99, 0.02, f"diverged at step {run.diverged_step} (gray: NaN/inf)", ha="right", va="bottom")
+                _note(ax, 0.99, 0.03, f"diverged at step {run.diverged_step} (gray: NaN/inf)", ha="right")
     for ax in axs[-1]:
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel("step")
     if image is not None:
-        fig.colorbar(image, ax=axs.ravel().tolist(), fraction=0.02, pad=0.01, label="fraction")
-    fig.suptitle(f"{exp}: dead and saturated units" + (f" | {label}" if label else ""), fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+        fig.colorbar(image, ax=axs.ravel().tolist(), fraction=0.025, pad=0.01, label="fraction")
+    fig.suptitle(
+        _title(exp, group, runs, "dead and saturated units") + (f" ({'; '.join(notes)})" if notes else ""),
+        fontsize=9,
+    )
+    return fig
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted centres (steps or layers), so that a heatmap's axis is numeric."""
+    if len(centres) == 1:
+        return np.array([centres[0] - 0.5, centres[0] + 0.5])
+    mid = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[centres[0] - (mid[0] - centres[0])], mid, [centres[-1] + (centres[-1] - mid[-1])]])
+
+
+DRAW: dict[str, Callable[..., Any]] = {
+    "cost": _cost,
+    "final_vs": _final_vs,
+    "hist": _hist,
+    "dist": _dist,
+    "ridge": _ridge,
+    "grad": _grad,
+    "units": _units,
+    "animation": _animation,
+}
