@@ -3,6 +3,11 @@
 records = summary_records(Path("results/morvan_tf23"))
 # [{'run_id': ..., 'status': 'diverged', 'diverged_step': 1, 'final_train_loss': None,
 #   'model.norm': 'none', 'model.activation': 'relu', 'dead_fraction': [...], ...}, ...]
+
+groups = aggregate_runs(Path("results/morvan_tf23"), ["norm", "activation"])
+# a DataFrame, one row per group: runs, ok, diverged, failed, missing, diverged_steps, and for each final number
+# `<metric>.mean`, `.std`, `.min`, `.max`, `.n` over the group's ok runs (`normbench summary --by`, the tables of
+# `normbench report`)
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
-from normbench.store import experiment_axes, jsonable, load_runs
+from normbench.store import SelectionError, experiment_axes, jsonable, load_runs, load_table, resolve_axis
 
 COLUMNS = (
     "run_id",
@@ -81,15 +90,25 @@ def summary_table(records: list[dict[str, Any]], axes: list[str], title: str = "
     table = Table(title=title, title_justify="left", header_style="bold")
     for a in axes:
         table.add_column(a.split(".")[-1])
-    for name in ("status", "train loss", "test loss", "dead units / layer", "saturated / layer", "kernel", "run id"):
-        table.add_column(name, justify="right" if "loss" in name else "left")
+    # Accuracy columns for classification (regression records hold None there).
+    accuracy = any(r.get("final_train_accuracy") is not None for r in records)
+    numbers = ["train loss", "test loss", *(("train acc", "test acc") if accuracy else ())]
+    for name in ("status", *numbers, "dead units / layer", "saturated / layer", "kernel", "run id"):
+        table.add_column(name, justify="right" if name in numbers else "left")
     for r in records:
         style = {"diverged": "yellow", "failed": "red"}.get(r["status"])
+        # A diverged run's outputs at its last step are not numbers: no accuracy either.
+        acc = tuple(
+            fmt_accuracy(None if r["status"] == "diverged" else r[c])
+            for c in ("final_train_accuracy", "final_test_accuracy")
+            if accuracy
+        )
         table.add_row(
             *(str(r.get(a)) for a in axes),
             outcome(r),
             fmt_loss(r["final_train_loss"]) if r["status"] != "diverged" else "inf/nan",
             fmt_loss(r["final_test_loss"]),
+            *acc,
             fmt_fractions(r["dead_fraction"]),
             fmt_fractions(r["saturated_fraction"]),
             r.get("engine.kernel") or "-",
@@ -99,9 +118,11 @@ def summary_table(records: list[dict[str, Any]], axes: list[str], title: str = "
     return table
 
 
-def records_csv(records: list[dict[str, Any]]) -> str:
-    import pandas as pd
+def fmt_accuracy(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
+
+def records_csv(records: list[dict[str, Any]]) -> str:
     flat = [
         {k: (" ".join("" if x is None else f"{x:.4g}" for x in v) if isinstance(v, list) else v) for k, v in r.items()}
         for r in records
@@ -109,3 +130,239 @@ def records_csv(records: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     pd.DataFrame(flat).to_csv(buf, index=False)
     return buf.getvalue()
+
+
+# -- groups of runs: `normbench summary --by`, the tables of `normbench report` ---------------------------------
+
+# The final numbers aggregated over a group's runs, with their column headings. Test-split columns appear when the
+# experiment has a test split, accuracies for classification.
+METRICS = {
+    "final_train_loss": "train loss",
+    "final_test_loss_train_mode": "test loss\nbatch stats",
+    "final_test_loss": "test loss\nrunning stats",
+    "final_train_accuracy": "train acc",
+    "final_test_accuracy": "test acc\nrunning stats",
+    "dead_fraction": "dead units",
+    "saturated_fraction": "saturated",
+}
+STATS = ("mean", "std", "min", "max")
+STATUS_COLUMNS = ("runs", "ok", "diverged", "failed", "missing")
+
+
+GroupKeyError = SelectionError  # a --by key that is not a grid key (or matches several): the message names them
+
+
+def resolve_keys(exp_dir: Path, keys: list[str], skip_absent: bool = False) -> list[str]:
+    """Grid keys by their dotted name or an unambiguous last part: 'norm' -> 'model.norm' (store.resolve_axis).
+    In the given order, each once. A key that matches no grid key is an error, or left out with `skip_absent`;
+    one that matches several is always an error."""
+    axes = experiment_axes(exp_dir)
+    resolved: list[str] = []
+    for key in keys:
+        if skip_absent and not any(a == key or a.endswith("." + key) for a in axes):
+            continue
+        axis = resolve_axis(key, axes, "--by", exp_dir.name)
+        if axis not in resolved:
+            resolved.append(axis)
+    return resolved
+
+
+def resolve_keys_across(exp_dirs: list[Path], keys: list[str]) -> list[list[str]]:
+    """resolve_keys for each experiment of a results folder: a key needs to be a grid key of at least one of them
+    (experiments without it are grouped by the other keys); one experiment alone needs all of them."""
+    if len(exp_dirs) == 1:
+        return [resolve_keys(exp_dirs[0], keys)]
+    resolved = [resolve_keys(e, keys, skip_absent=True) for e in exp_dirs]
+    for key in keys:
+        if not any(resolve_keys(e, [key], skip_absent=True) for e in exp_dirs):
+            valid = sorted({a for e in exp_dirs for a in experiment_axes(e)})
+            raise GroupKeyError(f"--by {key!r} is not a grid key of any experiment here; grid keys: {', '.join(valid)}")
+    return resolved
+
+
+def aggregate_runs(exp_dir: Path, by: list[str], runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per group of runs sharing the values of the grid keys `by` ([]: all runs in one group), in grid
+    order. Columns: `experiment`, the `by` keys, `runs`, `ok`, `diverged`, `failed`, `missing` (counts),
+    `diverged_steps` (sorted list), then `<metric>.mean`, `.std` (ddof 1: NaN for one run), `.min`, `.max` of each
+    final number (METRICS) over the group's ok runs only: a diverged or failed run is counted, never averaged;
+    `<metric>.n`: how many ok runs have a value (a loss that is not finite, or saturation of an activation without
+    a saturated region, has none). Dead and saturated fractions are per run the mean over hidden layers at the
+    last recorded step.
+    `runs`: the experiment's runs.parquet rows to aggregate (default: all)."""
+    runs = load_runs(exp_dir) if runs is None else runs
+    by = resolve_keys(exp_dir, by)
+    values = _final_numbers(exp_dir, runs)
+    # Grid values that are lists (model.channels) group as tuples.
+    groups = runs[by].map(_hashable).groupby(by, sort=False, dropna=False) if by else [((), runs)]
+    rows = []
+    for key, members in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        g = runs.loc[members.index]
+        status = g.status.value_counts()
+        row: dict[str, Any] = {"experiment": exp_dir.name, **dict(zip(by, key, strict=True)), "runs": len(g)}
+        row |= {s: int(status.get(s, 0)) for s in STATUS_COLUMNS[1:]}
+        row["diverged_steps"] = sorted(int(s) for s in g.diverged_step[g.status == "diverged"].dropna())
+        ok = values.loc[g.index[g.status == "ok"]]
+        for metric in values.columns:
+            v = ok[metric].dropna()
+            row |= {
+                f"{metric}.mean": v.mean() if len(v) else math.nan,
+                f"{metric}.std": v.std(ddof=1) if len(v) > 1 else math.nan,
+                f"{metric}.min": v.min() if len(v) else math.nan,
+                f"{metric}.max": v.max() if len(v) else math.nan,
+                f"{metric}.n": len(v),
+            }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _final_numbers(exp_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Each run's final numbers (METRICS that apply to the experiment), indexed like `runs`."""
+    ok = runs[runs.status == "ok"]
+    curves = load_table(exp_dir, "curves", ok.run_id.tolist()) if len(ok) else pd.DataFrame()
+    has_test = bool(runs.final_test_loss.notna().any()) or (len(curves) > 0 and bool((curves.split == "test").any()))
+    classification = bool(runs.final_train_accuracy.notna().any()) or (
+        len(curves) > 0 and bool(curves.accuracy.notna().any())
+    )
+    out = pd.DataFrame(index=runs.index)
+    out["final_train_loss"] = runs.final_train_loss
+    if has_test:
+        test = curves[(curves.split == "test") & (curves["mode"] == "train")] if len(curves) else curves
+        # The last recorded step of each run: its final number with batch statistics.
+        last = test.sort_values("step").groupby("run_id").loss.last() if len(test) else pd.Series(dtype=float)
+        out["final_test_loss_train_mode"] = runs.run_id.map(last).astype(float)
+        out["final_test_loss"] = runs.final_test_loss
+    if classification:
+        out["final_train_accuracy"] = runs.final_train_accuracy
+        if has_test:
+            out["final_test_accuracy"] = runs.final_test_accuracy
+    for col in ("dead_fraction", "saturated_fraction"):
+        out[col] = runs[col].map(_layer_mean)
+    return out
+
+
+def _layer_mean(values: Any) -> float:
+    """Mean over hidden layers; NaN when there are none or any layer's value is NaN (a diverged layer, or an
+    activation without a saturated region)."""
+    arr = np.asarray(values if values is not None else [], dtype=float)
+    return float(arr.mean()) if arr.size else math.nan
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, np.ndarray | list):
+        return tuple(np.asarray(v).tolist())
+    return v
+
+
+def aggregate_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The aggregate table as JSON-ready objects (NaN -> null)."""
+    return [jsonable({k: (None if _is_na(v) else v) for k, v in r.items()}) for r in df.to_dict("records")]
+
+
+def aggregate_csv(df: pd.DataFrame) -> str:
+    flat = df.copy()
+    flat["diverged_steps"] = flat.diverged_steps.map(lambda s: " ".join(str(x) for x in s))
+    buf = io.StringIO()
+    flat.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def shown_metrics(df: pd.DataFrame) -> list[str]:
+    """The metrics with at least one value in `df` (a table of dashes is left out)."""
+    return [m for m in METRICS if f"{m}.mean" in df.columns and df[f"{m}.mean"].notna().any()]
+
+
+def key_columns(df: pd.DataFrame) -> list[str]:
+    start, stop = list(df.columns).index("experiment") + 1, list(df.columns).index("runs")
+    return list(df.columns[start:stop])
+
+
+def fmt_metric(metric: str, v: float, spread: bool = False) -> str:
+    """One number of a metric; `spread`: a standard deviation, to two significant digits."""
+    if v is None or math.isnan(v):
+        return "-"
+    if metric.endswith("_fraction"):
+        return fmt_percent(v)
+    if "accuracy" in metric:
+        return f"{v:.3f}"
+    if spread:
+        if v == 0 or not 1e-3 <= abs(v) < 1e6:
+            return f"{v:.2g}"
+        return f"{v:.{max(0, 1 - math.floor(math.log10(abs(v))))}f}"
+    return f"{v:.4g}"
+
+
+def fmt_percent(v: float) -> str:
+    """0.84 -> '84%', 0.052 -> '5.2%', 0.0042 -> '0.42%', 0 -> '0%'."""
+    p = 100 * v
+    return "0%" if p == 0 else f"{p:.2g}%" if p < 10 else f"{p:.0f}%"
+
+
+def fmt_stats(row: dict[str, Any] | pd.Series, metric: str) -> tuple[str, str]:
+    """('mean ± std', '[min, max]') of one metric of one group; '' where a part says nothing (one run). Ok runs
+    without a value are said: 'inf/NaN' for all of them (a loss), 'n=1 of 2' for some."""
+    mean, std, lo, hi = (row[f"{metric}.{s}"] for s in STATS)
+    n, ok = row.get(f"{metric}.n", 0), row["ok"]
+    if _is_na(mean):
+        return ("inf/NaN" if ok and not metric.endswith("_fraction") else "-"), ""
+    centre = fmt_metric(metric, mean) + ("" if _is_na(std) else f" ± {fmt_metric(metric, std, spread=True)}")
+    lo, hi = fmt_metric(metric, lo), fmt_metric(metric, hi)
+    spread = "" if lo == hi else f"[{lo}, {hi}]"
+    if n < ok:
+        spread = " ".join(x for x in (spread, f"n={n} of {ok}") if x)
+    return centre, spread
+
+
+def fmt_runs(row: dict[str, Any] | pd.Series) -> tuple[str, str]:
+    """('2/4 ok', '1 diverged (step 3), 1 failed') of one group."""
+    others = [
+        *(
+            [
+                f"{row['diverged']} diverged"
+                + fmt_diverged(row["diverged"], row["diverged_steps"]).removeprefix(str(row["diverged"]))
+            ]
+            if row["diverged"]
+            else []
+        ),
+        *([f"{row['failed']} failed"] if row["failed"] else []),
+        *([f"{row['missing']} not run yet"] if row["missing"] else []),
+    ]
+    return f"{row['ok']}/{row['runs']} ok", ", ".join(others)
+
+
+def fmt_diverged(n: int, steps: list[int]) -> str:
+    """3, [1, 1, 4] -> '3 (step 1-4)'; 0 -> '0'."""
+    if not n:
+        return "0"
+    if not steps:
+        return str(n)
+    at = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
+    return f"{n} (step {at})"
+
+
+AGGREGATE_NOTE = (
+    "mean ± std over the ok runs of each group (std: sample, ddof 1), [min, max] below; diverged and failed runs "
+    "are counted, never averaged. Dead and saturated: mean over hidden layers at the last recorded step."
+)
+
+
+def aggregate_table(df: pd.DataFrame, title: str = "") -> Group:
+    """The groups as a table, followed by the note on what its numbers are."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    keys = key_columns(df)
+    metrics = shown_metrics(df)
+    for k in keys:
+        table.add_column(k.split(".")[-1])
+    table.add_column("runs")
+    for m in metrics:
+        table.add_column(METRICS[m], justify="right")
+    for _, row in df.iterrows():
+        style = "red" if row.failed else "yellow" if row.diverged else None
+        ok, others = fmt_runs(row)
+        cells: list[Text] = [Text(str(row[k])) for k in keys]
+        cells.append(Text(ok) + (Text("\n" + others) if others else Text()))
+        for m in metrics:
+            centre, spread = fmt_stats(row, m)
+            cells.append(Text(centre) + (Text("\n" + spread, style="dim") if spread else Text()))
+        table.add_row(*cells, style=style)
+    return Group(table, Text(AGGREGATE_NOTE, style="dim"))
