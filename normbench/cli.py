@@ -15,33 +15,112 @@ import sys
 from collections import Counter
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from normbench.config import ConfigError, load_experiment, packaged_configs
 
-app = typer.Typer(
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _flags_as_flags(params: list) -> list:
+    """A flag's help line reads `--force`, not `--force <bool>`: typer's rich help prints its metavar, or else a
+    type, after every option, a flag's included. An empty metavar prints nothing."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_as_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _flags_as_flags(super().get_params(ctx))
+
+
+class _Typer(typer.Typer):
+    """Every command of this app, whoever adds it, shows its flags as flags."""
+
+    def command(self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs):
+        return super().command(name, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Train grids of small networks and see what normalization layers do inside them.",
 )
-demo_app = typer.Typer(no_args_is_help=True, help="Reproduce a classic demonstration with one command.")
+demo_app = _Typer(cls=_Group, no_args_is_help=True, help="Reproduce a classic demonstration with one command.")
 app.add_typer(demo_app, name="demo")
+
+# The examples at the end of a command's --help, as typed in a shell (quoted where a shell would expand [ or ().
+# tests/test_cli.py runs every one, in a folder whose results/morvan_tf23 holds a finished sweep.
+EXAMPLES = {
+    "run": [
+        "normbench run morvan_tf23 --set 'seeds=[1,2]' --set train.lr=0.01 --dry-run",
+        "normbench run init_scale --set 'grid.model.weight_init.std=logspace(-4, 0, 5)' --dry-run",
+    ],
+    "validate": [
+        "normbench validate cnn_norms --set 'grid.model.norm=[batch,group]' --set 'seeds=[1]'",
+        "normbench validate morvan_tf23 --set 'grid.zip=[{model.depth: 3, model.width: 60}, "
+        "{model.depth: 7, model.width: 30}]'",
+    ],
+    "summary": [
+        "normbench summary results/morvan_tf23 --where model.norm=batch",
+        "normbench summary results --where norm=batch --where activation=relu --format csv",
+        "normbench summary results/morvan_tf23 --by norm --by activation",
+    ],
+    "plot": ["normbench plot results/morvan_tf23 --where 'activation=[relu,tanh]' --where norm=batch"],
+}
+
+
+def _examples(command: str) -> str:
+    """The help's closing paragraph: EXAMPLES[command], one a line (escaped, as typer reads help as rich markup)."""
+    from rich.markup import escape
+
+    return "Examples:\n" + "\n".join(f"  {escape(x)}" for x in EXAMPLES[command])
+
 
 err = Console(stderr=True, highlight=False)
 # Piped output (CI logs, files) gets wide tables instead of 80 columns of wrapped cells.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
-ConfigArg = Annotated[str, typer.Argument(help="A YAML config file, or the name of a packaged config.")]
+ConfigArg = Annotated[
+    str, typer.Argument(metavar="CONFIG", help="A YAML config file, or the name of a packaged config.")
+]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a dotted key, e.g. --set train.lr=0.01 or --set grid.seed=[1,2]."),
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a dotted key with a YAML value (repeatable), e.g. --set train.lr=0.01; a key the grid varies "
+        "is changed as grid.KEY, the seeds as seeds (examples below).",
+    ),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", help="Results folder; the experiment goes to OUT/<name>/.")]
-ResultsArg = Annotated[Path, typer.Argument(help="An experiment folder (OUT/<name>) or a results folder.")]
+ResultsArg = Annotated[
+    Path, typer.Argument(metavar="DIR", help="An experiment folder (OUT/<name>) or a results folder.")
+]
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        metavar="KEY=VALUE",
+        help="Keep only the runs whose grid value matches, e.g. --where model.norm=batch (repeatable: a run must "
+        "match every key; the value is read as YAML, and a list, or the key given again, matches any of its values; a "
+        "short key like norm will do).",
+    ),
+]
 
 
 class Format(StrEnum):
@@ -77,6 +156,8 @@ class Point(StrEnum):
     pre_norm = "pre_norm"
     post_norm = "post_norm"
     post_act = "post_act"
+    grad_pre_norm = "grad_pre_norm"
+    grad_weight = "grad_weight"
     all = "all"
 
 
@@ -101,7 +182,37 @@ def _experiments(path: Path) -> list[Path]:
         raise fail(str(e)) from None
 
 
-@app.command()
+def _select(exps: list[Path], where: list[str] | None) -> dict[Path, pd.DataFrame | None]:
+    """Each experiment's runs that --where keeps (None: no --where, all of them), by store.select_runs. In a
+    folder of several experiments, one whose grid lacks a key or has no matching run is left out with a note on
+    stderr; it is an error when none is left."""
+    if not where:
+        return dict.fromkeys(exps)
+    from normbench.store import DamagedResults, SelectionError, experiment_axes, load_runs, parse_where, select_runs
+
+    kept: dict[Path, pd.DataFrame | None] = {}
+    reasons = []
+    try:
+        parse_where(where)  # a malformed --where is an error whatever the experiments
+        for e in exps:
+            try:
+                kept[e] = select_runs(load_runs(e), where, experiment_axes(e), e.name)
+            except SelectionError as ex:
+                reasons.append(str(ex))
+    except (SelectionError, DamagedResults) as ex:
+        raise fail(str(ex)) from None
+    if not kept:
+        raise fail(reasons[0] if len(exps) == 1 else f"no experiment has a run matching --where: {'; '.join(reasons)}")
+    for reason in reasons:
+        err.print(f"left out: {reason}", soft_wrap=True)
+    return kept
+
+
+def _kept(runs: pd.DataFrame | None, run_id: str) -> bool:
+    return runs is None or run_id in set(runs.run_id)
+
+
+@app.command(epilog=_examples("run"))
 def run(
     config: ConfigArg,
     set_: SetOpt = None,
@@ -189,7 +300,7 @@ def _print_grid(exp, out_dir: Path) -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(epilog=_examples("validate"))
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check CONFIG, load its data and build its models; print the size of its grid."""
     exp = _load(config, set_)
@@ -199,44 +310,90 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
         preflight(exp)
     except ConfigError as e:
         raise fail(str(e)) from None
-    axes = exp.config.axes()
-    shape = " x ".join(f"{k} ({len(v)})" for k, v in axes.items()) or "no grid"
-    out.print(f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {shape}")
+    out.print(f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {exp.config.shape()}")
 
 
 @app.command("list")
 def list_() -> None:
-    """What the registries hold and the packaged configs."""
+    """What the registries hold and the packaged configs, each with its description."""
+    import yaml
+
+    from normbench.config import resolve_config_path
     from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS
 
-    for title, reg in (
-        ("norms", NORMS),
-        ("activations", ACTIVATIONS),
-        ("inits", INITS),
-        ("optimizers", OPTIMIZERS),
-        ("datasets", DATASETS),
-        ("models", MODELS),
-    ):
-        out.print(f"[bold]{title}[/]")
-        for name in reg:
-            out.print(f"  {name:<12} {reg.help(name)}")
-    out.print("[bold]configs[/] (run by name, e.g. `normbench run morvan_tf23`)")
+    sections = [
+        (title, [(name, reg.help(name)) for name in reg])
+        for title, reg in (
+            ("norms", NORMS),
+            ("activations", ACTIVATIONS),
+            ("inits", INITS),
+            ("optimizers", OPTIMIZERS),
+            ("datasets", DATASETS),
+            ("models", MODELS),
+        )
+    ]
+    configs = []
     for name in packaged_configs():
-        out.print(f"  {name}")
+        try:
+            raw = yaml.safe_load(resolve_config_path(name).read_text())
+        except (OSError, ValueError, ConfigError):  # yaml.YAMLError is a ValueError
+            raw = None
+        configs.append((name, str(raw.get("description") or "") if isinstance(raw, dict) else ""))
+    sections.append(("configs (run by name, e.g. `normbench run morvan_tf23`)", configs))
+    # A terminal gets each description wrapped under itself; a pipe one line per entry, whole, for grep.
+    width = out.width if out.is_terminal else None
+    column = 2 + max(len(name) for _, rows in sections for name, _ in rows) + 2
+    for title, rows in sections:
+        out.print(title, style="bold", markup=False, soft_wrap=True)
+        for name, text in rows:
+            for line in entry_lines(name, text, column, width):
+                out.print(line, markup=False, soft_wrap=True)
 
 
-@app.command()
+def entry_lines(name: str, text: str, column: int, width: int | None) -> list[str]:
+    """`  name    text`, the text from `column` on, wrapped at word breaks to `width` (None: one line) with the
+    continuation lines indented to `column`; never cut."""
+    import textwrap
+
+    head = f"  {name}".ljust(column)
+    if width is None or not text:
+        return [(head + text).rstrip()]
+    return textwrap.wrap(
+        text,
+        width=max(width, column + 20),
+        initial_indent=head,
+        subsequent_indent=" " * column,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+@app.command(epilog=_examples("summary"))
 def summary(
     results: ResultsArg,
     format: Annotated[Format, typer.Option("--format", help="table, csv or json.")] = Format.table,
+    by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--by",
+            help="Group runs by this grid key (repeatable; a short name like `norm` will do): one row per group, "
+            "status counts and mean, std, min and max over the group's ok runs.",
+        ),
+    ] = None,
+    where: WhereOpt = None,
 ) -> None:
-    """One record per run: status, diverged step, final losses, grid parameters, dead/saturated per layer."""
+    """One record per run: status, diverged step, final losses (and accuracies), grid parameters, dead/saturated
+    per layer. With --by: one row per group of runs."""
     from normbench.report import records_csv, summary_records, summary_table
     from normbench.store import DamagedResults, experiment_axes
 
-    exps = _experiments(results)
+    selected = _select(_experiments(results), where)
+    exps = list(selected)
+    if by:
+        _summary_groups(exps, [k for item in by for k in item.split(",") if k], format, selected)
+        return
     try:
-        records = [r for e in exps for r in summary_records(e)]
+        records = [r for e in exps for r in summary_records(e) if _kept(selected[e], r["run_id"])]
     except DamagedResults as ex:
         raise fail(str(ex)) from None
     if format is Format.json:
@@ -254,7 +411,40 @@ def summary(
             err.print(f"{e.name}: {missing} of {total} runs not finished yet (`normbench run` trains them)")
 
 
-@app.command()
+def _summary_groups(
+    exps: list[Path], by: list[str], format: Format, selected: dict[Path, pd.DataFrame | None] | None = None
+) -> None:
+    import pandas as pd
+
+    from normbench.report import (
+        GroupKeyError,
+        aggregate_csv,
+        aggregate_records,
+        aggregate_runs,
+        aggregate_table,
+        resolve_keys_across,
+    )
+    from normbench.store import DamagedResults
+
+    try:
+        keys = resolve_keys_across(exps, by)
+        tables = [aggregate_runs(e, k, (selected or {}).get(e)) for e, k in zip(exps, keys, strict=True)]
+    except (GroupKeyError, DamagedResults) as ex:
+        raise fail(str(ex)) from None
+    for e, k in zip(exps, keys, strict=True):
+        if len(k) < len(by):
+            keys_text = ", ".join(k) or "nothing (all runs)"
+            err.print(f"{e.name}: grouped by {keys_text}: the other keys are not its grid keys", soft_wrap=True)
+    if format is Format.json:
+        sys.stdout.write(json.dumps([r for t in tables for r in aggregate_records(t)], indent=2) + "\n")
+    elif format is Format.csv:
+        sys.stdout.write(aggregate_csv(pd.concat(tables, ignore_index=True)))
+    else:
+        for e, t in zip(exps, tables, strict=True):
+            out.print(aggregate_table(t, title=e.name))
+
+
+@app.command(epilog=_examples("plot"))
 def plot(
     results: ResultsArg,
     format: Annotated[FigFormat, typer.Option("--format", help="png, svg or pdf.")] = FigFormat.png,
@@ -262,17 +452,73 @@ def plot(
         str | None, typer.Option(help="Grid key whose values are compared side by side (default model.norm).")
     ] = None,
     point: Annotated[Point, typer.Option(help="Which values the histogram grids show.")] = Point.post_act,
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Draw the compared runs on the same axes in the histogram grids.")
+    ] = False,
+    animate: Annotated[
+        bool, typer.Option("--animate", help="Also write the histogram grid over training as a GIF.")
+    ] = False,
+    ridge: Annotated[
+        bool, typer.Option("--ridge", help="Also draw every recorded step's histograms offset upwards (a ridge plot).")
+    ] = False,
+    where: WhereOpt = None,
 ) -> None:
-    """Write the figures of each experiment to OUT/<name>/figures/."""
-    from normbench.plot import PlotError, plot_experiment
+    """Write the figures of each experiment to OUT/<name>/figures/ (OUT/<name>/figures/by-<key>/ with a --compare
+    other than the default, a where-... folder inside it with --where)."""
+    from rich.progress import Progress
+
+    from normbench.plot import PlotError, plot_experiments, where_folder
     from normbench.store import DamagedResults
 
-    for e in _experiments(results):
+    selected = _select(_experiments(results), where)
+    exps = list(selected)
+    # A run id is the hash of the run's config, so one set of ids serves every experiment.
+    keep = {rid for runs in selected.values() if runs is not None for rid in runs.run_id}
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("drawing figures", total=None)
         try:
-            paths = plot_experiment(e, compare=compare, point=point.value, fmt=format.value)
+            paths = plot_experiments(
+                exps,
+                compare=compare,
+                point=point.value,
+                fmt=format.value,
+                overlay=overlay,
+                animate=animate,
+                ridge=ridge,
+                where=(lambda runs: runs.run_id.isin(keep)) if where else None,
+                subdir=where_folder(where) if where else None,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
         except (PlotError, DamagedResults) as ex:
             raise fail(str(ex)) from None
-        err.print(f"{e.name}: {len(paths)} figures -> {e / 'figures'}")
+    for e in exps:
+        mine = [p for p in paths if e in p.parents]
+        err.print(f"{e.name}: {len(mine)} figures -> {mine[0].parent if mine else e / 'figures'}")
+
+
+@app.command()
+def report(
+    results: ResultsArg,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="The HTML file to write (default: DIR/report.html).", show_default=False),
+    ] = None,
+    where: WhereOpt = None,
+) -> None:
+    """One self-contained HTML page: final numbers over seeds, the figures, every run's status, engine and device,
+    versions, the project's git commit and the resolved config. Figures are drawn unless DIR/<name>/figures/
+    holds PNGs newer than the results."""
+    from normbench.html_report import ReportError, write_report
+    from normbench.store import DamagedResults
+
+    selected = _select(_experiments(results), where)  # a wrong folder or --where: one line before anything is drawn
+    if out_file is not None and out_file.is_dir():
+        raise fail(f"--out {out_file} is a folder; give the file to write, e.g. {out_file / 'report.html'}")
+    try:
+        path = write_report(results, out_file, console=err, where=where, selected=selected)
+    except (ReportError, DamagedResults) as ex:
+        raise fail(str(ex)) from None
+    err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True)
 
 
 @app.command()
@@ -292,6 +538,63 @@ def check(results: ResultsArg) -> None:
             out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}")
     if damaged:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def export(
+    results: ResultsArg,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="TensorBoard event files (pip install 'normbench[tensorboard]').")
+    ] = False,
+    logdir: Annotated[
+        Path, typer.Option("--out", help="Log folder; each experiment goes to LOGDIR/<name>/, replaced.")
+    ] = Path("tensorboard"),
+) -> None:
+    """Write every run's curves, layer statistics and histograms for another tool: --tensorboard writes one
+    TensorBoard run per run (view with `tensorboard --logdir LOGDIR`)."""
+    from normbench.export import ExportError, export_tensorboard, summary_writer_class
+    from normbench.store import DamagedResults
+
+    if not tensorboard:
+        raise fail("say what to export: --tensorboard")
+    try:
+        summary_writer_class()  # the missing extra is one line, before any folder is read
+        for e in _experiments(results):
+            rep = export_tensorboard(e, logdir)
+            skipped = f", {rep.missing} not trained yet" if rep.missing else ""
+            failed = f", {rep.failed} failed (status text only)" if rep.failed else ""
+            runs = f"{rep.exported} run{'s' if rep.exported != 1 else ''}"
+            err.print(f"{e.name}: {runs}{failed}{skipped} -> {rep.path}", soft_wrap=True)
+    except (ExportError, DamagedResults) as ex:
+        raise fail(str(ex)) from None
+    err.print(f"view: tensorboard --logdir {logdir}", soft_wrap=True)
+
+
+@app.command()
+def claims(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer grid values and epochs where a full experiment is long (minutes).")
+    ] = False,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", help="Results folder: experiments go to OUT/<name>/, the verdicts to OUT/claims.md."),
+    ] = Path("results"),
+    only: Annotated[
+        list[str] | None, typer.Option("--only", metavar="ID", help="Check only this claim (repeatable).")
+    ] = None,
+    claims_file: Annotated[
+        Path | None, typer.Option("--claims", help="Another claims file (default: the packaged configs/claims.yaml).")
+    ] = None,
+) -> None:
+    """Check every testable claim of the source articles against measured numbers: trains the runs that are
+    missing, then prints one verdict per claim and setting (supported, not supported, inconclusive, not measured
+    yet) and writes OUT/claims.md and OUT/claims.json. Exit 0 whatever the verdicts."""
+    from normbench.claims import run_claims
+
+    try:
+        run_claims(out_dir, quick=quick, only=only, path=claims_file, console=out, progress=err)
+    except ConfigError as e:
+        raise fail(str(e)) from None
 
 
 @app.command()

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from pathlib import Path
 
+import pandas as pd
+import pytest
+import typer
+import yaml
 from typer.testing import CliRunner
 
-from normbench.cli import app
+from normbench.cli import EXAMPLES, app
 
 runner = CliRunner()
 
@@ -45,11 +52,12 @@ def test_run_summary_plot(tmp_path, write_config, tiny_raw):
     figures = sorted(p.name for p in (out / "tiny" / "figures").iterdir())
     assert "cost.png" in figures
     assert "units_activation-relu.png" in figures and "units_activation-tanh.png" in figures
-    assert "hist_post_act_activation-relu_step00006.png" in figures
+    assert "hist_post_act_activation-relu.png" in figures and "dist_activation-tanh.png" in figures
     for name in figures:
         assert (out / "tiny" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
     invoke("plot", str(out / "tiny"), "--format", "svg", "--point", "pre_norm", "--compare", "model.activation")
-    assert any(p.suffix == ".svg" for p in (out / "tiny" / "figures").iterdir())
+    by = out / "tiny" / "figures" / "by-model.activation"  # another comparison: its own folder, the first kept
+    assert any(p.suffix == ".svg" for p in by.iterdir()) and (out / "tiny" / "figures" / "cost.png").exists()
 
 
 def test_plot_and_summary_errors(tmp_path):
@@ -94,3 +102,237 @@ def test_failed_runs_make_run_exit_1_and_plot_refuses_empty(tmp_path, write_conf
     assert result.exit_code == 1 and "2 failed" in result.output
     result = runner.invoke(app, ["plot", str(tmp_path)])
     assert result.exit_code == 2 and "no finished runs" in result.output
+
+
+# -- the examples of --help and of README's Commands and Configs sections: each one runs -------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# README examples of what is refused, with a fragment of the message that says what to type instead.
+README_ERRORS = {
+    "--set model.norm=batch": ("morvan_tf23", "--set 'grid.model.norm=[batch]'"),
+    "--set seed=3": ("morvan_tf23", "--set 'seeds=[3]'"),
+}
+
+
+@pytest.fixture(scope="module")
+def examples_dir(tmp_path_factory):
+    """A folder whose results/morvan_tf23 holds a finished small sweep of model.norm x model.activation x train.lr,
+    which is what the examples name."""
+    root = tmp_path_factory.mktemp("examples")
+    args = ["run", "morvan_tf23", "--out", str(root / "results"), "--set", "seeds=[1]", "--set", "train.steps=6"]
+    args += ["--set", "data.n=64", "--set", "record.hist_every=3", "--set", "grid.train.lr=[0.01, 0.001]"]
+    result = runner.invoke(app, args)
+    assert result.exit_code in (0, 1), result.output  # diverged runs are results, not errors
+    return root
+
+
+def run_example(line: str, where: Path, monkeypatch):
+    args = shlex.split(line)
+    assert args[0] == "normbench", line
+    monkeypatch.chdir(where)
+    return runner.invoke(app, args[1:])
+
+
+def help_examples() -> list[str]:
+    return [x for lines in EXAMPLES.values() for x in lines]
+
+
+@pytest.mark.parametrize("example", help_examples())
+def test_every_help_example_works(examples_dir, monkeypatch, example):
+    result = run_example(example, examples_dir, monkeypatch)
+    assert result.exit_code == 0, (example, result.output)
+
+
+def click_commands(command=None, path=()):
+    """(path, click command) for the app and every command under it."""
+    command = command or typer.main.get_command(app)
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from click_commands(sub, (*path, name))
+
+
+def test_help_shows_its_examples_and_flags_as_flags():
+    for path, command in click_commands():
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "300"}, terminal_width=300)
+        assert result.exit_code == 0, (path, result.output)
+        assert "<bool>" not in result.output, (path, result.output)
+        for example in EXAMPLES.get(path[-1] if path else "", []):
+            assert example in result.output, (path, example, result.output)
+        for param in command.params:
+            if getattr(param, "is_flag", False) and not param.hidden:
+                assert param.opts[0] in result.output, (path, param.opts)
+        # every --set / --where an option's help shows is one of the examples run above
+        for param in command.params:
+            for opt, value in re.findall(r"--(set|where) ('[^']*'|[^\s;,)]+)", param.help or ""):
+                shown = f"--{opt} {value.rstrip('.')}"
+                assert any(shown in x for x in help_examples()), (path, shown)
+
+
+def readme_sections() -> str:
+    text = README.read_text()
+    parts = []
+    for title in ("## Commands", "## Configs"):
+        start = text.index(title)
+        parts.append(text[start : text.index("\n## ", start + len(title))])
+    return "\n".join(parts)
+
+
+def readme_spans(prefix: str) -> list[str]:
+    """Inline code of README's Commands and Configs sections starting with `prefix`, but not the syntax
+    templates (`normbench run CONFIG [--out results] ...`, `--where KEY=VALUE ...`)."""
+    spans = re.findall(r"`([^`\n]+)`", readme_sections())
+    template = re.compile(r"\b[A-Z]{2,}\b|\[--|\\\||\.\.\.$")
+    return [s for s in spans if s.startswith(prefix) and not template.search(s)]
+
+
+def test_readme_examples_are_found():
+    assert len(readme_spans("normbench ")) >= 3 and len(readme_spans("--set ")) >= 6
+    long = ("normbench claims", "normbench demo", "normbench bench")  # minutes each: run by .ci/run, not here
+    assert not [c for c in readme_spans("normbench ") if c.startswith(long)]
+    assert set(README_ERRORS) <= set(readme_spans("--set "))
+
+
+@pytest.mark.parametrize("command", readme_spans("normbench "))
+def test_every_readme_command_works(examples_dir, monkeypatch, command):
+    if command.startswith("normbench run "):
+        command += " --dry-run"  # the config and options are what can be wrong; training is tested elsewhere
+    result = run_example(command, examples_dir, monkeypatch)
+    assert result.exit_code == 0, (command, result.output)
+
+
+@pytest.mark.parametrize("option", readme_spans("--set "))
+def test_every_readme_set_works(option):
+    """On morvan_tf23, the config README's commands use; the ones README shows refused are refused as it says."""
+    config, fix = README_ERRORS.get(option, ("morvan_tf23", None))
+    result = runner.invoke(app, ["validate", config, *shlex.split(option)])
+    if fix is None:
+        assert result.exit_code == 0, (option, result.output)
+    else:
+        assert result.exit_code == 2 and fix in result.output, (option, result.output)
+
+
+@pytest.mark.parametrize("option", readme_spans("--where "))
+def test_every_readme_where_works(examples_dir, monkeypatch, option):
+    result = run_example(f"normbench summary results/morvan_tf23 {option}", examples_dir, monkeypatch)
+    assert result.exit_code == 0, (option, result.output)
+
+
+def test_readme_config_blocks_load():
+    from normbench.config import experiment_from_dict
+
+    blocks = re.findall(r"```yaml\n(.*?)```", readme_sections(), re.DOTALL)
+    assert len(blocks) >= 2
+    for block in blocks:
+        raw = yaml.safe_load(block)
+        assert experiment_from_dict({"name": "readme", **raw}).runs
+
+
+# -- normbench list --------------------------------------------------------------------------------------------
+
+
+def test_list_in_a_pipe_is_one_whole_line_per_entry():
+    from normbench.registry import NORMS
+
+    lines = invoke("list").stdout.splitlines()
+    for name in NORMS:
+        assert any(line.split() and line.split()[0] == name and line.endswith(NORMS.help(name)) for line in lines)
+    assert NORMS.help("switchable").endswith("the weights are over LN and BN.")  # the whole first paragraph
+    assert any(line.startswith("  morvan_tf23") and "noisy parabola" in line for line in lines)  # descriptions
+
+
+def test_list_entries_wrap_under_themselves_in_a_narrow_terminal():
+    from normbench.cli import entry_lines
+
+    text = "Switchable norm (Luo et al. 2018): learned softmax weights over IN, LN and BN statistics, separately."
+    lines = entry_lines("switchable", text, 16, 80)
+    assert len(lines) == 2 and all(len(line) <= 80 for line in lines)
+    assert lines[0].startswith("  switchable    Switchable") and lines[1].startswith(" " * 16 + "IN, LN")
+    assert " ".join(" ".join(lines).split()) == "switchable " + text  # nothing cut
+    assert entry_lines("switchable", text, 16, None) == ["  switchable    " + text]
+
+
+# -- --where ---------------------------------------------------------------------------------------------------
+
+
+def where_records(out: Path, *where: str) -> list[dict]:
+    args = ["summary", str(out), "--format", "json"]
+    for w in where:
+        args += ["--where", w]
+    return json.loads(invoke(*args).stdout)
+
+
+def test_where_keeps_the_matching_runs(examples_dir):
+    out = examples_dir / "results"
+    everything = where_records(out)
+    assert len(everything) == 8
+    batch = where_records(out, "model.norm=batch")
+    assert len(batch) == 4 and {r["model.norm"] for r in batch} == {"batch"}
+    assert where_records(out, "norm=batch") == batch  # a short key
+    both = where_records(out, "norm=batch", "train.lr=0.01")
+    assert len(both) == 2 and {(r["model.norm"], r["train.lr"]) for r in both} == {("batch", 0.01)}
+    assert where_records(out, "norm=batch", "lr=1e-2") == both  # YAML reads 1e-2 as text: still the number
+    assert len(where_records(out, "norm=[none,batch]", "activation=relu")) == 4  # a list: any of its values
+    assert len(where_records(out, "activation=relu", "activation=tanh")) == 8  # a key again: any of its values
+    assert len(where_records(out, "seed=1")) == 8
+    csv = invoke("summary", str(out), "--format", "csv", "--where", "norm=none").stdout
+    assert len(csv.strip().splitlines()) == 1 + 4
+
+
+@pytest.mark.parametrize(
+    ("where", "fragments"),
+    [
+        (["nrom=batch"], ["--where 'nrom' is not a grid key of morvan_tf23", "grid keys: model.norm"]),
+        (["norm=bogus"], ["--where norm=bogus matches no run of morvan_tf23", "model.norm values: none, batch"]),
+        (["norm=batch", "lr=0.5"], ["--where lr=0.5 matches no run", "train.lr values: 0.01, 0.001"]),
+        (["norm"], ["--where 'norm': expected KEY=VALUE"]),
+        (["norm=[batch"], ["not valid YAML"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["summary", "plot"])
+def test_a_bad_where_is_one_line(examples_dir, command, where, fragments):
+    args = [command, str(examples_dir / "results" / "morvan_tf23")]
+    for w in where:
+        args += ["--where", w]
+    result = runner.invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_ambiguous_short_key_and_a_folder_of_experiments(tmp_path, write_config, tiny_raw):
+    from normbench.store import SelectionError, select_runs
+
+    runs = pd.DataFrame({"run_id": ["a", "b"], "model.weight_init.std": [0.1, 1.0], "data.std": [1, 2]})
+    with pytest.raises(SelectionError, match=r"std' matches several grid keys.*model\.weight_init\.std, data\.std"):
+        select_runs(runs, ["std=1"], list(runs.columns[1:]), "x")
+    assert select_runs(runs, ["weight_init.std=0.1"], list(runs.columns[1:]), "x").run_id.tolist() == ["a"]
+
+    out = tmp_path / "results"
+    tiny_raw |= {"seeds": [1], "grid": {"model.norm": ["none", "batch"]}}
+    invoke("run", str(write_config(tiny_raw, "a.yaml")), "--out", str(out))
+    invoke(
+        "run",
+        str(write_config({**tiny_raw, "name": "other", "grid": {"model.depth": [2, 3]}}, "b.yaml")),
+        "--out",
+        str(out),
+    )
+    result = invoke("summary", str(out), "--format", "json", "--where", "norm=batch")
+    assert [r["experiment"] for r in json.loads(result.stdout)] == ["tiny"]
+    assert "left out: --where 'norm' is not a grid key of other" in result.stderr
+    result = runner.invoke(app, ["summary", str(out), "--where", "width=8"])
+    assert result.exit_code == 2 and "no experiment has a run matching --where" in result.output
+
+
+def test_plot_where_draws_only_the_matching_runs(examples_dir, monkeypatch):
+    from normbench import plot as plot_module
+
+    seen = []
+    real = plot_module.plot_experiments
+
+    def spy(exps, *args, where=None, **kw):
+        seen.extend(where(plot_module.load_runs(e)).sum() for e in exps)
+        return real(exps, *args, where=where, **kw)
+
+    monkeypatch.setattr(plot_module, "plot_experiments", spy)
+    invoke("plot", str(examples_dir / "results"), "--where", "norm=batch", "--where", "lr=0.01")
+    assert seen == [2]
