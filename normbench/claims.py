@@ -55,6 +55,7 @@ QUANTITIES = (
     "generalization_gap",
     "layer_spread",
     "sn_spread",
+    "column_mean",
 )
 SN_COLUMNS = ("sn_mean_in", "sn_mean_ln", "sn_mean_bn", "sn_var_in", "sn_var_ln", "sn_var_bn")
 
@@ -97,7 +98,7 @@ class Passing(Strict):
 class Measure(Strict):
     quantity: Literal[QUANTITIES]  # type: ignore[valid-type]
     step: Literal["first", "last"] = "last"  # dead_fraction, saturated_fraction, layer_spread
-    column: str | None = None  # layer_spread: a layers.parquet column
+    column: str | None = None  # layer_spread, column_mean: a layers.parquet column
     split: Literal["train", "test"] = "train"  # steps_to
     mode: Literal["train", "eval"] = "train"  # steps_to, generalization_gap
     field: Literal["loss", "accuracy"] = "loss"  # steps_to, generalization_gap
@@ -112,8 +113,8 @@ class Measure(Strict):
     def _complete(self) -> Measure:
         if self.quantity == "steps_to" and (self.at_least is None) == (self.at_most is None):
             raise ValueError("steps_to needs the level to reach: at_most (a loss) or at_least (an accuracy)")
-        if self.quantity == "layer_spread" and not self.column:
-            raise ValueError("layer_spread needs column (a layers.parquet column, e.g. backprop_norm)")
+        if self.quantity in ("layer_spread", "column_mean") and not self.column:
+            raise ValueError(f"{self.quantity} needs column (a layers.parquet column, e.g. backprop_norm)")
         if (self.over is None) != (self.reduce is None):
             raise ValueError("over and reduce go together")
         if self.reduce in ("share_passing", "largest_passing") and self.passing is None:
@@ -374,6 +375,7 @@ def run_values(m: Measure, runs: pd.DataFrame, res: Results) -> pd.Series:
         "saturated_fraction": _layer_mean,
         "layer_spread": _layer_spread,
         "sn_spread": _sn_spread,
+        "column_mean": _column_mean,
         "steps_to": _steps_to,
         "generalization_gap": _gap,
     }[m.quantity]
@@ -406,6 +408,14 @@ def _layer_spread(m: Measure, layers: pd.DataFrame) -> float:
     if values.min() <= 0:
         return math.inf
     return float(np.log10(values.max() / values.min()))
+
+
+def _column_mean(m: Measure, layers: pd.DataFrame) -> float:
+    """Mean of a layers.parquet column over hidden layers 2 and deeper and every step where it was measured (layer
+    1 has nothing but an input norm before it: internal covariate shift is 0 there by definition without one)."""
+    values = layers.loc[layers.layer >= 2, m.column].to_numpy(float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else math.nan
 
 
 def _sn_spread(m: Measure, layers: pd.DataFrame) -> float:

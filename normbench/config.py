@@ -245,6 +245,9 @@ class RecordConfig(Strict):
         "train", description="norms use batch statistics (train) or running statistics (eval) for histograms"
     )
     saturation_threshold: float = Field(0.99, gt=0, lt=1)
+    ics_every: int | None = Field(
+        None, gt=0, description="steps between internal covariate shift measurements (Santurkar et al. 2018); null: off"
+    )
 
 
 class RunConfig(Strict):
@@ -272,7 +275,10 @@ class RunConfig(Strict):
         return self
 
     def run_id(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        dumped = self.model_dump(mode="json")
+        if dumped["record"]["ics_every"] is None:  # off: the id a run had before the option existed
+            del dumped["record"]["ics_every"]
+        canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -667,6 +667,8 @@ def _band(ax: plt.Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any
 
 
 def _grad(exp: Experiment, group: Any):
+    """Per layer against the step: the norms of the backpropagated and the weight gradient (log scale), and, where
+    recorded (record.ics_every), internal covariate shift as cos(G, G') (Santurkar et al. 2018)."""
     runs = _first_seed(_group(exp, group))
     layers = exp.tables["layers"]
     layers = layers[layers.run_id.isin(runs.run_id)]
@@ -675,13 +677,12 @@ def _grad(exp: Experiment, group: Any):
         for m, t in (
             ("backprop_norm", "backpropagated gradient ||dL/dz||"),
             ("grad_norm", "weight gradient ||dL/dW||"),
+            ("ics_cos", "cos(G, G'): 1 = no covariate shift"),
         )
-        if m in layers.columns
+        if m in layers.columns and layers[m].notna().any()
     ]
     variants = _variants(exp, runs)
-    fig, axs = plt.subplots(
-        len(metrics), len(variants), figsize=(WIDTH, 2.3 * len(metrics) + 1.0), squeeze=False, sharey="row"
-    )
+    fig, axs = _subplots(len(metrics), len(variants), (WIDTH, 2.3 * len(metrics) + 1.0), "grad", sharey="row")
     depth = int(layers.layer.max())
     cmap = plt.get_cmap("viridis")
     for c, (value, vruns) in enumerate(variants):
@@ -689,18 +690,23 @@ def _grad(exp: Experiment, group: Any):
         mine = layers[layers.run_id == run.run_id]
         for r, (metric, title) in enumerate(metrics):
             ax = axs[r][c]
+            log = metric != "ics_cos"
             for layer, d in mine.groupby("layer"):
                 d = d.sort_values("step")
                 y = d[metric].to_numpy(float)
-                ok = np.isfinite(y) & (y > 0)
+                ok = np.isfinite(y) & ((y > 0) if log else True)
                 ax.plot(d.step[ok], y[ok], color=cmap((layer - 1) / max(depth - 1, 1)), lw=1.2, label=f"layer {layer}")
-            ax.set_yscale("log")
             ax.grid(alpha=0.3)
-            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(numticks=5))
-            ax.yaxis.set_major_formatter(PLAIN)
-            ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
-            if not (mine[metric] > 0).any():
+            if log:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(numticks=5))
+                ax.yaxis.set_major_formatter(PLAIN)
+                ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            else:
+                ax.set_ylim(-1.05, 1.05)
+                ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([-1, 0, 1]))
+            if log and not (mine[metric] > 0).any():
                 zero = (mine[metric] == 0).any()
                 why = "0 in every layer at every step:\nno gradient flows" if zero else "no finite values"
                 _note(ax, 0.5, 0.5, why, ha="center", va="center", fontsize=8)
@@ -712,7 +718,7 @@ def _grad(exp: Experiment, group: Any):
                 ax.set_xlabel("step")
     axs[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(
-        _title(exp, group, runs, "gradient norms per layer") + f" ({exp.mode_text()})",
+        _title(exp, group, runs, "gradients per layer") + f" ({exp.mode_text()})",
         fontsize=9,
     )
     fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / fig.get_figheight(), top=1 - 0.6 / fig.get_figheight())
@@ -889,6 +895,8 @@ def _units(exp: Experiment, group: Any):
     cmap = plt.get_cmap("magma_r").with_extremes(bad="lightgray")
     for r, (_, run) in enumerate(runs.iterrows()):
         data = layers[layers.run_id == run.run_id]
+        if run.status != "diverged":  # rows of other measurements only (record.ics_every) are not unit rows
+            data = data[data.dead_fraction.notna()]
         for c, metric in enumerate(shown):
             ax = axs[r][c]
             wide = data.pivot_table(index="layer", columns="step", values=metric, aggfunc="first", dropna=False)

@@ -312,6 +312,7 @@ def _fallback(shape: Shape, v: float) -> tuple[float, float]:
 
 # Switchable norm's importance weights, recorded per layer (NaN for every other norm).
 IMPORTANCE = tuple(f"sn_{what}_{kind}" for what in ("mean", "var") for kind in ("in", "ln", "bn"))
+ICS = ("ics_l2", "ics_cos")  # internal covariate shift per hidden layer (Recorder.ics), NaN where not measured
 
 
 @dataclass
@@ -428,5 +429,48 @@ class Recorder:
             hists[(layer, point)] = done[(id(v), setting)]
         return hists
 
+    def ics(self, step: int, which: list[int], x: torch.Tensor, y: torch.Tensor, update: torch.Tensor) -> None:
+        """Internal covariate shift as Santurkar et al. (2018, sec. 2.2) define it, in every hidden layer i, on the
+        step's own batch (x, y): G_i, the gradient of the loss w.r.t. layer i's weight, and G'_i, the same gradient
+        after the layers before i have taken this step's `update` (the optimizer's, not applied: optim.peek) while
+        layer i and those after it keep their values; ics_l2 = ||G_i - G'_i||, ics_cos their cosine.
+
+        "The layers before i" are the first entries of a theta row, up to where layer i's weight slice begins
+        (kernel.layer_weights): both kernels lay a row out in the order of the forward (the input norm, then each
+        layer's weight, bias and norm parameters, then the head), so that prefix is every parameter upstream of W_i.
+        Gradients are the kernel's probe in mode 'train' (batch statistics, as the training step): nothing is
+        changed, and theta is restored bit for bit."""
+        which = self._todo("ics", step, which)
+        if not which:
+            return
+        kernel = self.kernel
+        theta = kernel.theta
+        saved = theta.clone()
+        pick = torch.tensor(which, device=theta.device)
+        try:  # theta is no leaf of any graph (the autograd kernel's parameters are views of it): changed in place
+            before = kernel.probe(x, y, "train").grad.index_select(0, pick).double()
+            l2, cos = {}, {}
+            for i, s in sorted(kernel.layer_weights.items()):
+                theta.copy_(saved)
+                theta[:, : s.start].sub_(update[:, : s.start])  # as the optimizer's theta.sub_(update)
+                after = kernel.probe(x, y, "train").grad.index_select(0, pick).double()
+                g, h = before[:, s], after[:, s]
+                l2[i] = torch.linalg.vector_norm(g - h, dim=1)
+                cos[i] = (g * h).sum(1) / (torch.linalg.vector_norm(g, dim=1) * torch.linalg.vector_norm(h, dim=1))
+        finally:
+            theta.copy_(saved)
+        nan = float("nan")
+        for i in l2:
+            values = zip(l2[i].tolist(), cos[i].tolist(), strict=True)
+            for j, (d, c) in zip(which, values, strict=True):
+                row = {"ics_l2": d if math.isfinite(d) else nan, "ics_cos": c if math.isfinite(c) else nan}
+                self.rows[j]["ics"].append({"step": step, "layer": i, **row})
+
     def tables(self, j: int) -> dict[str, pd.DataFrame]:
-        return {name: pd.DataFrame(rows) for name, rows in self.rows[j].items()}
+        tables = {name: pd.DataFrame(rows) for name, rows in self.rows[j].items() if name != "ics"}
+        # ICS beside the other layer statistics; a step with only one of them has NaN for the other.
+        if "layers" in tables:
+            ics = pd.DataFrame(self.rows[j].get("ics", []), columns=["step", "layer", *ICS])
+            layers = tables["layers"].merge(ics.astype({c: "float64" for c in ICS}), on=["step", "layer"], how="outer")
+            tables["layers"] = layers.sort_values(["step", "layer"], ignore_index=True)
+        return tables

@@ -10,8 +10,9 @@ the kernel interface (base.py): the written-out MLP kernel or the autograd kerne
 
 Steps count parameter updates: step s is the state after s updates, step 0 the initialization. Losses are
 recorded at s % record.loss_every == 0, histograms and layer statistics at s % record.hist_every == 0, both also
-at the last step. A run whose training loss becomes NaN or inf at step s is recorded at s, with status 'diverged'
-and diverged_step s, then frozen: the other runs of its stack go on.
+at the last step; internal covariate shift (Recorder.ics) at s % record.ics_every == 0 when set, before update s+1,
+with the update it is about to apply. A run whose training loss becomes NaN or inf at step s is recorded at s, with
+status 'diverged' and diverged_step s, then frozen: the other runs of its stack go on.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class Training:
                 rec.losses(step, alive)
                 rec.layers(step, alive)
                 break
-            loss, correct = kernel.step(*next(stream))  # nothing is changed yet but the held-back statistics
+            batch = next(stream)
+            loss, correct = kernel.step(*batch)  # nothing is changed yet but the held-back statistics
             # On the full batch, the training split's train-mode loss at this step is this very loss.
             known = (loss, correct) if self.full_batch else None
             if step % rc.loss_every == 0:
@@ -189,6 +191,9 @@ class Training:
                 active &= ~bad
                 if not active.any():
                     break
+            if rc.ics_every is not None and step % rc.ics_every == 0:  # before the step: its update, not applied
+                update = self.opt.peek(kernel.theta, kernel.grad, active)
+                rec.ics(step, active.nonzero().flatten().tolist(), *batch, update)
             kernel.commit(active)
             self.opt.step(kernel.theta, kernel.grad, active)
             if on_step is not None:

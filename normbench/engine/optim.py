@@ -63,9 +63,19 @@ class FlatOptimizer:
         self.state: dict[str, torch.Tensor] = {}
         self.t = 0
 
+    def _update(self, theta: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        g = grad.add(theta, alpha=self.cfg.weight_decay) if self.cfg.weight_decay else grad
+        return self.rule(g, state, t, self.lr, self.cfg)
+
     @torch.no_grad()
     def step(self, theta: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> None:
         self.t += 1
-        g = grad.add(theta, alpha=self.cfg.weight_decay) if self.cfg.weight_decay else grad
-        update = self.rule(g, self.state, self.t, self.lr, self.cfg)
+        update = self._update(theta, grad, self.state, self.t)
         theta.sub_(update.masked_fill_(~active[:, None], 0.0))  # a diverged model's NaN update is kept out
+
+    @torch.no_grad()
+    def peek(self, theta: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """The update (M, P) that `step(theta, grad, active)` would subtract next, computed by the same ops on a copy
+        of the state: nothing here moves (neither the buffers nor the step count)."""
+        state = {k: v.clone() for k, v in self.state.items()}
+        return self._update(theta, grad, state, self.t + 1).masked_fill_(~active[:, None], 0.0)
