@@ -170,6 +170,8 @@ class Job:
 
 
 _EXPERIMENTS: list[Experiment] = []  # read by forked workers: set before the pool starts
+# The kinds of figure, costliest first (one GIF is a figure per recorded step).
+DRAW_ORDER = {"animation": 0, "ridge": 1, "hist": 2, "dist": 3, "grad": 4, "cost": 5, "units": 6, "final_vs": 7}
 
 
 def plot_experiment(
@@ -210,7 +212,10 @@ def plot_experiments(
     global _EXPERIMENTS
     _EXPERIMENTS = experiments
     try:
-        return _render(jobs, workers, progress)
+        # The costliest kinds first, so that the workers finish together; the paths come back in job order.
+        order = sorted(range(len(jobs)), key=lambda k: DRAW_ORDER.get(jobs[k].draw, 1))
+        paths = _render([jobs[k] for k in order], workers, progress)
+        return [paths[order.index(k)] for k in range(len(jobs))]
     finally:
         _EXPERIMENTS = []
 
