@@ -212,7 +212,7 @@ def _kept(runs: pd.DataFrame | None, run_id: str) -> bool:
     return runs is None or run_id in set(runs.run_id)
 
 
-@app.command(epilog=_examples("run"))
+@app.command(epilog=_examples("run"), short_help="Train every run of a config's grid that has not finished yet.")
 def run(
     config: ConfigArg,
     set_: SetOpt = None,
@@ -300,7 +300,7 @@ def _print_grid(exp, out_dir: Path) -> None:
     out.print(table)
 
 
-@app.command(epilog=_examples("validate"))
+@app.command(epilog=_examples("validate"), short_help="Check a config and print the size of its grid.")
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check CONFIG, load its data and build its models; print the size of its grid."""
     exp = _load(config, set_)
@@ -313,7 +313,7 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     out.print(f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {exp.config.shape()}")
 
 
-@app.command("list")
+@app.command("list", short_help="The registries and the packaged configs, with their descriptions.")
 def list_() -> None:
     """What the registries hold and the packaged configs, each with its description."""
     import yaml
@@ -368,7 +368,7 @@ def entry_lines(name: str, text: str, column: int, width: int | None) -> list[st
     )
 
 
-@app.command(epilog=_examples("summary"))
+@app.command(epilog=_examples("summary"), short_help="One record per run, or with --by one row per group of runs.")
 def summary(
     results: ResultsArg,
     format: Annotated[Format, typer.Option("--format", help="table, csv or json.")] = Format.table,
@@ -444,7 +444,7 @@ def _summary_groups(
             out.print(aggregate_table(t, title=e.name))
 
 
-@app.command(epilog=_examples("plot"))
+@app.command(epilog=_examples("plot"), short_help="Draw each experiment's figures.")
 def plot(
     results: ResultsArg,
     format: Annotated[FigFormat, typer.Option("--format", help="png, svg or pdf.")] = FigFormat.png,
@@ -496,7 +496,7 @@ def plot(
         err.print(f"{e.name}: {len(mine)} figures -> {mine[0].parent if mine else e / 'figures'}")
 
 
-@app.command()
+@app.command(short_help="One self-contained HTML page of an experiment's results.")
 def report(
     results: ResultsArg,
     out_file: Annotated[
@@ -521,7 +521,7 @@ def report(
     err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True)
 
 
-@app.command()
+@app.command(short_help="Verify every run's files against their checksums.")
 def check(results: ResultsArg) -> None:
     """Verify every run folder against the sizes and checksums written when it was committed; exit 1 if any run
     is damaged (`normbench run` trains damaged runs again)."""
@@ -540,7 +540,7 @@ def check(results: ResultsArg) -> None:
         raise typer.Exit(code=1)
 
 
-@app.command()
+@app.command(short_help="Write the results for another tool (TensorBoard).")
 def export(
     results: ResultsArg,
     tensorboard: Annotated[
@@ -570,7 +570,7 @@ def export(
     err.print(f"view: tensorboard --logdir {logdir}", soft_wrap=True)
 
 
-@app.command()
+@app.command(short_help="Check the source articles' claims against measured numbers.")
 def claims(
     quick: Annotated[
         bool, typer.Option("--quick", help="Fewer grid values and epochs where a full experiment is long (minutes).")
@@ -597,7 +597,7 @@ def claims(
         raise fail(str(e)) from None
 
 
-@app.command()
+@app.command(short_help="Time the ways of training side by side.")
 def bench(
     runs: Annotated[int, typer.Option(min=1, help="Runs (seeds) in the grid.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 251,
@@ -611,7 +611,7 @@ def bench(
     print_bench(runs, steps, repeat, out, demo)
 
 
-@demo_app.command("dead-neurons")
+@demo_app.command("dead-neurons", short_help="Morvan's batch-norm demonstration: run, draw, judge.")
 def dead_neurons(
     out_dir: OutOpt = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Re-run runs that already finished.")] = False,
