@@ -44,7 +44,17 @@ from normbench.report import (
     key_columns,
     shown_metrics,
 )
-from normbench.store import FINISHED, experiment_axes, find_experiments, load_runs, write_text_atomic
+from normbench.store import (
+    FINISHED,
+    default_compare,
+    experiment_axes,
+    experiment_axis_groups,
+    find_experiments,
+    group_keys,
+    group_slug,
+    load_runs,
+    write_text_atomic,
+)
 
 POINT_WORDS = {
     "pre_norm": "before the norm",
@@ -146,14 +156,11 @@ def _group_labels(exp_dir: Path, runs: pd.DataFrame) -> dict[str, str]:
     """Figure-name slugs of the groups `normbench plot` draws by default ('activation-relu') -> readable labels
     ('model.activation = relu')."""
     axes = [a for a in experiment_axes(exp_dir) if a in runs.columns]
-    compare = "model.norm" if "model.norm" in axes else (axes[0] if axes else None)
-    keys = [a for a in axes if a not in (compare, "seed")]
+    keys = group_keys(axes, experiment_axis_groups(exp_dir), default_compare(axes))
     labels = {"all": "all runs"}
     if keys:
-        for values in runs[keys].astype(str).drop_duplicates().itertuples(index=False):
-            parts = list(zip(keys, values, strict=True))
-            slug = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in parts)
-            labels[slug] = ", ".join(f"{k} = {v}" for k, v in parts)
+        for values in runs[keys].drop_duplicates().itertuples(index=False):
+            labels[group_slug(keys, tuple(values))] = ", ".join(f"{k} = {v}" for k, v in zip(keys, values, strict=True))
     return labels
 
 

@@ -45,7 +45,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from normbench.store import FINISHED, experiment_axes, experiment_axis_groups, load_runs, load_table
+from normbench.store import (
+    FINISHED,
+    default_compare,
+    experiment_axes,
+    experiment_axis_groups,
+    group_keys,
+    group_slug,
+    load_runs,
+    load_table,
+    tied_with,
+)
 
 FORWARD_POINTS = ("pre_norm", "post_norm", "post_act")
 POINT_TITLES = {
@@ -103,13 +113,15 @@ class Experiment:
         return f"{split}, train mode (norms use the batch's statistics)"
 
 
-def load_experiment(exp_dir: Path, compare: str | None = None, where: pd.Series | None = None) -> Experiment:
-    """Read what the figures need. `where`: a boolean mask over runs.parquet's rows (already selected runs)."""
+def load_experiment(
+    exp_dir: Path, compare: str | None = None, where: Callable[[pd.DataFrame], pd.Series] | None = None
+) -> Experiment:
+    """Read what the figures need. `where(runs) -> mask` keeps some of runs.parquet's rows."""
     all_runs = load_runs(exp_dir)
     if where is not None:
-        all_runs = all_runs[where]
+        all_runs = all_runs[where(all_runs)]
     axes = [a for a in experiment_axes(exp_dir) if a in all_runs.columns]
-    compare = compare or ("model.norm" if "model.norm" in axes else (axes[0] if axes else None))
+    compare = compare or default_compare(axes)
     if compare is not None and compare not in axes:
         raise PlotError(f"--compare {compare!r} is not a grid key of {exp_dir.name}; grid keys: {', '.join(axes)}")
     runs = all_runs[all_runs.status.isin(FINISHED)]
@@ -118,8 +130,7 @@ def load_experiment(exp_dir: Path, compare: str | None = None, where: pd.Series 
         raise PlotError(f"{exp_dir.name}: no finished runs to plot (statuses: {statuses})")
     config = yaml.safe_load((exp_dir / "config.yaml").read_text()) or {}
     tied = experiment_axis_groups(exp_dir)
-    held = [*_tied(tied, compare), "seed"]  # a zipped key compared: the keys zipped with it vary along
-    exp = Experiment(exp_dir, runs, all_runs, axes, tied, compare, [a for a in axes if a not in held], config)
+    exp = Experiment(exp_dir, runs, all_runs, axes, tied, compare, group_keys(axes, tied, compare), config)
     ids = runs.run_id.tolist()
     exp.tables = {name: load_table(exp_dir, name, ids) for name in ("curves", "histograms", "layers")}
     hists = exp.tables["histograms"]
@@ -202,10 +213,7 @@ def plot_experiments(
     """Every figure of every experiment, into DIR/figures/ (DIR/figures/by-<key>/ for a --compare other than the
     default). `where(runs) -> mask` keeps some runs; their figures go to a `subdir` of that folder when given, so
     that the figures of every run stay. Returns the paths written, in a stable order."""
-    experiments = []
-    for d in exp_dirs:
-        runs = load_runs(d)
-        experiments.append(load_experiment(d, compare, where(runs) if where else None))
+    experiments = [load_experiment(d, compare, where) for d in exp_dirs]
     jobs: list[Job] = []
     for i, exp in enumerate(experiments):
         jobs += _jobs(i, exp, _figure_dir(exp, subdir), point, fmt, overlay, animate, ridge)
@@ -221,9 +229,8 @@ def plot_experiments(
 
 
 def _figure_dir(exp: Experiment, subdir: str | None = None) -> Path:
-    default = "model.norm" if "model.norm" in exp.axes else (exp.axes[0] if exp.axes else None)
     out = exp.dir / "figures"
-    if exp.compare != default:
+    if exp.compare != default_compare(exp.axes):
         out = out / f"by-{exp.compare}"
     if subdir:
         out = out / subdir
@@ -249,7 +256,7 @@ def _jobs(
     jobs = [Job("cost", i, out / f"cost.{fmt}")]
     jobs += [Job("final_vs", i, out / f"final_vs_{k.split('.')[-1]}.{fmt}", {"key": k}) for k in numeric_axes(exp)]
     for key, _ in exp.groups():
-        slug = _slug(exp.group_keys, key)
+        slug = group_slug(exp.group_keys, key)
         g = {"group": key}
         if not hists.empty:
             for p in points:
@@ -299,11 +306,6 @@ def _draw(job: Job) -> Path:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Labels
-
-
-def _slug(keys: list[str], values: Any) -> str:
-    values = values if isinstance(values, tuple) else (values,)
-    return "_".join(f"{k.split('.')[-1]}-{v}" for k, v in zip(keys, values, strict=True)) or "all"
 
 
 def _label(keys: list[str], values: Any) -> str:
@@ -822,11 +824,6 @@ def _divergence_marks(ax: plt.Axes, marks: list, finite_all: list[float]) -> Non
 # Final numbers against a numeric grid key (batch size, weight scale, lr): one line per compared value
 
 
-def _tied(groups: list[list[str]], key: str | None) -> list[str]:
-    """`key` and the keys zipped with it."""
-    return next((g for g in groups if key in g), [key] if key else [])
-
-
 def numeric_axes(exp: Experiment) -> list[str]:
     """Grid keys other than seed whose values are all numbers, with at least 3 of them."""
     found = []
@@ -842,7 +839,7 @@ def _final_vs(exp: Experiment, key: str):
     """Final train loss and (for classification) final test accuracy in eval mode against `key`; seeds as mean
     with min-max band; failed or diverged runs are counted in the legend, never silently averaged in."""
     runs = exp.all_runs
-    rest = [a for a in exp.axes if a not in (*_tied(exp.tied, key), *_tied(exp.tied, exp.compare), "seed")]
+    rest = [a for a in exp.axes if a not in (*tied_with(exp.tied, key), *tied_with(exp.tied, exp.compare), "seed")]
     groups = list(runs.groupby(rest, sort=False)) if rest else [((), runs)]
     metrics = [("final_train_loss", "final train loss (train mode)")]
     if runs.final_test_accuracy.notna().any():

@@ -392,6 +392,30 @@ def experiment_axis_groups(exp_dir: Path) -> list[list[str]]:
     return groups + ([["seed"]] if cfg.get("seeds") is not None else [])
 
 
+def default_compare(axes: list[str]) -> str | None:
+    """The grid key figures compare side by side unless told otherwise: model.norm where the grid varies it, else
+    the first grid key."""
+    return "model.norm" if "model.norm" in axes else (axes[0] if axes else None)
+
+
+def tied_with(groups: list[list[str]], key: str | None) -> list[str]:
+    """`key` and the keys zipped with it (groups: experiment_axis_groups)."""
+    return next((g for g in groups if key in g), [key] if key else [])
+
+
+def group_keys(axes: list[str], groups: list[list[str]], compare: str | None) -> list[str]:
+    """The grid keys whose values split the runs into figure groups: all but the compared one (with the keys
+    zipped with it, which vary along) and seed."""
+    held = [*tied_with(groups, compare), "seed"]
+    return [a for a in axes if a not in held]
+
+
+def group_slug(keys: list[str], values: Any) -> str:
+    """A figure group's part of a file name: ('model.activation',), ('relu',) -> 'activation-relu'; 'all'."""
+    values = values if isinstance(values, tuple) else (values,)
+    return "_".join(f"{k.split('.')[-1]}-{v}" for k, v in zip(keys, values, strict=True)) or "all"
+
+
 # -- selecting runs: --where KEY=VALUE ------------------------------------------------------------------------------
 
 
