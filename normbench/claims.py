@@ -56,7 +56,11 @@ QUANTITIES = (
     "layer_spread",
     "sn_spread",
     "column_mean",
+    "landscape",
+    "mode_ratio",
+    "final_value",
 )
+LANDSCAPE = ("loss_range", "grad_change", "beta")  # report.landscape_summary's columns
 SN_COLUMNS = ("sn_mean_in", "sn_mean_ln", "sn_mean_bn", "sn_var_in", "sn_var_ln", "sn_var_bn")
 
 
@@ -98,10 +102,11 @@ class Passing(Strict):
 class Measure(Strict):
     quantity: Literal[QUANTITIES]  # type: ignore[valid-type]
     step: Literal["first", "last"] = "last"  # dead_fraction, saturated_fraction, layer_spread
-    column: str | None = None  # layer_spread, column_mean: a layers.parquet column
-    split: Literal["train", "test"] = "train"  # steps_to
-    mode: Literal["train", "eval"] = "train"  # steps_to, generalization_gap
-    field: Literal["loss", "accuracy"] = "loss"  # steps_to, generalization_gap
+    column: str | None = None  # layer_spread, column_mean: a layers.parquet column; landscape: one of LANDSCAPE
+    split: Literal["train", "test"] = "train"  # steps_to, mode_ratio, final_value
+    mode: Literal["train", "eval", "precise"] = "train"  # steps_to, generalization_gap, mode_ratio, final_value
+    versus: Literal["train", "eval", "precise"] = "precise"  # mode_ratio: the mode `mode` is held against
+    field: Literal["loss", "accuracy"] = "loss"  # steps_to, generalization_gap, final_value
     at_least: float | None = None  # steps_to: the level the curve must reach
     at_most: float | None = None
     over: str | None = None  # a grid axis: one number per seed from the runs along it
@@ -115,6 +120,8 @@ class Measure(Strict):
             raise ValueError("steps_to needs the level to reach: at_most (a loss) or at_least (an accuracy)")
         if self.quantity in ("layer_spread", "column_mean") and not self.column:
             raise ValueError(f"{self.quantity} needs column (a layers.parquet column, e.g. backprop_norm)")
+        if self.quantity == "landscape" and self.column not in LANDSCAPE:
+            raise ValueError(f"landscape needs column: one of {', '.join(LANDSCAPE)}")
         if (self.over is None) != (self.reduce is None):
             raise ValueError("over and reduce go together")
         if self.reduce in ("share_passing", "largest_passing") and self.passing is None:
@@ -378,8 +385,12 @@ def run_values(m: Measure, runs: pd.DataFrame, res: Results) -> pd.Series:
         "column_mean": _column_mean,
         "steps_to": _steps_to,
         "generalization_gap": _gap,
+        "mode_ratio": _mode_ratio,
+        "final_value": _final_value,
+        "landscape": _landscape,
     }[m.quantity]
-    name = "curves" if m.quantity in ("steps_to", "generalization_gap") else "layers"
+    curves = ("steps_to", "generalization_gap", "mode_ratio", "final_value")
+    name = "curves" if m.quantity in curves else "landscape" if m.quantity == "landscape" else "layers"
     table = res.table(name)
     groups = dict(tuple(table.groupby("run_id"))) if len(table) else {}
     v = pd.Series(
@@ -439,6 +450,34 @@ def _gap(m: Measure, curves: pd.DataFrame) -> float:
         return math.nan
     gap = last["train"] - last["test"] if m.field == "accuracy" else last["test"] - last["train"]
     return float(gap) if np.isfinite(gap) else math.nan
+
+
+def _mode_ratio(m: Measure, curves: pd.DataFrame) -> float:
+    """log10 of the loss in mode `mode` over the loss in mode `versus`, on `split` at the last step (mode 'precise':
+    eval mode with recomputed statistics, record.precise_bn)."""
+    c = curves[(curves.split == m.split) & (curves.step == curves.step.max())].set_index("mode").loss
+    if m.mode not in c or m.versus not in c:
+        return math.nan
+    a, b = float(c[m.mode]), float(c[m.versus])
+    return math.log10(a / b) if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0 else math.nan
+
+
+def _final_value(m: Measure, curves: pd.DataFrame) -> float:
+    """The curve's `field` on `split` in `mode` at the last step (a diverged run's loss: +inf, as the final losses)."""
+    c = curves[(curves.split == m.split) & (curves["mode"] == m.mode)]
+    if c.empty:
+        return math.nan
+    value = float(c.loc[c.step == c.step.max(), m.field].iloc[0])
+    return math.inf if m.field == "loss" and not math.isfinite(value) else value
+
+
+def _landscape(m: Measure, table: pd.DataFrame) -> float:
+    """Mean over the measured steps of one of report.landscape_summary's numbers (record.landscape_every); NaN when a
+    step has none (a point along the gradient with an infinite loss: no smoothness number)."""
+    from normbench.report import landscape_summary
+
+    values = landscape_summary(table)[m.column].to_numpy(float)
+    return float(values.mean()) if len(values) and np.isfinite(values).all() else math.nan
 
 
 def seed_values(m: Measure, runs: pd.DataFrame, values: pd.Series) -> pd.Series:

@@ -140,6 +140,10 @@ class ModelConfig(Strict):
         description="bias of linear/conv layers; auto: none where a norm directly follows (Ioffe & Szegedy 2015)",
     )
     norm_groups: int = Field(2, gt=0, description="group norm: channel groups per layer")
+    norm_noise: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=1)]] = Field(
+        (0.5, 1.5),
+        description="noisy_batch norm: [m, s]; every step each channel is shifted by U(-m, m) and scaled by U(1, s)",
+    )
     channels: list[Annotated[int, Field(gt=0)]] = Field([16, 32], min_length=1, description="cnn: channels per block")
     kernel: int = Field(3, gt=0, description="cnn: odd convolution kernel size")
     pool: Literal["max", "avg", "none"] = Field("max", description="cnn: 2x2 pooling after each block")
@@ -248,6 +252,32 @@ class RecordConfig(Strict):
     ics_every: int | None = Field(
         None, gt=0, description="steps between internal covariate shift measurements (Santurkar et al. 2018); null: off"
     )
+    landscape_every: int | None = Field(
+        None, gt=0, description="steps between loss-landscape measurements along the gradient (Santurkar et al.)"
+    )
+    landscape_scales: list[PositiveFloat] = Field(
+        [0.5, 1.0, 2.0, 4.0],
+        min_length=1,
+        description="landscape: steps along -gradient of these multiples of the run's lr (sgd: of its own step)",
+    )
+    running_stats: bool = Field(
+        False, description="how far BN's running statistics are from the training set's, at each histogram step"
+    )
+    precise_bn: bool = Field(
+        False, description="after training, the losses with running statistics recomputed on the training set"
+    )
+
+
+# Options added after results existed: while at their defaults they are left out of the run id, so that adding them
+# did not make every earlier run train again.
+LATER_OPTIONS = (
+    ("record", "ics_every"),
+    ("record", "landscape_every"),
+    ("record", "landscape_scales"),
+    ("record", "running_stats"),
+    ("record", "precise_bn"),
+    ("model", "norm_noise"),
+)
 
 
 class RunConfig(Strict):
@@ -276,8 +306,10 @@ class RunConfig(Strict):
 
     def run_id(self) -> str:
         dumped = self.model_dump(mode="json")
-        if dumped["record"]["ics_every"] is None:  # off: the id a run had before the option existed
-            del dumped["record"]["ics_every"]
+        defaults = {"record": RecordConfig().model_dump(mode="json"), "model": ModelConfig().model_dump(mode="json")}
+        for section, key in LATER_OPTIONS:  # at its default: the id a run had before the option existed
+            if dumped[section][key] == defaults[section][key]:
+                del dumped[section][key]
         canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

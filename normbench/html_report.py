@@ -123,7 +123,7 @@ def experiment_figures(
 # than the compared one and seed ('activation-relu', 'all'). Figures of the whole experiment come first, then each
 # group's, kinds in this order; kinds not listed follow in name order.
 EXPERIMENT_KINDS = ("cost", "final_vs")
-GROUP_KINDS = ("hist", "ridge", "dist", "grad", "units")
+GROUP_KINDS = ("hist", "ridge", "dist", "grad", "units", "landscape", "running")
 POINT_NAME = re.compile(r"(.+?)_(pre_norm|post_norm|post_act|grad_pre_norm|grad_weight)")
 STEP = re.compile(r"_step0*(\d+)$")
 
@@ -202,6 +202,18 @@ def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str,
     if name.kind == "units":
         return f"Dead and saturated units, {group}", (
             f"Dead units and saturated values of each hidden layer against the step, one row per run; {group}."
+        )
+    if name.kind == "landscape":
+        return f"Loss landscape along the gradient, {group}", (
+            "The loss landscape along the gradient (Santurkar et al. 2018): at each measured step, the range of the "
+            "loss over steps of several sizes along the gradient, the largest change of the gradient there and the "
+            f"effective beta-smoothness, one seed; {group}. Narrower and lower is smoother."
+        )
+    if name.kind == "running":
+        return f"Running statistics, {group}", (
+            "Batch norm's running statistics against the training set's, per layer, and the training-set loss in "
+            "train mode, eval mode and with recomputed (precise) statistics at the end, one seed; "
+            f"{group}."
         )
     words = " ".join(x for x in (name.kind.replace("_", " "), where, group and f"({group})") if x)
     return words, f"{words[:1].upper()}{words[1:]}."

@@ -15,6 +15,10 @@ Per group:
                            the stored histograms against the step, compared runs overlaid (Glorot & Bengio 2010)
     grad_<g>.png           per-layer gradient norms over training (backpropagated dL/dz and weight gradient)
     units_<g>.png          dead units and saturated values, layer x step
+    landscape_<g>.png      (record.landscape_every) the loss range, gradient change and beta-smoothness along the
+                           gradient against the step (Santurkar et al. 2018, fig. 4)
+    running_<g>.png        (record.running_stats) the running statistics' error per layer, and the training-set
+                           loss in train mode, eval mode and, with record.precise_bn, with precise statistics
     anim_<point>_<g>.gif   (--animate) the histogram grid at every recorded step, one frame each
 
 Nothing is left out silently: values outside a histogram's range and NaN/inf are drawn as bars at the panel's
@@ -45,6 +49,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from normbench.report import landscape_summary
 from normbench.store import (
     FINISHED,
     default_compare,
@@ -132,7 +137,7 @@ def load_experiment(
     tied = experiment_axis_groups(exp_dir)
     exp = Experiment(exp_dir, runs, all_runs, axes, tied, compare, group_keys(axes, tied, compare), config)
     ids = runs.run_id.tolist()
-    exp.tables = {name: load_table(exp_dir, name, ids) for name in ("curves", "histograms", "layers")}
+    exp.tables = {name: load_table(exp_dir, name, ids) for name in ("curves", "histograms", "layers", "landscape")}
     hists = exp.tables["histograms"]
     if not hists.empty:
         exp.tables["histograms"] = hists.join(percentiles(hists))
@@ -182,7 +187,18 @@ class Job:
 
 _EXPERIMENTS: list[Experiment] = []  # read by forked workers: set before the pool starts
 # The kinds of figure, costliest first (one GIF is a figure per recorded step).
-DRAW_ORDER = {"animation": 0, "ridge": 1, "hist": 2, "dist": 3, "grad": 4, "cost": 5, "units": 6, "final_vs": 7}
+DRAW_ORDER = {
+    "animation": 0,
+    "ridge": 1,
+    "hist": 2,
+    "dist": 3,
+    "grad": 4,
+    "running": 5,
+    "landscape": 6,
+    "cost": 7,
+    "units": 8,
+    "final_vs": 9,
+}
 
 
 def plot_experiment(
@@ -271,6 +287,10 @@ def _jobs(
             if "backprop_norm" in layers.columns or "grad_norm" in layers.columns:
                 jobs.append(Job("grad", i, out / f"grad_{slug}.{fmt}", g))
             jobs.append(Job("units", i, out / f"units_{slug}.{fmt}", g))
+            if "running_mean_err" in layers.columns and layers.running_mean_err.notna().any():
+                jobs.append(Job("running", i, out / f"running_{slug}.{fmt}", g))
+        if not exp.tables["landscape"].empty:
+            jobs.append(Job("landscape", i, out / f"landscape_{slug}.{fmt}", g))
     return jobs
 
 
@@ -409,6 +429,15 @@ def _few_ticks(ax: plt.Axes, x: int = 4, y: int = 3) -> None:
     """At most about x and y ticks: small panels read better, and every tick costs drawing time."""
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(x))
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(y))
+
+
+def _log_y(ax: plt.Axes) -> None:
+    """A log y axis whose ticks read as plain numbers (1, 2, 5 of each decade: a range within one decade still has
+    labelled ticks), without minor labels (mathtext is slow to draw and hard to read)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=6))
+    ax.yaxis.set_major_formatter(PLAIN)
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def _pct(share: float) -> str:
@@ -733,6 +762,123 @@ def _grad(exp: Experiment, group: Any):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The loss landscape along the gradient (record.landscape_every)
+
+
+def _landscape(exp: Experiment, group: Any):
+    """Santurkar et al. (2018, fig. 4)'s three panels against the step, compared runs overlaid: the range of the loss
+    along the gradient (a band from its min to its max), the largest change of the gradient there, and the effective
+    beta-smoothness. Narrower and lower is smoother."""
+    runs = _first_seed(_group(exp, group))
+    table = exp.tables["landscape"]
+    table = table[table.run_id.isin(runs.run_id)]
+    summary = landscape_summary(table)
+    fig, axs = _subplots(1, 3, (WIDTH, 3.2), "landscape")
+    titles = (
+        "loss along the gradient (min to max)",
+        "gradient change ||g - g'|| (max)",
+        "effective beta-smoothness (max ||g - g'|| / ||d||)",
+    )
+    scales = sorted(table.scale.unique())
+    for k, (value, vruns) in enumerate(_variants(exp, runs)):
+        run = vruns.iloc[0]
+        color = COLORS[k % len(COLORS)]
+        mine = table[table.run_id == run.run_id]
+        band = mine.groupby("step").loss.agg(["min", "max"])
+        band = band[np.isfinite(band["min"]) & np.isfinite(band["max"]) & (band["min"] > 0)]
+        label = _value_label(exp.compare, value) if exp.compare else run.run_id
+        _band(
+            axs[0][0],
+            band.index.to_numpy(float),
+            band["min"].to_numpy(),
+            band["max"].to_numpy(),
+            color=color,
+            alpha=0.35,
+        )
+        axs[0][0].plot(band.index, band["min"], color=color, lw=1.0, label=label)
+        mine_summary = summary[summary.run_id == run.run_id]
+        for ax, metric in zip(axs[0][1:], ("grad_change", "beta"), strict=True):
+            d = mine_summary[np.isfinite(mine_summary[metric]) & (mine_summary[metric] > 0)]
+            ax.plot(d.step, d[metric], color=color, lw=1.4, marker="o", ms=2.5)
+        if run.status == "diverged":
+            _note(axs[0][0], 0.02, 0.04 + 0.07 * k, f"{label}: diverged at step {run.diverged_step}", color=color)
+    for ax, title in zip(axs[0], titles, strict=True):
+        _log_y(ax)
+        ax.grid(alpha=0.3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+    axs[0][0].legend(loc="upper right", frameon=False)
+    steps = ", ".join(f"{s:g}" for s in scales if s > 0)
+    fig.suptitle(
+        _title(exp, group, runs, "loss landscape along the gradient")
+        + f"\nfrom each measured step to theta - k lr g, k in {{{steps}}}, on the step's batch (batch statistics)",
+        fontsize=9,
+    )
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.15, top=0.8, wspace=0.28)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batch norm's running statistics (record.running_stats, record.precise_bn)
+
+
+def _running(exp: Experiment, group: Any):
+    """For each compared run with running statistics: per layer, how far the running mean and variance are from the
+    training set's (record.running_stats), and the training-set loss with batch statistics (train mode), running
+    statistics (eval mode) and, at the end, recomputed ones (precise BN): the gap between the first two is what
+    deploying the model costs; what precise BN closes of it is the running averages' share."""
+    runs = _first_seed(_group(exp, group))
+    layers, curves = exp.tables["layers"], exp.tables["curves"]
+    with_stats = layers[layers.run_id.isin(runs.run_id) & layers.running_mean_err.notna()].run_id.unique()
+    variants = [(v, r) for v, r in _variants(exp, runs) if r.run_id.iloc[0] in with_stats]
+    if not variants:
+        return None
+    rows = (("running_mean_err", "running mean's error (population stds)"), ("running_var_err", "|log var ratio|"))
+    fig, axs = _subplots(3, len(variants), (WIDTH, 7.2), "running", sharey="row")
+    depth = int(layers.layer.max())
+    cmap = plt.get_cmap("viridis")
+    for c, (value, vruns) in enumerate(variants):
+        run = vruns.iloc[0]
+        mine = layers[layers.run_id == run.run_id]
+        name = _value_label(exp.compare, value) if exp.compare else ""
+        for r, (metric, title) in enumerate(rows):
+            ax = axs[r][c]
+            for layer, d in mine.groupby("layer"):
+                d = d.sort_values("step")
+                ok = np.isfinite(d[metric]) & (d[metric] > 0)
+                color = cmap((layer - 1) / max(depth - 1, 1))
+                ax.plot(d.step[ok], d[metric][ok], color=color, lw=1.2, label=f"layer {layer}")
+            _log_y(ax)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{name}: {title}" if name else title)
+        ax = axs[2][c]
+        train = curves[(curves.run_id == run.run_id) & (curves.split == "train")]
+        for mode, color, label in (("train", COLORS[0], "train mode"), ("eval", COLORS[1], "eval mode")):
+            d = train[train["mode"] == mode].sort_values("step")
+            ok = np.isfinite(d.loss) & (d.loss > 0)
+            ax.plot(d.step[ok], d.loss[ok], color=color, lw=1.3, label=label)
+        precise = train[train["mode"] == "precise"]
+        if len(precise):
+            ax.plot(precise.step, precise.loss, "D", color=COLORS[2], ms=6, label="precise BN (eval)")
+        _log_y(ax)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{name}: training-set loss" if name else "training-set loss")
+        ax.set_xlabel("step")
+        if run.status == "diverged":
+            _note(ax, 0.98, 0.04, f"diverged at step {run.diverged_step}", ha="right")
+    axs[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axs[2][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(
+        _title(exp, group, runs, "running statistics against the training set's")
+        + "\n(each layer's input over the training set, the network in eval mode)",
+        fontsize=9,
+    )
+    fig.subplots_adjust(left=0.08, right=0.8, bottom=0.07, top=0.9, hspace=0.45)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Cost curves: one panel per group, one line per compared value, seeds as mean and min-max band
 
 
@@ -949,4 +1095,6 @@ DRAW: dict[str, Callable[..., Any]] = {
     "grad": _grad,
     "units": _units,
     "animation": _animation,
+    "landscape": _landscape,
+    "running": _running,
 }

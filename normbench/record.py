@@ -11,6 +11,11 @@ and, in every hidden layer (1..depth), the gradients of the probe's loss (a mean
     grad_pre_norm  d(loss)/d(pre_norm), every sample and channel: the backpropagated gradient
     grad_weight    d(loss)/d(W), the layer's weight matrix or conv kernel
 
+Optional measurements (record.*): internal covariate shift (`ics_every`, Recorder.ics), the loss landscape along the
+gradient (`landscape_every`, Recorder.landscape), how far batch norm's running statistics are from the training
+set's (`running_stats`, Recorder.layers) and the losses with recomputed "precise" statistics (`precise_bn`,
+Recorder.precise).
+
 Histograms have equal bins over a range, fixed (record.ranges.<point>: [lo, hi]) or chosen from the histogram's
 own values (`auto`: auto_ranges), and count, beside the bins, the finite values below and above the range and the
 NaN and inf values: counts + below + above + nan + inf == n, always. Nothing silently falls out of a picture (the
@@ -313,6 +318,7 @@ def _fallback(shape: Shape, v: float) -> tuple[float, float]:
 # Switchable norm's importance weights, recorded per layer (NaN for every other norm).
 IMPORTANCE = tuple(f"sn_{what}_{kind}" for what in ("mean", "var") for kind in ("in", "ln", "bn"))
 ICS = ("ics_l2", "ics_cos")  # internal covariate shift per hidden layer (Recorder.ics), NaN where not measured
+RUNNING = ("running_mean_err", "running_var_err")  # running vs training-set statistics (record.running_stats)
 
 
 @dataclass
@@ -335,6 +341,30 @@ class Measured(Protocol):
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe: ...
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def population_stats(pre_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel mean and unbiased variance (as PyTorch's running update takes it) of a norm's input (M, C, K),
+    over its K values (every sample, and every position of a conv map), in float64: (M, C) each."""
+    v = pre_norm.detach().to(torch.float64)
+    return v.mean(2), v.var(2, unbiased=True)
+
+
+def running_errors(
+    running: tuple[torch.Tensor, torch.Tensor], population: tuple[torch.Tensor, torch.Tensor], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far running statistics (mean, var) (M, C) are from a population's, per model (M,):
+        running_mean_err = sqrt(mean_c (mu_run - mu_pop)^2 / (var_pop + eps))       the mean's error, in population stds
+        running_var_err  = sqrt(mean_c log((var_run + eps) / (var_pop + eps))^2)   the variance's, as a log ratio
+    0 when they agree; 0.1 is a mean off by a tenth of a std, or a variance off by about 10%."""
+    (mr, vr), (mp, vp) = (tuple(t.to(torch.float64) for t in pair) for pair in (running, population))
+    mean_err = ((mr - mp).square() / (vp + eps)).mean(1).sqrt()
+    var_err = ((vr + eps) / (vp + eps)).log().square().mean(1).sqrt()
+    return mean_err, var_err
 
 
 class Recorder:
@@ -396,6 +426,8 @@ class Recorder:
             i: torch.linalg.vector_norm(points[(i, "grad_pre_norm")].flatten(1), dim=1).tolist() for i, _ in slices
         }
         importance = {i: v[pick.cpu()].tolist() for i, v in probe.importance.items()}
+        running = self._running_errors(pick) if rc.running_stats else {}
+        nan2 = [(math.nan, math.nan)] * len(which)
         for pos, j in enumerate(which):
             rows = self.rows[j]
             for (layer, point), h in sorted(hists.items()):
@@ -410,8 +442,25 @@ class Recorder:
                         "backprop_norm": backprop[i][pos],
                         "weight_norm": weight[i][pos],
                         **dict(zip(IMPORTANCE, importance[i][pos], strict=True)),
+                        **dict(zip(RUNNING, running.get(i, nan2)[pos], strict=True)),
                     }
                 )
+
+    def _running_errors(self, pick: torch.Tensor) -> dict[int, list[tuple[float, float]]]:
+        """running_errors of every layer with running statistics, for the picked models, against the statistics of
+        the layer's input on the training split with the network in eval mode (the layers before on their running
+        statistics too): the input the layer gets when the model is deployed, on the data it was trained on."""
+        stats = self.kernel.running_stats()
+        if not stats:
+            return {}
+        probe = self.kernel.probe(*self.splits["train"], "eval")
+        eps = self.cfgs[0].model.norm_eps
+        out = {}
+        for i, (mean, var) in stats.items():
+            population = population_stats(probe.points[(i, "pre_norm")].index_select(0, pick))
+            errors = running_errors((mean[pick], var[pick]), population, eps)
+            out[i] = list(zip(*(e.tolist() for e in errors), strict=True))
+        return out
 
     def _histograms(self, points: dict[tuple[int, str], torch.Tensor]) -> dict[tuple[int, str], list[Histogram]]:
         """The histograms of every point of every picked model, each over record.ranges.<point> (`input` for layer
@@ -438,8 +487,8 @@ class Recorder:
         "The layers before i" are the first entries of a theta row, up to where layer i's weight slice begins
         (kernel.layer_weights): both kernels lay a row out in the order of the forward (the input norm, then each
         layer's weight, bias and norm parameters, then the head), so that prefix is every parameter upstream of W_i.
-        Gradients are the kernel's probe in mode 'train' (batch statistics, as the training step): nothing is
-        changed, and theta is restored bit for bit."""
+        Gradients are the kernel's `gradient` (batch statistics, as the training step): nothing is changed, and
+        theta is restored bit for bit."""
         which = self._todo("ics", step, which)
         if not which:
             return
@@ -448,12 +497,12 @@ class Recorder:
         saved = theta.clone()
         pick = torch.tensor(which, device=theta.device)
         try:  # theta is no leaf of any graph (the autograd kernel's parameters are views of it): changed in place
-            before = kernel.probe(x, y, "train").grad.index_select(0, pick).double()
+            before = kernel.gradient(x, y)[1].index_select(0, pick).double()
             l2, cos = {}, {}
             for i, s in sorted(kernel.layer_weights.items()):
                 theta.copy_(saved)
                 theta[:, : s.start].sub_(update[:, : s.start])  # as the optimizer's theta.sub_(update)
-                after = kernel.probe(x, y, "train").grad.index_select(0, pick).double()
+                after = kernel.gradient(x, y)[1].index_select(0, pick).double()
                 g, h = before[:, s], after[:, s]
                 l2[i] = torch.linalg.vector_norm(g - h, dim=1)
                 cos[i] = (g * h).sum(1) / (torch.linalg.vector_norm(g, dim=1) * torch.linalg.vector_norm(h, dim=1))
@@ -465,6 +514,70 @@ class Recorder:
             for j, (d, c) in zip(which, values, strict=True):
                 row = {"ics_l2": d if math.isfinite(d) else nan, "ics_cos": c if math.isfinite(c) else nan}
                 self.rows[j]["ics"].append({"step": step, "layer": i, **row})
+
+    def landscape(
+        self, step: int, which: list[int], x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, lr: torch.Tensor
+    ) -> None:
+        """The loss landscape along the gradient (Santurkar et al. 2018, sec. 3.1) at this step, on its own batch
+        (x, y), with batch statistics as the step: from theta, whose loss `loss` (M,) and gradient g = kernel.grad
+        the step has just computed, to theta - k * lr * g for each k of record.landscape_scales (lr (M, 1): each
+        run's own; with sgd, k = 1 is the very step training takes). One row per point and run: scale k, distance
+        ||k lr g||, the loss there and ||g - g'||, g' the gradient there; the start is the row of scale 0.
+        report.landscape_summary turns them into the loss range, the gradient change and the effective beta-smoothness.
+        Nothing is changed: theta is restored bit for bit."""
+        which = self._todo("landscape", step, which)
+        if not which:
+            return
+        kernel = self.kernel
+        theta, g = kernel.theta, kernel.grad.clone()
+        saved = theta.clone()
+        pick = torch.tensor(which, device=theta.device)
+        g_pick = g.index_select(0, pick).double()
+        g_norm = torch.linalg.vector_norm(g_pick, dim=1)
+        lr_pick = lr.index_select(0, pick).double().flatten()
+        points = [(0.0, loss.index_select(0, pick).double(), torch.zeros_like(g_norm))]
+        try:
+            for k in self.rc.landscape_scales:
+                theta.copy_(saved)
+                theta.sub_(g * (k * lr))  # as the optimizer's theta.sub_(lr * g), k times over
+                there, g_there = kernel.gradient(x, y)
+                change = torch.linalg.vector_norm(g_there.index_select(0, pick).double() - g_pick, dim=1)
+                points.append((k, there.index_select(0, pick).double(), change))
+        finally:
+            theta.copy_(saved)
+        for k, losses, changes in points:
+            distances = (k * lr_pick * g_norm).tolist()
+            for j, d, value, c in zip(which, distances, losses.tolist(), changes.tolist(), strict=True):
+                row = {"step": step, "scale": k, "distance": d, "loss": value, "grad_change": c}
+                self.rows[j]["landscape"].append(row)
+
+    def precise(self, step: int, which: list[int]) -> None:
+        """The losses of every split in eval mode with "precise" statistics (mode 'precise' in the curves table): the
+        running statistics replaced, layer by layer in the order of the forward, by those of the layer's input over
+        the whole training split with the network in eval mode (the layers before already on their new statistics),
+        as population statistics are defined (Ioffe & Szegedy 2015, sec. 3.1; Wu & Johnson 2021, "Rethinking
+        'Batch' in BatchNorm", precise BN). Then the running statistics are put back: training and the other
+        records do not see them. The gap between modes eval and precise is what the running averages cost."""
+        which = self._todo("precise", step, which)
+        stats = self.kernel.running_stats()
+        if not which or not stats:
+            return
+        saved = {i: (mean.clone(), var.clone()) for i, (mean, var) in stats.items()}
+        try:
+            for i, (mean, var) in sorted(stats.items()):
+                pre = self.kernel.probe(*self.splits["train"], "eval").points[(i, "pre_norm")]
+                population = population_stats(pre)
+                mean.copy_(population[0])
+                var.copy_(population[1])
+            for split, (x, y) in self.splits.items():
+                loss, acc = (t.tolist() for t in self.kernel.evaluate(x, y, "eval"))
+                for j in which:
+                    row = {"step": step, "split": split, "mode": "precise", "loss": loss[j], "accuracy": acc[j]}
+                    self.rows[j]["curves"].append(row)
+        finally:
+            for i, (mean, var) in stats.items():
+                mean.copy_(saved[i][0])
+                var.copy_(saved[i][1])
 
     def tables(self, j: int) -> dict[str, pd.DataFrame]:
         tables = {name: pd.DataFrame(rows) for name, rows in self.rows[j].items() if name != "ics"}

@@ -366,3 +366,22 @@ def aggregate_table(df: pd.DataFrame, title: str = "") -> Group:
             cells.append(Text(centre) + (Text("\n" + spread, style="dim") if spread else Text()))
         table.add_row(*cells, style=style)
     return Group(table, Text(AGGREGATE_NOTE, style="dim"))
+
+
+def landscape_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per run and measured step, from the landscape table (Recorder.landscape), Santurkar et al.'s three numbers:
+        loss_range      max - min of the loss over the points along the gradient (the start included)
+        grad_change     max over the points of ||g(theta) - g(theta - d)||: how much the gradient changes (gradient
+                        predictiveness: the smaller, the better the gradient predicts the gradient further on)
+        beta            max over the points of ||g(theta) - g(theta - d)|| / ||d||: effective beta-smoothness
+    A point whose loss is not finite makes loss_range and grad_change NaN (inf is no smoothness number)."""
+    keys = [k for k in ("run_id", "step") if k in table.columns]
+    t = table.assign(ratio=table.grad_change / table.distance.where(table.distance > 0))
+    out = t.groupby(keys).agg(
+        loss_max=("loss", "max"), loss_min=("loss", "min"), grad_change=("grad_change", "max"), beta=("ratio", "max")
+    )
+    bad = t.assign(bad=~np.isfinite(t.loss) | ~np.isfinite(t.grad_change)).groupby(keys).bad.any()
+    out["loss_range"] = (out.loss_max - out.loss_min).mask(bad)
+    out["grad_change"] = out.grad_change.mask(bad)
+    out["beta"] = out.beta.mask(bad)
+    return out[["loss_range", "grad_change", "beta"]].reset_index()

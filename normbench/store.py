@@ -3,6 +3,7 @@
     OUT/<name>/config.yaml            the resolved experiment config (after --set)
     OUT/<name>/runs.parquet           one row per run of the current grid (docs/results-format.md)
     OUT/<name>/runs/<run_id>/         config.yaml, summary.json, curves/layers/histograms.parquet
+                                      (and landscape.parquet when record.landscape_every is set)
     OUT/<name>/figures/               written by `normbench plot`
 
 A run folder is built under a temporary name and renamed into place whole, so a run is either finished or
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from normbench.engine.driver import RunFailure, RunResult
 
 TABLES = ("curves", "layers", "histograms")
+OPTIONAL_TABLES = ("landscape",)  # written by the runs that record them
 # What produced a run (summary.json's "engine", runs.parquet's engine.* columns): see docs/results-format.md.
 ENGINE = ("kernel", "compiled", "device", "dtype", "threads", "torch", "stack")
 FINISHED = ("ok", "diverged")
@@ -181,7 +183,7 @@ class ExperimentStore:
         else:
             # What verify() checks: a finished run counts as finished only while its files are these.
             summary["files"] = {}
-            for name in TABLES:
+            for name in TABLES + tuple(t for t in OPTIONAL_TABLES if t in outcome.tables):
                 df = outcome.tables.get(name, pd.DataFrame()).copy()
                 df.insert(0, "run_id", run.run_id)
                 data = df.to_parquet(index=False)
@@ -348,7 +350,8 @@ def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
 
 
 def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd.DataFrame:
-    """One of TABLES, for the given runs (default: every finished run of runs.parquet), concatenated."""
+    """One of TABLES or OPTIONAL_TABLES, for the given runs (default: every finished run of runs.parquet),
+    concatenated; a run without an optional table adds no rows."""
     if run_ids is None:
         runs = load_runs(exp_dir)
         run_ids = runs.loc[runs.status.isin(FINISHED), "run_id"].tolist()
@@ -357,8 +360,11 @@ def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd
 
     tables = []
     for rid in run_ids:
+        path = exp_dir / "runs" / rid / f"{name}.parquet"
+        if name in OPTIONAL_TABLES and not path.exists():
+            continue
         try:
-            tables.append(pq.read_table(exp_dir / "runs" / rid / f"{name}.parquet"))
+            tables.append(pq.read_table(path))
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise DamagedResults(
                 f"run {rid} of {exp_dir.name}: {name}.parquet cannot be read ({type(e).__name__}); "

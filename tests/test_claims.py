@@ -242,7 +242,7 @@ def test_packaged_claims_load_and_every_experiment_validates_in_both_modes():
         exps = check_references(book, book.claims, quick)  # configs load, where/over name grid keys and values
         assert set(exps) == {s.experiment for c in book.claims for s in c.settings}
     untested = {c.id for c in book.claims if c.status == "not measured yet"}
-    assert "bn-smooths-loss-landscape" in untested and "bn-reduces-internal-covariate-shift" not in untested
+    assert untested == {"bn-replaces-dropout"}
     assert all(c.reason for c in book.claims if c.id in untested)
     for c in book.claims:
         assert c.source in book.sources
@@ -319,3 +319,38 @@ def test_column_mean_leaves_out_layer_1_and_unmeasured_rows():
     )
     m = Measure(quantity="column_mean", column="ics_cos")
     assert _column_mean(m, layers) == pytest.approx((0.5 - 0.5 + 0.25) / 3)
+
+
+def test_mode_ratio_final_value_and_landscape_from_their_tables():
+    from normbench.claims import Measure, _final_value, _landscape, _mode_ratio
+
+    curves = pd.DataFrame(
+        {
+            "step": [0, 0, 10, 10, 10, 10],
+            "split": ["train"] * 5 + ["test"],
+            "mode": ["train", "eval", "train", "eval", "precise", "eval"],
+            "loss": [9.0, 9.0, 2.0, 5.0, 2.5, 7.0],
+            "accuracy": [NAN] * 6,
+        }
+    )
+    assert _mode_ratio(Measure(quantity="mode_ratio", mode="eval", versus="precise"), curves) == pytest.approx(
+        math.log10(5.0 / 2.5)
+    )
+    assert math.isnan(_mode_ratio(Measure(quantity="mode_ratio", split="test", mode="eval"), curves))  # no precise
+    assert _final_value(Measure(quantity="final_value", mode="eval"), curves) == 5.0
+    assert _final_value(Measure(quantity="final_value", split="test", mode="eval"), curves) == 7.0
+    diverged = curves.assign(loss=curves.loss.where(curves.step == 0, np.nan))
+    assert _final_value(Measure(quantity="final_value", mode="eval"), diverged) == INF
+    landscape = pd.DataFrame(
+        {
+            "step": [0, 0, 5, 5],
+            "scale": [0.0, 1.0, 0.0, 1.0],
+            "distance": [0.0, 0.5, 0.0, 0.25],
+            "loss": [1.0, 3.0, 2.0, 2.5],
+            "grad_change": [0.0, 2.0, 0.0, 1.0],
+        }
+    )
+    assert _landscape(Measure(quantity="landscape", column="loss_range"), landscape) == pytest.approx((2.0 + 0.5) / 2)
+    assert _landscape(Measure(quantity="landscape", column="beta"), landscape) == pytest.approx((4.0 + 4.0) / 2)
+    with pytest.raises(ValueError, match="landscape needs column"):
+        Measure(quantity="landscape", column="ics_cos")

@@ -202,3 +202,45 @@ def test_every_norm_in_every_model_trains_a_step(model, norm):
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert net.eval()(x).shape == (8, out)
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES)
+def test_noisy_batch_is_batch_norm_then_its_steps_scale_and_shift(shape):
+    noisy = make("noisy_batch", noise=(0.7, 2.0), key=(3, 1)).train()
+    for step in range(3):
+        scale, shift = noisy.draws(step)
+        assert ((scale >= 1) & (scale <= 2)).all() and (shift.abs() <= 0.7).all()
+
+        def reference(x, w, b, s=scale, m=shift):
+            return channel(s, x) * F.batch_norm(x, None, None, w, b, training=True, eps=1e-5) + channel(m, x)
+
+        check_against(noisy, reference, shape)
+        assert int(noisy.running_step) == step + 1  # one count per train-mode forward
+    assert not torch.equal(noisy.draws(0)[0], noisy.draws(1)[0])  # redrawn every step
+    assert torch.equal(noisy.draws(5)[1], make("noisy_batch", noise=(0.7, 2.0), key=(3, 1)).draws(5)[1])
+    assert not torch.equal(noisy.draws(5)[1], make("noisy_batch", noise=(0.7, 2.0), key=(3, 2)).draws(5)[1])
+    x = torch.randn(shape)
+    running = noisy.running_mean, noisy.running_var
+    expected = F.batch_norm(x, *running, noisy.weight, noisy.bias, training=False, eps=1e-5)
+    torch.testing.assert_close(noisy.eval()(x), 1.5 * expected, **TOL)  # eval mode: BN and the mean scale, (1 + 2) / 2
+
+
+def test_noisy_batch_noise_follows_the_training_steps_not_the_measurements(tiny_raw):
+    """The noise of step t is the same whatever is recorded in between (the measurements' forwards count no step),
+    so a run recording every step trains bit for bit as one recording rarely; and a stack trains as its runs alone."""
+    from normbench.engine import train_run, train_stack
+
+    tiny_raw["model"] |= {"norm": "noisy_batch", "norm_noise": [1.0, 3.0]}
+    tiny_raw["grid"] = {"model.activation": ["tanh"]}
+    rarely = experiment_from_dict(tiny_raw).runs
+    tiny_raw["record"] |= {"hist_every": 1, "loss_every": 1}
+    often = experiment_from_dict(tiny_raw).runs
+    a = train_stack([r.config for r in rarely])
+    b = [train_run(r.config) for r in often]
+    for ra, rb in zip(a, b, strict=True):
+        ca, cb = ra.tables["curves"], rb.tables["curves"]
+        assert ca.equals(cb[cb.step.isin(ca.step)].reset_index(drop=True))
+    # The noise is felt: the same run with BN's plain output trains to other losses.
+    tiny_raw["model"]["norm"] = "batch"
+    c = train_run(experiment_from_dict(tiny_raw).runs[0].config).tables["curves"]
+    assert c.loss.iloc[-1] != b[0].tables["curves"].loss.iloc[-1]

@@ -55,7 +55,13 @@ class AutogradKernel:
         self.grad = torch.zeros_like(self.theta)
         # Running statistics (BN's running_mean/var, switchable's); num_batches_tracked is never read (momentum set).
         self.buffers = [[b for n, b in m.named_buffers() if "running" in n] for m in self.models]
-        self.stats, _ = _as_rows(self.buffers, device)
+        self.stats, at = _as_rows(self.buffers, device)
+        names = [n for n, _ in self.models[0].named_buffers() if "running" in n]
+        where = {n: slice(at[k], at[k + 1]) for k, n in enumerate(names)}
+        self.stat_columns = {}  # layer i -> the columns of its running mean and variance in the stats matrix
+        for i in range(len(recorded_layers(self.models[0]))):
+            if f"layer{i}.norm.running_mean" in where:
+                self.stat_columns[i] = (where[f"layer{i}.norm.running_mean"], where[f"layer{i}.norm.running_var"])
         self.pending = self.stats
         index = {id(p): k for k, p in enumerate(self.params[0])}
         self.layer_weights = {
@@ -102,6 +108,15 @@ class AutogradKernel:
         loss = losses(out, y, self.classification)[0]
         self.grad = self._grads(loss)[0]
         return loss.detach(), accuracies(out.detach(), y, self.classification)
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._mode("train"):
+            out = self._outputs(x)
+        loss = losses(out, y, self.classification)[0]
+        return loss.detach(), self._grads(loss)[0]
+
+    def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        return {i: (self.stats[:, mean], self.stats[:, var]) for i, (mean, var) in self.stat_columns.items()}
 
     def commit(self, active: torch.Tensor) -> None:
         self.stats.copy_(torch.where(active[:, None], self.pending, self.stats))

@@ -12,6 +12,10 @@ happens over time. Data reach a kernel as `columns(x, y)` has laid them out: x (
     kernel.evaluate(x, y, mode)   losses and accuracies, norms on batch ('train') or running ('eval') statistics;
                                   changes nothing
     kernel.probe(x, y, mode)      a Probe: every recorded point, and the gradient of a backward on (x, y)
+    kernel.gradient(x, y)         losses (M,) and gradients (M, P) with batch statistics, as `step` computes them;
+                                  changes nothing (a measurement at the current theta, e.g. after moving it)
+    kernel.running_stats()        {layer i: (running mean, running variance)}, (M, C) views into the kernel's
+                                  statistics (writing into them changes them), for the norms that keep them
     kernel.layer_weights  {layer i: the slice of a theta row holding hidden layer i's weight}
 """
 
@@ -45,6 +49,10 @@ class Kernel(Protocol):
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe: ...
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 def reference_models(cfgs: list[RunConfig], data: Dataset) -> list[nn.Module]:

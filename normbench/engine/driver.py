@@ -11,7 +11,9 @@ the kernel interface (base.py): the written-out MLP kernel or the autograd kerne
 Steps count parameter updates: step s is the state after s updates, step 0 the initialization. Losses are
 recorded at s % record.loss_every == 0, histograms and layer statistics at s % record.hist_every == 0, both also
 at the last step; internal covariate shift (Recorder.ics) at s % record.ics_every == 0 when set, before update s+1,
-with the update it is about to apply. A run whose training loss becomes NaN or inf at step s is recorded at s, with
+with the update it is about to apply; the loss landscape along the gradient (Recorder.landscape) likewise at
+s % record.landscape_every == 0, on the step's batch; the losses with precise statistics (Recorder.precise) at the
+last step when record.precise_bn. A run whose training loss becomes NaN or inf at step s is recorded at s, with
 status 'diverged' and diverged_step s, then frozen: the other runs of its stack go on.
 """
 
@@ -172,6 +174,8 @@ class Training:
             if step == self.steps:
                 rec.losses(step, alive)
                 rec.layers(step, alive)
+                if rc.precise_bn:
+                    rec.precise(step, alive)
                 break
             batch = next(stream)
             loss, correct = kernel.step(*batch)  # nothing is changed yet but the held-back statistics
@@ -194,6 +198,8 @@ class Training:
             if rc.ics_every is not None and step % rc.ics_every == 0:  # before the step: its update, not applied
                 update = self.opt.peek(kernel.theta, kernel.grad, active)
                 rec.ics(step, active.nonzero().flatten().tolist(), *batch, update)
+            if rc.landscape_every is not None and step % rc.landscape_every == 0:
+                rec.landscape(step, active.nonzero().flatten().tolist(), *batch, loss, self.opt.lr)
             kernel.commit(active)
             self.opt.step(kernel.theta, kernel.grad, active)
             if on_step is not None:

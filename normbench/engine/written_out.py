@@ -369,6 +369,15 @@ class WrittenOutKernel:
             self.stats_flat.copy_(torch.where(active[:, None], self.pending, self.stats_flat))
 
     @torch.no_grad()
+    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, _, grad, _ = self.step_fn(self.theta, x, y)
+        return loss, grad
+
+    def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        names = [name for name, _ in self.spec.stat_shapes if name.startswith("mean")]
+        return {int(n[4:]): (self.stats[n][..., 0], self.stats[f"var{n[4:]}"][..., 0]) for n in names}
+
+    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.evaluate_fn(self.theta, self.stats_flat, x, y, mode)
 

@@ -80,13 +80,17 @@ class Block(nn.Module):
         return self.pool(self.act(self.norm(h)) if self.norm_first else self.norm(self.act(h)))
 
 
-def _norm_opts(cfg: ModelConfig) -> dict:
-    return dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
+def _norm_opts(cfg: ModelConfig, layer: int) -> dict:
+    opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
+    if getattr(NORMS.get(cfg.norm), "noisy", False):  # its noise: drawn from the run's seed (set just before)
+        opts |= {"noise": tuple(cfg.norm_noise), "key": (torch.initial_seed(), layer)}
+    return opts
 
 
-def _norm_factory(cfg: ModelConfig) -> Callable[[int], nn.Module]:
+def _norm_factory(cfg: ModelConfig) -> Callable[[int, int], nn.Module]:
+    """(layer, width) -> layer's norm."""
     norm_cls = NORMS.get(cfg.norm)
-    return lambda width: norm_cls(width, groups=cfg.norm_groups, **_norm_opts(cfg))
+    return lambda layer, width: norm_cls(width, groups=cfg.norm_groups, **_norm_opts(cfg, layer))
 
 
 # Norms whose statistics are taken per sample over the features: over a single feature they erase the input.
@@ -103,7 +107,7 @@ def _input_norm(cfg: ModelConfig, features: int, values_per_sample: int) -> nn.M
             f"model.normalize_input: {cfg.norm} norm over a single input value per sample would turn every input "
             "into a constant; use norm batch here, or normalize_input false"
         )
-    return NORMS.get(cfg.norm)(features, groups=math.gcd(cfg.norm_groups, features), **_norm_opts(cfg))
+    return NORMS.get(cfg.norm)(features, groups=math.gcd(cfg.norm_groups, features), **_norm_opts(cfg, 0))
 
 
 def _use_bias(cfg: ModelConfig) -> bool:
@@ -134,7 +138,7 @@ class MLP(Model):
         width_in = in_features
         for i in range(1, cfg.depth + 1):
             fc = nn.Linear(width_in, cfg.width, bias=_use_bias(cfg))
-            self.add_module(f"layer{i}", Block(fc, norm(cfg.width), act.make(), cfg.placement))
+            self.add_module(f"layer{i}", Block(fc, norm(i, cfg.width), act.make(), cfg.placement))
             width_in = cfg.width
         self.head = nn.Linear(width_in, out_features)
         init_weights(self, cfg.weight_init, cfg.bias_init)
@@ -158,7 +162,7 @@ class CNN(Model):
                 if h < 2 or w < 2:
                     raise ValueError(f"model.channels: too many pooled blocks for {input_shape[1:]} images")
                 h, w = h // 2, w // 2
-            self.add_module(f"layer{i}", Block(conv, norm(c_out), act.make(), cfg.placement, pool))
+            self.add_module(f"layer{i}", Block(conv, norm(i, c_out), act.make(), cfg.placement, pool))
             c_in = c_out
         self.head = nn.Linear(c_in * h * w, out_features)
         init_weights(self, cfg.weight_init, cfg.bias_init)

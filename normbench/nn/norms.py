@@ -12,6 +12,7 @@ conv maps (N, C, H, W):
 | none         | -                                        | -                          | -                    |
 | batch        | N, H, W per channel                      | N per feature              | yes                  |
 | batch_manual | as batch; backward written by hand       | as batch                   | yes                  |
+| noisy_batch  | as batch, then a random scale and shift per channel, redrawn every step | as batch | yes (mean noise) |
 | layer        | C, H, W per sample                       | C per sample               | no                   |
 | instance     | H, W per sample and channel              | refused: no H, W to use    | no                   |
 | group        | (C/G), H, W per sample and group         | C/G per sample and group   | no                   |
@@ -78,6 +79,45 @@ class BatchNorm(nn.modules.batchnorm._BatchNorm):
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
             raise ValueError(f"batch norm expects (N, C, ...) input, got shape {tuple(x.shape)}")
+
+
+@NORMS.register("noisy_batch", aliases=("noisy_bn",))
+class NoisyBatchNorm(BatchNorm):
+    """Batch norm, then noise that changes every training step: Santurkar et al. (2018, sec. 2.1)'s "noisy BN". At
+    step t each channel c is scaled by s_c ~ U(1, s) and shifted by m_c ~ U(-m, m), y = s_c * BN(x) + m_c
+    (model.norm_noise = [m, s]); eval mode applies the noise's expectation, y = (1 + s) / 2 * BN(x), as dropout
+    rescales at test time. Every unit's distribution then moves at every step, by design:
+    if batch norm helped by keeping the layers' input distributions stable, this norm would train worse than BN.
+
+    The draws of step t depend on the run's seed, the layer and t alone (`key` and the buffer running_step, which
+    counts training steps and is held back and restored by the kernels with the running statistics), so a
+    measurement's forward sees its step's noise and moves nothing."""
+
+    noisy = True  # takes `noise` and `key` (models.py)
+
+    def __init__(
+        self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1, noise=(0.5, 1.5), key=(0, 0)
+    ):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
+        self.noise, self.key = tuple(noise), tuple(key)
+        self.register_buffer("running_step", torch.zeros(()))
+
+    def draws(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (scale, shift) of every channel at training step `step`, each (C,) in float64."""
+        seed, layer = self.key
+        g = torch.Generator().manual_seed(((seed * 1_000_003 + layer) * 1_000_003 + step) % 2**63)
+        u = torch.rand(2, self.num_features, generator=g, dtype=torch.float64)
+        m, s = self.noise
+        return 1 + (s - 1) * u[0], m * (2 * u[1] - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if not self.training:
+            return y * ((1 + self.noise[1]) / 2)
+        scale, shift = (t.to(x.device, x.dtype) for t in self.draws(int(self.running_step)))
+        with torch.no_grad():
+            self.running_step += 1
+        return y * _per_channel(scale, y) + _per_channel(shift, y)
 
 
 @NORMS.register("layer", aliases=("ln", "layernorm"))

@@ -1,0 +1,233 @@
+"""The loss landscape along the gradient, batch norm's running statistics against the training set's, and precise
+BN: each against a brute-force float64 computation on a plain PyTorch model (tests/test_ics.py builds it)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from normbench.data import build_dataset
+from normbench.engine import train_run
+from normbench.engine.driver import Training
+from normbench.report import landscape_summary
+from tests.test_ics import config, loss_of, plain_model
+
+STEPS = 7
+
+
+def sgd_loop(cfg, at_step):
+    """Train the plain float64 model with torch.optim.SGD on the full batch; call at_step(step, model, x, y) before
+    each update and after the last; returns what the calls returned, by step."""
+    data = build_dataset(cfg.data)
+    x, y = data.x_train.double(), data.y_train.double()
+    model, _ = plain_model(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
+    out = {}
+    for step in range(cfg.train.steps + 1):
+        out[step] = at_step(step, model, x, y)
+        if step == cfg.train.steps:
+            break
+        opt.zero_grad()
+        loss_of(model, x, y).backward()
+        opt.step()
+    return out
+
+
+def flat_grad(model, x, y) -> tuple[float, torch.Tensor]:
+    model.zero_grad()
+    loss = loss_of(model, x, y)
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def brute_force_landscape(cfg) -> dict[tuple[int, float], tuple[float, float, float]]:
+    """{(step, scale): (distance, loss, ||g - g'||)}: at each measured step, a deep copy of the model moved to
+    theta - k lr g, its loss and gradient by autograd, in train mode (batch statistics)."""
+
+    def at_step(step, model, x, y):
+        if step % cfg.record.landscape_every or step == cfg.train.steps:
+            return {}
+        model.train()
+        loss, g = flat_grad(copy.deepcopy(model), x, y)  # a copy: the running statistics stay as they are
+        rows = {0.0: (0.0, loss, 0.0)}
+        for k in cfg.record.landscape_scales:
+            moved = copy.deepcopy(model)
+            with torch.no_grad():
+                torch.nn.utils.vector_to_parameters(
+                    torch.nn.utils.parameters_to_vector(moved.parameters()) - k * cfg.train.lr * g, moved.parameters()
+                )
+            there, g_there = flat_grad(moved, x, y)
+            rows[k] = ((k * cfg.train.lr * g).norm().item(), there, (g_there - g).norm().item())
+        return rows
+
+    return {(s, k): v for s, rows in sgd_loop(cfg, at_step).items() for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("kernel", ["written-out", "autograd"])
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_landscape_equals_a_brute_force_computation(tiny_raw, kernel, norm):
+    run = config(tiny_raw, norm, "sgd", landscape_every=3, landscape_scales=[0.5, 2.0, 8.0])
+    table = train_run(run.config, kernel=kernel, dtype=torch.float64).tables["landscape"]
+    expected = brute_force_landscape(run.config)
+    assert sorted(zip(table.step, table.scale, strict=True)) == sorted(expected)
+    for row in table.itertuples():
+        distance, loss, change = expected[(row.step, row.scale)]
+        assert row.distance == pytest.approx(distance, rel=1e-9, abs=0)
+        assert row.loss == pytest.approx(loss, rel=1e-9, abs=0)
+        assert row.grad_change == pytest.approx(change, rel=1e-7, abs=1e-12)
+
+
+def test_landscape_summary_is_max_and_range_over_the_points():
+    table = pd.DataFrame(
+        {
+            "step": [0] * 3 + [5] * 3,
+            "scale": [0.0, 1.0, 2.0] * 2,
+            "distance": [0.0, 0.1, 0.2, 0.0, 0.3, 0.6],
+            "loss": [3.0, 2.0, 4.0, 1.0, 0.5, np.inf],
+            "grad_change": [0.0, 0.5, 0.6, 0.0, 0.3, 0.9],
+        }
+    )
+    s = landscape_summary(table).set_index("step")
+    assert s.loc[0].tolist() == pytest.approx([4.0 - 2.0, 0.6, max(0.5 / 0.1, 0.6 / 0.2)])
+    assert s.loc[5].isna().tolist() == [True, True, True]  # an infinite loss on the way: no smoothness number
+
+
+def brute_force_running(cfg):
+    """{step: (per hidden layer (mean_err, var_err), the eval losses with precise statistics)} from the plain model:
+    each BatchNorm1d's input over the training set in eval mode, by forward hooks, against its running buffers."""
+    eps = cfg.model.norm_eps
+
+    def at_step(step, model, x, y):
+        if step % cfg.record.hist_every and step != cfg.train.steps:
+            return None
+        bns = [m for m in model if isinstance(m, nn.BatchNorm1d)]
+        seen = {}
+        hooks = [bn.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, inp[0])) for bn in bns]
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        for h in hooks:
+            h.remove()
+        errors = []
+        for bn in bns[1:] if cfg.model.normalize_input else bns:  # hidden layers only
+            mp, vp = seen[bn].mean(0), seen[bn].var(0, unbiased=True)
+            mean_err = ((bn.running_mean - mp).square() / (vp + eps)).mean().sqrt().item()
+            var_err = ((bn.running_var + eps) / (vp + eps)).log().square().mean().sqrt().item()
+            errors.append((mean_err, var_err))
+        precise = copy.deepcopy(model).eval()
+        for bn in [m for m in precise if isinstance(m, nn.BatchNorm1d)]:  # in forward order, one at a time
+            with torch.no_grad():
+                hook = bn.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, inp[0]))
+                precise(x)
+                hook.remove()
+                bn.running_mean.copy_(seen[bn].mean(0))
+                bn.running_var.copy_(seen[bn].var(0, unbiased=True))
+        with torch.no_grad():
+            precise_loss = loss_of(precise, x, y).item()
+        model.train()
+        return errors, precise_loss
+
+    return {s: v for s, v in sgd_loop(cfg, at_step).items() if v is not None}
+
+
+@pytest.mark.parametrize("kernel", ["written-out", "autograd"])
+def test_running_statistics_errors_and_precise_bn_equal_a_brute_force_computation(tiny_raw, kernel):
+    run = config(tiny_raw, "batch", "sgd", running_stats=True, precise_bn=True)
+    tables = train_run(run.config, kernel=kernel, dtype=torch.float64).tables
+    expected = brute_force_running(run.config)
+    layers = tables["layers"]
+    assert sorted(set(layers.step)) == sorted(expected)
+    for row in layers.itertuples():
+        mean_err, var_err = expected[row.step][0][row.layer - 1]
+        assert row.running_mean_err == pytest.approx(mean_err, rel=1e-9, abs=1e-12), (row.step, row.layer)
+        assert row.running_var_err == pytest.approx(var_err, rel=1e-9, abs=1e-12), (row.step, row.layer)
+    curves = tables["curves"]
+    precise = curves[curves["mode"] == "precise"]
+    assert set(precise.split) == {"train", "test"} and set(precise.step) == {STEPS}
+    train = precise[precise.split == "train"].loss.item()
+    assert train == pytest.approx(expected[STEPS][1], rel=1e-9)
+    # On the full batch with a large momentum the running statistics lag behind; the precise ones do not, so the
+    # eval-mode loss moves to (nearly) the train-mode one: the gap closes.
+    last = curves[(curves.step == STEPS) & (curves.split == "train")].set_index("mode").loss
+    assert abs(last["precise"] - last["train"]) < abs(last["eval"] - last["train"])
+
+
+@pytest.mark.parametrize("kernel", ["written-out", "autograd"])
+def test_new_measurements_leave_training_untouched(tiny_raw, kernel):
+    """A run recording the landscape, running-statistics errors and precise BN trains bit for bit as without them."""
+    tiny_raw["train"] |= {"batch_size": 16}
+    tiny_raw["data"]["shuffle"] = True
+    plain = config(copy.deepcopy(tiny_raw), "batch", "momentum")
+    measured = config(tiny_raw, "batch", "momentum", landscape_every=2, running_stats=True, precise_bn=True)
+    assert plain.run_id != measured.run_id
+    a = Training([plain.config], kernel, False, torch.device("cpu"))
+    b = Training([measured.config], kernel, False, torch.device("cpu"))
+    ra, rb = a.run(None)[0], b.run(None)[0]
+    ca, cb = ra.tables["curves"], rb.tables["curves"]
+    assert ca.equals(cb[cb["mode"] != "precise"].reset_index(drop=True))
+    la, lb = ra.tables["layers"], rb.tables["layers"]
+    others = [c for c in la.columns if not c.startswith("running_")]
+    assert la[others].equals(lb[others]) and la.running_mean_err.isna().all() and lb.running_mean_err.notna().all()
+    assert torch.equal(a.kernel.theta, b.kernel.theta)
+    stats = "stats" if kernel == "autograd" else "stats_flat"
+    assert torch.equal(getattr(a.kernel, stats), getattr(b.kernel, stats))
+    assert "landscape" not in ra.tables and len(rb.tables["landscape"]) > 0
+
+
+def test_options_off_keep_run_ids(tiny_raw):
+    off = config(copy.deepcopy(tiny_raw), "none", "sgd", landscape_every=None, running_stats=False, precise_bn=False)
+    assert off.run_id == config(copy.deepcopy(tiny_raw), "none", "sgd").run_id
+    assert config(tiny_raw, "none", "sgd", running_stats=True).run_id != off.run_id
+
+
+def test_without_running_statistics_the_columns_are_nan(tiny_raw):
+    run = config(tiny_raw, "none", "sgd", running_stats=True, precise_bn=True)
+    tables = train_run(run.config).tables
+    assert tables["layers"].running_mean_err.isna().all()
+    assert "precise" not in set(tables["curves"]["mode"]) and math.isfinite(tables["curves"].loss.iloc[-1])
+
+
+def test_stored_plotted_and_documented(tmp_path, tiny_raw):
+    """The landscape table and the new layer columns reach the results folder as docs/results-format.md lists them,
+    and `normbench plot` draws the landscape and running-statistics figures from them."""
+    from PIL import Image
+    from rich.console import Console
+
+    from normbench.config import experiment_from_dict
+    from normbench.plot import plot_experiment
+    from normbench.store import load_table
+    from normbench.sweep import run_experiment
+    from tests.test_store import documented_columns
+
+    tiny_raw["record"] |= {"landscape_every": 4, "running_stats": True, "precise_bn": True}
+    tiny_raw["grid"] = {"model.norm": ["none", "batch", "noisy_batch"], "model.activation": ["tanh"]}
+    exp = experiment_from_dict(tiny_raw)
+    run_experiment(exp, tmp_path, console=Console(quiet=True))
+    exp_dir = tmp_path / exp.name
+    for name in ("landscape", "layers", "curves"):
+        assert set(load_table(exp_dir, name).columns) == documented_columns(f"{name}.parquet"), name
+    assert len(load_table(exp_dir, "landscape")) == len(exp.runs) * 3 * 5  # steps 0, 4, 8; the start and 4 scales
+    paths = {p.name: p for p in plot_experiment(exp_dir)}
+    for name in ("landscape_activation-tanh.png", "running_activation-tanh.png"):
+        assert name in paths
+        with Image.open(paths[name]) as image:
+            assert image.size[0] == 900
+
+
+def test_an_experiment_without_the_landscape_has_no_landscape_rows(tmp_path, tiny_raw):
+    from rich.console import Console
+
+    from normbench.config import experiment_from_dict
+    from normbench.store import load_table
+    from normbench.sweep import run_experiment
+
+    exp = experiment_from_dict(tiny_raw)
+    run_experiment(exp, tmp_path, console=Console(quiet=True))
+    assert load_table(tmp_path / exp.name, "landscape").empty
+    assert not any((tmp_path / exp.name / "runs" / r.run_id / "landscape.parquet").exists() for r in exp.runs)
