@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -347,6 +348,18 @@ class Measured(Protocol):
     def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+@contextmanager
+def restored(*tensors: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """Change `tensors` in place inside (the parameters, the running statistics: no leaf of any graph, the autograd
+    kernel's modules hold views of them); after, each holds its values again, bit for bit. Yields copies of them."""
+    saved = [t.clone() for t in tensors]
+    try:
+        yield saved
+    finally:
+        for t, s in zip(tensors, saved, strict=True):
+            t.copy_(s)
+
+
 def population_stats(pre_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel mean and unbiased variance (as PyTorch's running update takes it) of a norm's input (M, C, K),
     over its K values (every sample, and every position of a conv map), in float64: (M, C) each."""
@@ -494,9 +507,8 @@ class Recorder:
             return
         kernel = self.kernel
         theta = kernel.theta
-        saved = theta.clone()
         pick = torch.tensor(which, device=theta.device)
-        try:  # theta is no leaf of any graph (the autograd kernel's parameters are views of it): changed in place
+        with restored(theta) as (saved,):
             before = kernel.gradient(x, y)[1].index_select(0, pick).double()
             l2, cos = {}, {}
             for i, s in sorted(kernel.layer_weights.items()):
@@ -506,8 +518,6 @@ class Recorder:
                 g, h = before[:, s], after[:, s]
                 l2[i] = torch.linalg.vector_norm(g - h, dim=1)
                 cos[i] = (g * h).sum(1) / (torch.linalg.vector_norm(g, dim=1) * torch.linalg.vector_norm(h, dim=1))
-        finally:
-            theta.copy_(saved)
         nan = float("nan")
         for i in l2:
             values = zip(l2[i].tolist(), cos[i].tolist(), strict=True)
@@ -530,21 +540,18 @@ class Recorder:
             return
         kernel = self.kernel
         theta, g = kernel.theta, kernel.grad.clone()
-        saved = theta.clone()
         pick = torch.tensor(which, device=theta.device)
         g_pick = g.index_select(0, pick).double()
         g_norm = torch.linalg.vector_norm(g_pick, dim=1)
         lr_pick = lr.index_select(0, pick).double().flatten()
         points = [(0.0, loss.index_select(0, pick).double(), torch.zeros_like(g_norm))]
-        try:
+        with restored(theta) as (saved,):
             for k in self.rc.landscape_scales:
                 theta.copy_(saved)
                 theta.sub_(g * (k * lr))  # as the optimizer's theta.sub_(lr * g), k times over
                 there, g_there = kernel.gradient(x, y)
                 change = torch.linalg.vector_norm(g_there.index_select(0, pick).double() - g_pick, dim=1)
                 points.append((k, there.index_select(0, pick).double(), change))
-        finally:
-            theta.copy_(saved)
         for k, losses, changes in points:
             distances = (k * lr_pick * g_norm).tolist()
             for j, d, value, c in zip(which, distances, losses.tolist(), changes.tolist(), strict=True):
@@ -562,8 +569,7 @@ class Recorder:
         stats = self.kernel.running_stats()
         if not which or not stats:
             return
-        saved = {i: (mean.clone(), var.clone()) for i, (mean, var) in stats.items()}
-        try:
+        with restored(*(t for pair in stats.values() for t in pair)):
             for i, (mean, var) in sorted(stats.items()):
                 pre = self.kernel.probe(*self.splits["train"], "eval").points[(i, "pre_norm")]
                 population = population_stats(pre)
@@ -574,10 +580,6 @@ class Recorder:
                 for j in which:
                     row = {"step": step, "split": split, "mode": "precise", "loss": loss[j], "accuracy": acc[j]}
                     self.rows[j]["curves"].append(row)
-        finally:
-            for i, (mean, var) in stats.items():
-                mean.copy_(saved[i][0])
-                var.copy_(saved[i][1])
 
     def tables(self, j: int) -> dict[str, pd.DataFrame]:
         tables = {name: pd.DataFrame(rows) for name, rows in self.rows[j].items() if name != "ics"}
