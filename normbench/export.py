@@ -8,6 +8,8 @@ Each finished run (ok or diverged) becomes LOGDIR/<experiment>/<label>, its labe
 
 - scalars `loss/<split>/<mode>_mode` and `accuracy/<split>/<mode>_mode` from curves.parquet;
 - scalars `<column>/layer<i>` for every numeric column of layers.parquet (dead_fraction, grad_norm, ...);
+- with record.landscape_every, scalars `landscape/loss_range`, `landscape/grad_change`, `landscape/beta`
+  (report.landscape_summary of landscape.parquet);
 - for every (point, layer) of histograms.parquet, whatever the points are: a histogram `<point>/layer<i>` and
   the scalars `<point>/nan/layer<i>`, `<point>/inf/layer<i>` (counts), `<point>/out_of_range_share/layer<i>`
   ((below + above) / n), `<point>/mean/layer<i>` and `<point>/std/layer<i>`;
@@ -91,6 +93,7 @@ def export_tensorboard(exp_dir: Path, logdir: Path) -> ExportReport:
                 _write_curves(writer, load_table(exp_dir, "curves", rid))
                 _write_layers(writer, load_table(exp_dir, "layers", rid))
                 _write_histograms(writer, load_table(exp_dir, "histograms", rid))
+                _write_landscape(writer, load_table(exp_dir, "landscape", rid))
                 exported += 1
         replace_dir(tmp, target)
     except OSError as e:
@@ -132,6 +135,16 @@ def _write_layers(writer: Any, layers: pd.DataFrame) -> None:
     for layer, g in layers.groupby("layer", sort=True):
         for col in columns:
             _scalars(writer, f"{col}/layer{layer}", g.step, g[col], skip_all_nan=False)
+
+
+def _write_landscape(writer: Any, landscape: pd.DataFrame) -> None:
+    if landscape.empty:
+        return
+    from normbench.report import landscape_summary
+
+    summary = landscape_summary(landscape)
+    for col in ("loss_range", "grad_change", "beta"):
+        _scalars(writer, f"landscape/{col}", summary.step, summary[col])
 
 
 def _write_histograms(writer: Any, hists: pd.DataFrame) -> None:

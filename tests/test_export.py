@@ -19,6 +19,7 @@ from normbench import sweep
 from normbench.cli import app
 from normbench.config import experiment_from_dict
 from normbench.export import INSTALL_HINT, histogram_buckets, run_labels
+from normbench.report import landscape_summary
 from normbench.store import ExperimentStore, load_runs, load_table
 from normbench.sweep import run_experiment
 
@@ -36,7 +37,7 @@ DIGITS = {
     "data": {"name": "digits", "n": 100, "n_test": 50},
     "model": {"depth": 2, "width": 8, "weight_init": "kaiming", "norm": "batch"},
     "train": {"optimizer": "sgd", "lr": 0.05, "steps": 6, "batch_size": 25},
-    "record": {"loss_every": 3, "hist_every": 3, "bins": 8},
+    "record": {"loss_every": 3, "hist_every": 3, "bins": 8, "landscape_every": 2, "running_stats": True},
 }
 
 
@@ -173,6 +174,13 @@ def test_export_holds_the_tables_numbers(results, tmp_path):
                 ):
                     assert_scalars(acc, f"{point}/{stat}/layer{layer}", g.step, values)
                     expected_scalars.add(f"{point}/{stat}/layer{layer}")
+            landscape = load_table(results / exp, "landscape", [run.run_id])
+            assert landscape.empty == (exp == "tiny")
+            if not landscape.empty:
+                summary = landscape_summary(landscape)
+                for col in ("loss_range", "grad_change", "beta"):
+                    assert_scalars(acc, f"landscape/{col}", summary.step, summary[col])
+                    expected_scalars.add(f"landscape/{col}")
             # Every point of the table, whatever its name, and nothing else.
             assert set(acc.Tags()["histograms"]) == expected_hists
             assert set(acc.Tags()["scalars"]) == expected_scalars
