@@ -449,7 +449,10 @@ def plot(
     results: ResultsArg,
     format: Annotated[FigFormat, typer.Option("--format", help="png, svg or pdf.")] = FigFormat.png,
     compare: Annotated[
-        str | None, typer.Option(help="Grid key whose values are compared side by side (default model.norm).")
+        str | None,
+        typer.Option(
+            help="Grid key whose values are compared side by side, by dotted name or last part (default model.norm)."
+        ),
     ] = None,
     point: Annotated[Point, typer.Option(help="Which values the histogram grids show.")] = Point.post_act,
     overlay: Annotated[

@@ -52,6 +52,7 @@ import yaml
 from normbench.report import landscape_summary
 from normbench.store import (
     FINISHED,
+    SelectionError,
     default_compare,
     experiment_axes,
     experiment_axis_groups,
@@ -59,6 +60,7 @@ from normbench.store import (
     group_slug,
     load_runs,
     load_table,
+    resolve_axis,
     tied_with,
 )
 
@@ -126,9 +128,12 @@ def load_experiment(
     if where is not None:
         all_runs = all_runs[where(all_runs)]
     axes = [a for a in experiment_axes(exp_dir) if a in all_runs.columns]
+    if compare is not None:
+        try:
+            compare = resolve_axis(compare, axes, "--compare", exp_dir.name)
+        except SelectionError as e:
+            raise PlotError(str(e)) from None
     compare = compare or default_compare(axes)
-    if compare is not None and compare not in axes:
-        raise PlotError(f"--compare {compare!r} is not a grid key of {exp_dir.name}; grid keys: {', '.join(axes)}")
     runs = all_runs[all_runs.status.isin(FINISHED)]
     if runs.empty:
         statuses = ", ".join(sorted(set(all_runs.status))) or "none"
@@ -431,11 +436,22 @@ def _few_ticks(ax: plt.Axes, x: int = 4, y: int = 3) -> None:
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(y))
 
 
+class _FewLogTicks(matplotlib.ticker.LogLocator):
+    """Log ticks at 1, 2 and 5 of each decade over a short range (so that a range within one decade still has
+    labelled ticks), at 1 and 3 over up to three decades, at powers of ten beyond: about six ticks at most."""
+
+    def tick_values(self, vmin: float, vmax: float):
+        decades = abs(math.log10(vmax / vmin)) if vmin > 0 and vmax > 0 else math.inf
+        subs = (1.0, 2.0, 5.0) if decades < 1.3 else (1.0, 3.0) if decades < 3 else (1.0,)
+        self.set_params(subs=subs, numticks=6)
+        return super().tick_values(vmin, vmax)
+
+
 def _log_y(ax: plt.Axes) -> None:
-    """A log y axis whose ticks read as plain numbers (1, 2, 5 of each decade: a range within one decade still has
-    labelled ticks), without minor labels (mathtext is slow to draw and hard to read)."""
+    """A log y axis whose ticks read as plain numbers (_FewLogTicks), without minor labels (mathtext is slow to draw
+    and hard to read)."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=6))
+    ax.yaxis.set_major_locator(_FewLogTicks())
     ax.yaxis.set_major_formatter(PLAIN)
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
@@ -713,7 +729,7 @@ def _grad(exp: Experiment, group: Any):
         for m, t in (
             ("backprop_norm", "backpropagated gradient ||dL/dz||"),
             ("grad_norm", "weight gradient ||dL/dW||"),
-            ("ics_cos", "cos(G, G'): 1 = no covariate shift"),
+            ("ics_cos", "cos(G, G'), 1: no covariate shift"),
         )
         if m in layers.columns and layers[m].notna().any()
     ]
@@ -735,10 +751,7 @@ def _grad(exp: Experiment, group: Any):
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
             if log:
-                ax.set_yscale("log")
-                ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(numticks=5))
-                ax.yaxis.set_major_formatter(PLAIN)
-                ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                _log_y(ax)
             else:
                 ax.set_ylim(-1.05, 1.05)
                 ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([-1, 0, 1]))
@@ -749,7 +762,8 @@ def _grad(exp: Experiment, group: Any):
                 ax.set_xlim(mine.step.min(), mine.step.max())
             if run.status == "diverged":
                 _note(ax, 0.98, 0.04, f"diverged at step {run.diverged_step}", ha="right", fontsize=7.5)
-            ax.set_title(f"{_value_label(exp.compare, value)}: {title}" if exp.compare else title)
+            head = _value_label(exp.compare, value) if exp.compare and r == 0 else ""
+            ax.set_title(f"{head}\n{title}" if head else title)
             if r == len(metrics) - 1:
                 ax.set_xlabel("step")
     axs[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -757,7 +771,7 @@ def _grad(exp: Experiment, group: Any):
         _title(exp, group, runs, "gradients per layer") + f" ({exp.mode_text()})",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / fig.get_figheight(), top=1 - 0.6 / fig.get_figheight())
+    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / fig.get_figheight(), top=1 - 0.8 / fig.get_figheight())
     return fig
 
 
@@ -775,9 +789,9 @@ def _landscape(exp: Experiment, group: Any):
     summary = landscape_summary(table)
     fig, axs = _subplots(1, 3, (WIDTH, 3.2), "landscape")
     titles = (
-        "loss along the gradient (min to max)",
-        "gradient change ||g - g'|| (max)",
-        "effective beta-smoothness (max ||g - g'|| / ||d||)",
+        "loss along the gradient, min to max",
+        "gradient change, max ||g - g'||",
+        "effective beta, max ||g - g'|| / ||d||",
     )
     scales = sorted(table.scale.unique())
     for k, (value, vruns) in enumerate(_variants(exp, runs)):
@@ -834,7 +848,10 @@ def _running(exp: Experiment, group: Any):
     variants = [(v, r) for v, r in _variants(exp, runs) if r.run_id.iloc[0] in with_stats]
     if not variants:
         return None
-    rows = (("running_mean_err", "running mean's error (population stds)"), ("running_var_err", "|log var ratio|"))
+    rows = (
+        ("running_mean_err", "running mean's error, in stds"),
+        ("running_var_err", "running variance's error, |log ratio|"),
+    )
     fig, axs = _subplots(3, len(variants), (WIDTH, 7.2), "running", sharey="row")
     depth = int(layers.layer.max())
     cmap = plt.get_cmap("viridis")
@@ -851,7 +868,7 @@ def _running(exp: Experiment, group: Any):
                 ax.plot(d.step[ok], d[metric][ok], color=color, lw=1.2, label=f"layer {layer}")
             _log_y(ax)
             ax.grid(alpha=0.3)
-            ax.set_title(f"{name}: {title}" if name else title)
+            ax.set_title(f"{name}\n{title}" if name and r == 0 else title)
         ax = axs[2][c]
         train = curves[(curves.run_id == run.run_id) & (curves.split == "train")]
         for mode, color, label in (("train", COLORS[0], "train mode"), ("eval", COLORS[1], "eval mode")):
@@ -863,7 +880,7 @@ def _running(exp: Experiment, group: Any):
             ax.plot(precise.step, precise.loss, "D", color=COLORS[2], ms=6, label="precise BN (eval)")
         _log_y(ax)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{name}: training-set loss" if name else "training-set loss")
+        ax.set_title("training-set loss")
         ax.set_xlabel("step")
         if run.status == "diverged":
             _note(ax, 0.98, 0.04, f"diverged at step {run.diverged_step}", ha="right")
@@ -874,7 +891,7 @@ def _running(exp: Experiment, group: Any):
         + "\n(each layer's input over the training set, the network in eval mode)",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.08, right=0.8, bottom=0.07, top=0.9, hspace=0.45)
+    fig.subplots_adjust(left=0.08, right=0.8, bottom=0.07, top=0.85, hspace=0.45)
     return fig
 
 
@@ -1007,7 +1024,7 @@ def _final_vs(exp: Experiment, key: str):
                 ax.set_xscale("log", base=2 if key.endswith("batch_size") else 10)
                 ax.xaxis.set_major_formatter(PLAIN)
             if metric == "final_train_loss" and _wide(list(runs[metric].dropna())):
-                ax.set_yscale("log")
+                _log_y(ax)
             ax.set_xlabel(key)
             ax.set_title(title + (f" | {_label(rest, gkey)}" if rest else ""))
             ax.grid(alpha=0.3)

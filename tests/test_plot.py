@@ -97,6 +97,10 @@ def test_figure_set_overlay_animation_and_a_second_comparison(tiny_results):
     result = runner.invoke(app, ["plot", str(exp), "--compare", "seed"])
     assert result.exit_code == 0, result.output
     assert (exp / "figures" / "by-seed" / "cost.png").exists()
+    # A grid key by an unambiguous last part, as summary --by takes it: the folder has its dotted name.
+    result = runner.invoke(app, ["plot", str(exp), "--compare", "activation"])
+    assert result.exit_code == 0, result.output
+    assert (exp / "figures" / "by-model.activation" / "cost.png").exists()
     result = runner.invoke(app, ["plot", str(exp)])
     assert result.exit_code == 0, result.output
     assert not list((exp / "figures").glob("anim_*")), "figures of the earlier plot were left beside the new ones"
