@@ -407,9 +407,9 @@ def _at_step(layers: pd.DataFrame, step: str) -> pd.DataFrame:
 
 
 def _layer_mean(m: Measure, layers: pd.DataFrame) -> float:
-    """Mean over hidden layers; NaN when any layer's value is (a diverged layer is neither dead nor alive)."""
-    values = _at_step(layers, m.step)[m.quantity].to_numpy(float)
-    return float(values.mean()) if len(values) and not np.isnan(values).any() else math.nan
+    from normbench.report import layer_mean
+
+    return layer_mean(_at_step(layers, m.step)[m.quantity])
 
 
 def _layer_spread(m: Measure, layers: pd.DataFrame) -> float:

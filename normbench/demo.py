@@ -18,7 +18,7 @@ from rich.console import Console
 
 from normbench.config import load_experiment
 from normbench.plot import plot_experiments
-from normbench.report import summary_records, summary_table
+from normbench.report import run_layer_means, summary_records, summary_table
 from normbench.store import ExperimentStore, load_runs, load_table
 from normbench.sweep import run_experiment
 
@@ -50,17 +50,23 @@ def run_dead_neurons(out: Path, force: bool = False, console: Console | None = N
 
 
 def cell_stats(exp_dir: Path) -> pd.DataFrame:
-    """One row per (activation, norm): runs, diverged runs and steps, mean final loss, mean dead and saturated
-    fractions over hidden layers and seeds at the last step and at step 0, and each seed's initial loss."""
+    """One row per (activation, norm): runs, diverged runs and steps, mean final loss, dead and saturated fractions
+    (each run's report.layer_mean averaged over the runs: at the last step over the runs that did not diverge, at
+    step 0 over all), and each seed's initial loss."""
     runs = load_runs(exp_dir)
     layers = load_table(exp_dir, "layers")
     curves = load_table(exp_dir, "curves")
     initial = curves[(curves.step == 0) & (curves.split == "train") & (curves["mode"] == "train")]
     rows = []
+    means = {
+        (col, step): run_layer_means(layers, col, step)
+        for col, step in (("dead_fraction", "last"), ("dead_fraction", "first"), ("saturated_fraction", "last"))
+    }
     for (act, norm), grp in runs.groupby(["model.activation", "model.norm"], sort=False):
         mine = layers[layers.run_id.isin(grp.run_id)] if len(layers) else layers
         last = mine[mine.step == mine.groupby("run_id").step.transform("max")] if len(mine) else mine
-        first = mine[mine.step == 0] if len(mine) else mine
+        ok = grp.run_id[grp.status == "ok"]  # a diverged net's layers are neither dead nor alive (as the claims check)
+
         finite_loss = grp.final_train_loss[np.isfinite(grp.final_train_loss)]
         rows.append(
             {
@@ -70,19 +76,20 @@ def cell_stats(exp_dir: Path) -> pd.DataFrame:
                 "diverged": int((grp.status == "diverged").sum()),
                 "diverged_steps": sorted(int(s) for s in grp.diverged_step.dropna()),
                 "final_loss": float(finite_loss.mean()) if len(finite_loss) else math.nan,
-                "dead": _mean(last, "dead_fraction"),
+                "dead": _over_runs(means["dead_fraction", "last"], ok),
                 "dead_max_layer": float(last.dead_fraction.max()) if len(last) else math.nan,
-                "dead_at_init": _mean(first, "dead_fraction"),
+                "dead_at_init": _over_runs(means["dead_fraction", "first"], grp.run_id),
                 "initial_loss": initial.loc[initial.run_id.isin(grp.run_id), "loss"].tolist(),
-                "saturated": _mean(last, "saturated_fraction"),
+                "saturated": _over_runs(means["saturated_fraction", "last"], ok),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _mean(df: pd.DataFrame, col: str) -> float:
-    vals = df[col].dropna() if len(df) else pd.Series(dtype=float)
-    return float(vals.mean()) if len(vals) else math.nan
+def _over_runs(per_run: pd.Series, run_ids: pd.Series) -> float:
+    """The mean over the given runs of a per-run number (runs without one left out: NaN if none has one)."""
+    values = per_run.reindex(run_ids).dropna()
+    return float(values.mean()) if len(values) else math.nan
 
 
 def judge(exp_dir: Path) -> list[str]:

@@ -237,15 +237,26 @@ def _final_numbers(exp_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
         if has_test:
             out["final_test_accuracy"] = runs.final_test_accuracy
     for col in ("dead_fraction", "saturated_fraction"):
-        out[col] = runs[col].map(_layer_mean)
+        out[col] = runs[col].map(layer_mean)
     return out
 
 
-def _layer_mean(values: Any) -> float:
-    """Mean over hidden layers; NaN when there are none or any layer's value is NaN (a diverged layer, or an
-    activation without a saturated region)."""
+def layer_mean(values: Any) -> float:
+    """A per-layer quantity (dead or saturated fraction) as one number: its mean over the hidden layers; NaN when
+    there is no layer or any layer's value is NaN (a diverged layer is neither dead nor alive; ReLU has no saturated
+    region). The one definition behind `summary --by`, the report, the claims check and the demo's verdicts."""
     arr = np.asarray(values if values is not None else [], dtype=float)
     return float(arr.mean()) if arr.size else math.nan
+
+
+def run_layer_means(layers: pd.DataFrame, column: str, step: str = "last") -> pd.Series:
+    """layer_mean of `column` for each run of a layers table (index: run_id), at the run's first or last recorded
+    step (its divergence step for a diverged run)."""
+    if layers.empty:
+        return pd.Series(dtype=float)
+    steps = layers.groupby("run_id").step.transform("min" if step == "first" else "max")
+    at = layers[layers.step == steps]
+    return at.groupby("run_id")[column].apply(layer_mean)
 
 
 def _hashable(v: Any) -> Any:
