@@ -158,3 +158,15 @@ def test_ics_every_is_validated_and_off_keeps_run_ids(tiny_raw):
         config(copy.deepcopy(tiny_raw), "none", "sgd", ics_every=0)
     off = config(copy.deepcopy(tiny_raw), "none", "sgd", ics_every=None)
     assert off.run_id == config(tiny_raw, "none", "sgd").run_id
+
+
+def test_a_model_out_of_forward_order_is_refused():
+    from normbench.engine.autograd import check_forward_order
+
+    check_forward_order(
+        ["layer0.norm.weight", "layer1.fc.weight", "layer1.norm.weight", "layer2.fc.weight", "head.bias"]
+    )
+    with pytest.raises(ValueError, match=r"out of forward order \(layer1\.fc\.weight"):
+        check_forward_order(["layer2.fc.weight", "layer1.fc.weight", "head.weight"])
+    with pytest.raises(ValueError, match="out of forward order"):
+        check_forward_order(["head.weight", "layer1.fc.weight"])

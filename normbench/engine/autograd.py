@@ -12,6 +12,8 @@ here than M plain ones), and it keeps each norm's own forward, running-statistic
 
 from __future__ import annotations
 
+import math
+import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -51,6 +53,7 @@ class AutogradKernel:
         self.models = [m.to(device) for m in models]
         self.classification = classification
         self.params = [list(m.parameters()) for m in self.models]
+        check_forward_order([n for n, _ in self.models[0].named_parameters()])
         self.theta, offsets = _as_rows(self.params, device)
         self.grad = torch.zeros_like(self.theta)
         # Running statistics (BN's running_mean/var, switchable's); num_batches_tracked is never read (momentum set).
@@ -144,6 +147,19 @@ class AutogradKernel:
                 stacked[tuple(map(id, values))] = torch.stack(rows)
         points = {key: stacked[tuple(map(id, values))] for key, values in found.items()}
         return Probe(points, grad, _importance(self.models))
+
+
+def check_forward_order(names: list[str]) -> None:
+    """A row of theta lists a model's parameters in registration order; internal covariate shift (Recorder.ics) takes
+    "the layers before layer i" to be the row up to layer i's weight, which holds when the blocks are registered in
+    the order of the forward (layer0, layer1, ..., head), as models.py builds them. Refuse a model that is not."""
+    rank = [int(m[1]) if (m := re.match(r"layer(\d+)\.", n)) else math.inf for n in names]  # the head: last
+    if rank != sorted(rank):
+        out_of_order = next(n for n, a, b in zip(names[1:], rank, rank[1:], strict=False) if b < a)
+        raise ValueError(
+            f"the model registers its parameters out of forward order ({out_of_order} after a later block): the "
+            "rows of theta would not list upstream parameters first; register layer0, layer1, ..., head in order"
+        )
 
 
 @contextmanager
