@@ -140,6 +140,7 @@ METRICS = {
     "final_train_loss": "train loss",
     "final_test_loss_train_mode": "test loss\nbatch stats",
     "final_test_loss": "test loss\nrunning stats",
+    "final_test_loss_precise": "test loss\nprecise stats",
     "final_train_accuracy": "train acc",
     "final_test_accuracy": "test acc\nrunning stats",
     "dead_fraction": "dead units",
@@ -232,6 +233,9 @@ def _final_numbers(exp_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
         last = test.sort_values("step").groupby("run_id").loss.last() if len(test) else pd.Series(dtype=float)
         out["final_test_loss_train_mode"] = runs.run_id.map(last).astype(float)
         out["final_test_loss"] = runs.final_test_loss
+        precise = curves[(curves.split == "test") & (curves["mode"] == "precise")] if len(curves) else curves
+        if len(precise):  # record.precise_bn: the running statistics recomputed after training
+            out["final_test_loss_precise"] = runs.run_id.map(precise.groupby("run_id").loss.last()).astype(float)
     if classification:
         out["final_train_accuracy"] = runs.final_train_accuracy
         if has_test:
@@ -311,11 +315,13 @@ def fmt_percent(v: float) -> str:
 
 def fmt_stats(row: dict[str, Any] | pd.Series, metric: str) -> tuple[str, str]:
     """('mean ± std', '[min, max]') of one metric of one group; '' where a part says nothing (one run). Ok runs
-    without a value are said: 'inf/NaN' for all of them (a loss), 'n=1 of 2' for some."""
+    without a value are said: 'inf/NaN' for all of them (a loss; '-' where the number is not defined for them),
+    'n=1 of 2' for some."""
     mean, std, lo, hi = (row[f"{metric}.{s}"] for s in STATS)
     n, ok = row.get(f"{metric}.n", 0), row["ok"]
     if _is_na(mean):
-        return ("inf/NaN" if ok and not metric.endswith("_fraction") else "-"), ""
+        undefined = metric.endswith(("_fraction", "_precise"))  # ReLU saturation; precise stats without running ones
+        return ("inf/NaN" if ok and not undefined else "-"), ""
     centre = fmt_metric(metric, mean) + ("" if _is_na(std) else f" ± {fmt_metric(metric, std, spread=True)}")
     lo, hi = fmt_metric(metric, lo), fmt_metric(metric, hi)
     spread = "" if lo == hi else f"[{lo}, {hi}]"

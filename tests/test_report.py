@@ -354,3 +354,23 @@ def test_images_decode_inside_folded_sections(page, browser, tmp_path):
     assert browser.open(folded.as_uri()) == []
     images = browser.evaluate(IMAGES)
     assert images and all(width > 0 for _, width, _ in images)
+
+
+def test_summary_by_shows_the_precise_statistics_loss_where_recorded(tmp_path, tiny_raw):
+    from rich.console import Console
+
+    from normbench.config import experiment_from_dict
+    from normbench.report import aggregate_runs, fmt_stats
+    from normbench.store import load_table
+    from normbench.sweep import run_experiment
+
+    tiny_raw["record"]["precise_bn"] = True
+    exp = experiment_from_dict(tiny_raw)
+    run_experiment(exp, tmp_path, console=Console(quiet=True))
+    exp_dir = tmp_path / exp.name
+    groups = aggregate_runs(exp_dir, ["model.norm"]).set_index("model.norm")
+    curves = load_table(exp_dir, "curves")
+    precise = curves[(curves.split == "test") & (curves["mode"] == "precise")]
+    assert groups.loc["batch", "final_test_loss_precise.mean"] == pytest.approx(precise.loss.mean())
+    assert groups.loc["none", "final_test_loss_precise.n"] == 0
+    assert fmt_stats(groups.loc["none"], "final_test_loss_precise") == ("-", "")  # not defined without running stats
