@@ -104,8 +104,9 @@ class Measure(Strict):
     step: Literal["first", "last"] = "last"  # dead_fraction, saturated_fraction, layer_spread
     column: str | None = None  # layer_spread, column_mean: a layers.parquet column; landscape: one of LANDSCAPE
     split: Literal["train", "test"] = "train"  # steps_to, mode_ratio, final_value
-    mode: Literal["train", "eval", "precise"] = "train"  # steps_to, generalization_gap, mode_ratio, final_value
-    versus: Literal["train", "eval", "precise"] = "precise"  # mode_ratio: the mode `mode` is held against
+    mode: Literal["train", "eval", "precise", "population"] = "train"  # steps_to, generalization_gap, mode_ratio,
+    # final_value
+    versus: Literal["train", "eval", "precise", "population"] = "population"  # mode_ratio: what `mode` is held against
     field: Literal["loss", "accuracy"] = "loss"  # steps_to, generalization_gap, final_value
     at_least: float | None = None  # steps_to: the level the curve must reach
     at_most: float | None = None
@@ -453,8 +454,8 @@ def _gap(m: Measure, curves: pd.DataFrame) -> float:
 
 
 def _mode_ratio(m: Measure, curves: pd.DataFrame) -> float:
-    """log10 of the loss in mode `mode` over the loss in mode `versus`, on `split` at the last step (mode 'precise':
-    eval mode with recomputed statistics, record.precise_bn)."""
+    """log10 of the loss in mode `mode` over the loss in mode `versus`, on `split` at the last step (modes 'precise'
+    and 'population': eval mode with recomputed statistics, record.precise_bn)."""
     c = curves[(curves.split == m.split) & (curves.step == curves.step.max())].set_index("mode").loss
     if m.mode not in c or m.versus not in c:
         return math.nan
@@ -472,12 +473,12 @@ def _final_value(m: Measure, curves: pd.DataFrame) -> float:
 
 
 def _landscape(m: Measure, table: pd.DataFrame) -> float:
-    """Mean over the measured steps of one of report.landscape_summary's numbers (record.landscape_every); NaN when a
-    step has none (a point along the gradient with an infinite loss: no smoothness number)."""
+    """Mean over the measured steps of one of report.landscape_summary's numbers (record.landscape_every): +inf when
+    a step's is (a step along the gradient blew up), NaN when a step has none (its start was not finite)."""
     from normbench.report import landscape_summary
 
     values = landscape_summary(table)[m.column].to_numpy(float)
-    return float(values.mean()) if len(values) and np.isfinite(values).all() else math.nan
+    return float(values.mean()) if len(values) and not np.isnan(values).any() else math.nan
 
 
 def seed_values(m: Measure, runs: pd.DataFrame, values: pd.Series) -> pd.Series:

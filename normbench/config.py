@@ -20,6 +20,7 @@ import itertools
 import json
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -140,15 +141,25 @@ class ModelConfig(Strict):
         description="bias of linear/conv layers; auto: none where a norm directly follows (Ioffe & Szegedy 2015)",
     )
     norm_groups: int = Field(2, gt=0, description="group norm: channel groups per layer")
-    norm_noise: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=1)]] = Field(
-        (0.5, 1.5),
-        description="noisy_batch norm: [m, s]; every step each channel is shifted by U(-m, m) and scaled by U(1, s)",
+    norm_noise: tuple[float, float] = Field(
+        (0.5, 1.25),
+        description="noisy_batch norm: [m, s]; every step each channel's noise has a mean shift U(-m, m) and a mean "
+        "scale U(1, s) (Santurkar et al.'s 0.5 and 1.25)",
     )
     channels: list[Annotated[int, Field(gt=0)]] = Field([16, 32], min_length=1, description="cnn: channels per block")
     kernel: int = Field(3, gt=0, description="cnn: odd convolution kernel size")
     pool: Literal["max", "avg", "none"] = Field("max", description="cnn: 2x2 pooling after each block")
 
     _name = field_validator("name")(_name_in(MODELS))
+
+    @field_validator("norm_noise")
+    @classmethod
+    def _noise(cls, v: tuple[float, float]) -> tuple[float, float]:
+        m, s = v
+        if m < 0 or s < 1:
+            raise ValueError(f"[shift m, scale s] with m >= 0 and s >= 1, got [{m:g}, {s:g}]")
+        return v
+
     _activation = field_validator("activation")(_name_in(ACTIVATIONS))
     _norm = field_validator("norm")(_name_in(NORMS))
 
@@ -260,6 +271,14 @@ class RecordConfig(Strict):
         min_length=1,
         description="landscape: steps along -gradient of these multiples of the run's lr (sgd: of its own step)",
     )
+
+    @field_validator("landscape_scales")
+    @classmethod
+    def _distinct(cls, v: list[float]) -> list[float]:
+        if len(set(v)) < len(v):
+            raise ValueError(f"each scale once, got {v}")
+        return sorted(v)
+
     running_stats: bool = Field(
         False, description="how far BN's running statistics are from the training set's, at each histogram step"
     )
@@ -268,16 +287,17 @@ class RecordConfig(Strict):
     )
 
 
-# Options added after results existed: while at their defaults they are left out of the run id, so that adding them
-# did not make every earlier run train again.
-LATER_OPTIONS = (
-    ("record", "ics_every"),
-    ("record", "landscape_every"),
-    ("record", "landscape_scales"),
-    ("record", "running_stats"),
-    ("record", "precise_bn"),
-    ("model", "norm_noise"),
-)
+# Options added after results existed, each with the test of when it is off: an option that is off is left out of
+# the run id, so that adding it did not make every earlier run train again. An option in use is always in the id,
+# whatever its value, so changing a default later cannot give a stale result a new meaning.
+LATER_OPTIONS: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
+    ("record", "ics_every"): lambda d: d["record"]["ics_every"] is None,
+    ("record", "landscape_every"): lambda d: d["record"]["landscape_every"] is None,
+    ("record", "landscape_scales"): lambda d: d["record"]["landscape_every"] is None,
+    ("record", "running_stats"): lambda d: not d["record"]["running_stats"],
+    ("record", "precise_bn"): lambda d: not d["record"]["precise_bn"],
+    ("model", "norm_noise"): lambda d: not getattr(NORMS.get(d["model"]["norm"]), "noisy", False),
+}
 
 
 class RunConfig(Strict):
@@ -304,13 +324,16 @@ class RunConfig(Strict):
             )
         return self
 
-    def run_id(self) -> str:
+    def identity(self) -> dict[str, Any]:
+        """What the run id hashes: the resolved config without the later options that are off (LATER_OPTIONS)."""
         dumped = self.model_dump(mode="json")
-        defaults = {"record": RecordConfig().model_dump(mode="json"), "model": ModelConfig().model_dump(mode="json")}
-        for section, key in LATER_OPTIONS:  # at its default: the id a run had before the option existed
-            if dumped[section][key] == defaults[section][key]:
-                del dumped[section][key]
-        canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+        off = [(section, key) for (section, key), is_off in LATER_OPTIONS.items() if is_off(dumped)]
+        for section, key in off:
+            del dumped[section][key]
+        return dumped
+
+    def run_id(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

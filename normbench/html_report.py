@@ -198,7 +198,11 @@ def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str,
             f"overlaid; {group}."
         )
     if name.kind == "grad":
-        return f"Gradient norms, {group}", f"Gradient norms of each layer against the step; {group}."
+        return f"Gradient norms, {group}", (
+            "Gradient norms of each layer against the step and, where recorded, internal covariate shift as "
+            f"Santurkar et al. measure it (the cosine between a layer's weight gradient before and after the earlier "
+            f"layers' update); {group}."
+        )
     if name.kind == "units":
         return f"Dead and saturated units, {group}", (
             f"Dead units and saturated values of each hidden layer against the step, one row per run; {group}."

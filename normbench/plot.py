@@ -356,12 +356,16 @@ def _variants(exp: Experiment, runs: pd.DataFrame) -> list[tuple[Any, pd.DataFra
 def _title(exp: Experiment, group: Any, runs: pd.DataFrame, what: str) -> str:
     """'<experiment>: <what> | <group's values>, seed <s>' for a figure of one group's first seed."""
     label = _label(exp.group_keys, group)
-    seed = f", seed {runs.seed.iloc[0]}" if "seed" in runs.columns else ""
+    seed = f", seed {runs.seed.iloc[0]}" if "seed" in runs.columns and exp.compare != "seed" else ""
     return f"{exp.name}: {what}" + (f" | {label}" if label else "") + seed
 
 
-def _first_seed(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs.seed == runs.seed.min()] if "seed" in runs.columns else runs
+def _first_seed(runs: pd.DataFrame, compare: str | None = None) -> pd.DataFrame:
+    """The runs of the lowest seed: a figure of one run per compared value. All of them when the seeds are what is
+    compared (--compare seed)."""
+    if compare == "seed" or "seed" not in runs.columns:
+        return runs
+    return runs[runs.seed == runs.seed.min()]
 
 
 def _grid(
@@ -447,6 +451,11 @@ class _FewLogTicks(matplotlib.ticker.LogLocator):
         return super().tick_values(vmin, vmax)
 
 
+def _layer_color(layer: int, depth: int) -> tuple:
+    """Layer 1 dark to the last layer light, on viridis short of its palest yellow (hard to see on white)."""
+    return plt.get_cmap("viridis")(0.85 * (layer - 1) / max(depth - 1, 1))
+
+
 def _log_y(ax: plt.Axes) -> None:
     """A log y axis whose ticks read as plain numbers (_FewLogTicks), without minor labels (mathtext is slow to draw
     and hard to read)."""
@@ -521,7 +530,7 @@ def _edge_ticks(lo: float, hi: float) -> list[float]:
 
 
 def _hist(exp: Experiment, group: Any, point: str, overlay: bool = False, steps: list[int] | None = None):
-    runs = _first_seed(_group(exp, group))
+    runs = _first_seed(_group(exp, group), exp.compare)
     hists = _hist_rows(exp, runs.run_id.tolist(), point)
     all_steps = _shown_steps(hists, runs)
     steps = steps or ([all_steps[0], all_steps[-1]] if len(all_steps) > 1 else all_steps)
@@ -578,7 +587,7 @@ def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None
     """The histogram grid at every recorded step, one GIF frame each (matplotlib's Pillow writer)."""
     from matplotlib.animation import PillowWriter
 
-    runs = _first_seed(_group(exp, group))
+    runs = _first_seed(_group(exp, group), exp.compare)
     steps = _shown_steps(_hist_rows(exp, runs.run_id.tolist(), point), runs)
     writer = PillowWriter(fps=2)
     fig = _hist(exp, group, point, overlay=False, steps=[steps[0]])
@@ -594,7 +603,7 @@ def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None
 
 
 def _dist(exp: Experiment, group: Any):
-    runs = _first_seed(_group(exp, group))
+    runs = _first_seed(_group(exp, group), exp.compare)
     h = exp.tables["histograms"]
     h = h[h.run_id.isin(runs.run_id) & (h.layer > 0)]
     points = [p for p in FORWARD_POINTS if p in set(h.point)]
@@ -666,7 +675,7 @@ def _ridge(exp: Experiment, group: Any, point: str = "post_act"):
     """Histograms over training, offset upwards step by step (TensorBoard's histogram view), one panel per compared
     run and layer. Each histogram is scaled to its own tallest bin; a diverged run's steps after its divergence
     are left out and said so."""
-    runs = _first_seed(_group(exp, group))
+    runs = _first_seed(_group(exp, group), exp.compare)
     hists = _hist_rows(exp, runs.run_id.tolist(), point)
     hists = hists[hists.layer > 0]
     layers = sorted(hists.layer.unique())
@@ -721,7 +730,7 @@ def _band(ax: plt.Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any
 def _grad(exp: Experiment, group: Any):
     """Per layer against the step: the norms of the backpropagated and the weight gradient (log scale), and, where
     recorded (record.ics_every), internal covariate shift as cos(G, G') (Santurkar et al. 2018)."""
-    runs = _first_seed(_group(exp, group))
+    runs = _first_seed(_group(exp, group), exp.compare)
     layers = exp.tables["layers"]
     layers = layers[layers.run_id.isin(runs.run_id)]
     metrics = [
@@ -736,7 +745,6 @@ def _grad(exp: Experiment, group: Any):
     variants = _variants(exp, runs)
     fig, axs = _subplots(len(metrics), len(variants), (WIDTH, 2.3 * len(metrics) + 1.0), "grad", sharey="row")
     depth = int(layers.layer.max())
-    cmap = plt.get_cmap("viridis")
     for c, (value, vruns) in enumerate(variants):
         run = vruns.iloc[0]
         mine = layers[layers.run_id == run.run_id]
@@ -747,7 +755,7 @@ def _grad(exp: Experiment, group: Any):
                 d = d.sort_values("step")
                 y = d[metric].to_numpy(float)
                 ok = np.isfinite(y) & ((y > 0) if log else True)
-                ax.plot(d.step[ok], y[ok], color=cmap((layer - 1) / max(depth - 1, 1)), lw=1.2, label=f"layer {layer}")
+                ax.plot(d.step[ok], y[ok], color=_layer_color(layer, depth), lw=1.2, label=f"layer {layer}")
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
             if log:
@@ -768,7 +776,8 @@ def _grad(exp: Experiment, group: Any):
                 ax.set_xlabel("step")
     axs[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(
-        _title(exp, group, runs, "gradients per layer") + f" ({exp.mode_text()})",
+        _title(exp, group, runs, "gradients per layer" + (" and internal covariate shift" if len(metrics) == 3 else ""))
+        + f" ({exp.mode_text()})",
         fontsize=9,
     )
     fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / fig.get_figheight(), top=1 - 0.8 / fig.get_figheight())
@@ -783,13 +792,13 @@ def _landscape(exp: Experiment, group: Any):
     """Santurkar et al. (2018, fig. 4)'s three panels against the step, compared runs overlaid: the range of the loss
     along the gradient (a band from its min to its max), the largest change of the gradient there, and the effective
     beta-smoothness. Narrower and lower is smoother."""
-    runs = _first_seed(_group(exp, group))
+    runs = _first_seed(_group(exp, group), exp.compare)
     table = exp.tables["landscape"]
     table = table[table.run_id.isin(runs.run_id)]
     summary = landscape_summary(table)
-    fig, axs = _subplots(1, 3, (WIDTH, 3.2), "landscape")
+    fig, axs = _subplots(1, 3, (WIDTH, 3.5), "landscape")
     titles = (
-        "loss along the gradient, min to max",
+        "loss at the step (line), along the gradient (band)",
         "gradient change, max ||g - g'||",
         "effective beta, max ||g - g'|| / ||d||",
     )
@@ -809,11 +818,16 @@ def _landscape(exp: Experiment, group: Any):
             color=color,
             alpha=0.35,
         )
-        axs[0][0].plot(band.index, band["min"], color=color, lw=1.0, label=label)
+        start = mine[mine.scale == 0].set_index("step").loss.reindex(band.index)
+        axs[0][0].plot(band.index, start, color=color, lw=1.0, label=label)
         mine_summary = summary[summary.run_id == run.run_id]
         for ax, metric in zip(axs[0][1:], ("grad_change", "beta"), strict=True):
             d = mine_summary[np.isfinite(mine_summary[metric]) & (mine_summary[metric] > 0)]
             ax.plot(d.step, d[metric], color=color, lw=1.4, marker="o", ms=2.5)
+        blown = mine_summary.step[np.isposinf(mine_summary.loss_range)].tolist()
+        if blown:
+            where = f"step {blown[0]}" if len(blown) == 1 else f"{len(blown)} steps from {blown[0]}"
+            _note(axs[0][2], 0.02, 0.96 - 0.07 * k, f"{label}: a point blew up (inf) at {where}", color=color, va="top")
         if run.status == "diverged":
             _note(axs[0][0], 0.02, 0.04 + 0.07 * k, f"{label}: diverged at step {run.diverged_step}", color=color)
     for ax, title in zip(axs[0], titles, strict=True):
@@ -822,14 +836,15 @@ def _landscape(exp: Experiment, group: Any):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
-    axs[0][0].legend(loc="upper right", frameon=False)
+    handles, labels = axs[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     steps = ", ".join(f"{s:g}" for s in scales if s > 0)
     fig.suptitle(
         _title(exp, group, runs, "loss landscape along the gradient")
         + f"\nfrom each measured step to theta - k lr g, k in {{{steps}}}, on the step's batch (batch statistics)",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.15, top=0.8, wspace=0.28)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.24, top=0.8, wspace=0.28)
     return fig
 
 
@@ -842,7 +857,7 @@ def _running(exp: Experiment, group: Any):
     training set's (record.running_stats), and the training-set loss with batch statistics (train mode), running
     statistics (eval mode) and, at the end, recomputed ones (precise BN): the gap between the first two is what
     deploying the model costs; what precise BN closes of it is the running averages' share."""
-    runs = _first_seed(_group(exp, group))
+    runs = _first_seed(_group(exp, group), exp.compare)
     layers, curves = exp.tables["layers"], exp.tables["curves"]
     with_stats = layers[layers.run_id.isin(runs.run_id) & layers.running_mean_err.notna()].run_id.unique()
     variants = [(v, r) for v, r in _variants(exp, runs) if r.run_id.iloc[0] in with_stats]
@@ -854,7 +869,6 @@ def _running(exp: Experiment, group: Any):
     )
     fig, axs = _subplots(3, len(variants), (WIDTH, 7.2), "running", sharey="row")
     depth = int(layers.layer.max())
-    cmap = plt.get_cmap("viridis")
     for c, (value, vruns) in enumerate(variants):
         run = vruns.iloc[0]
         mine = layers[layers.run_id == run.run_id]
@@ -864,7 +878,7 @@ def _running(exp: Experiment, group: Any):
             for layer, d in mine.groupby("layer"):
                 d = d.sort_values("step")
                 ok = np.isfinite(d[metric]) & (d[metric] > 0)
-                color = cmap((layer - 1) / max(depth - 1, 1))
+                color = _layer_color(layer, depth)
                 ax.plot(d.step[ok], d[metric][ok], color=color, lw=1.2, label=f"layer {layer}")
             _log_y(ax)
             ax.grid(alpha=0.3)
@@ -875,9 +889,21 @@ def _running(exp: Experiment, group: Any):
             d = train[train["mode"] == mode].sort_values("step")
             ok = np.isfinite(d.loss) & (d.loss > 0)
             ax.plot(d.step[ok], d.loss[ok], color=color, lw=1.3, label=label)
-        precise = train[train["mode"] == "precise"]
-        if len(precise):
-            ax.plot(precise.step, precise.loss, "D", color=COLORS[2], ms=6, label="precise BN (eval)")
+        for mode, marker, color, label in (
+            ("precise", "D", COLORS[2], "precise BN (eval)"),
+            ("population", "o", COLORS[3], "population stats (eval)"),
+        ):
+            at_end = train[train["mode"] == mode]
+            if len(at_end):
+                ax.plot(
+                    at_end.step,
+                    at_end.loss,
+                    marker,
+                    color=color,
+                    ms=6,
+                    mfc="none" if marker == "o" else color,
+                    label=label,
+                )
         _log_y(ax)
         ax.grid(alpha=0.3)
         ax.set_title("training-set loss")
@@ -1041,7 +1067,7 @@ def _final_vs(exp: Experiment, key: str):
 
 
 def _units(exp: Experiment, group: Any):
-    runs = _first_seed(_group(exp, group))
+    runs = _first_seed(_group(exp, group), exp.compare)
     layers = exp.tables["layers"]
     layers = layers[layers.run_id.isin(runs.run_id)]
     titles = {"dead_fraction": "dead units (output 0 for every sample)", "saturated_fraction": "saturated values"}

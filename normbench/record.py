@@ -13,8 +13,8 @@ and, in every hidden layer (1..depth), the gradients of the probe's loss (a mean
 
 Optional measurements (record.*): internal covariate shift (`ics_every`, Recorder.ics), the loss landscape along the
 gradient (`landscape_every`, Recorder.landscape), how far batch norm's running statistics are from the training
-set's (`running_stats`, Recorder.layers) and the losses with recomputed "precise" statistics (`precise_bn`,
-Recorder.precise).
+set's (`running_stats`, Recorder.layers) and the losses with recomputed running statistics, precise BN's and
+the population's (`precise_bn`, Recorder.precise).
 
 Histograms have equal bins over a range, fixed (record.ranges.<point>: [lo, hi]) or chosen from the histogram's
 own values (`auto`: auto_ranges), and count, beside the bins, the finite values below and above the range and the
@@ -558,28 +558,57 @@ class Recorder:
                 row = {"step": step, "scale": k, "distance": d, "loss": value, "grad_change": c}
                 self.rows[j]["landscape"].append(row)
 
-    def precise(self, step: int, which: list[int]) -> None:
-        """The losses of every split in eval mode with "precise" statistics (mode 'precise' in the curves table): the
-        running statistics replaced, layer by layer in the order of the forward, by those of the layer's input over
-        the whole training split with the network in eval mode (the layers before already on their new statistics),
-        as population statistics are defined (Ioffe & Szegedy 2015, sec. 3.1; Wu & Johnson 2021, "Rethinking
-        'Batch' in BatchNorm", precise BN). Then the running statistics are put back: training and the other
-        records do not see them. The gap between modes eval and precise is what the running averages cost."""
+    def precise(self, step: int, which: list[int], batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """The losses of every split in eval mode with recomputed running statistics, two ways (curves' modes):
+
+            precise     precise BN as Wu & Johnson (2021, "Rethinking 'Batch' in BatchNorm", sec. 3) and fvcore's
+                        update_bn_stats define it: the network in train mode over `batches` (the training split in
+                        batches of the training batch size), each layer's running mean and variance the equal-weight
+                        average of its batch means and (unbiased) batch variances: what the moving averages
+                        estimate, without their lag and noise
+            population  the statistics a deployed network meets: layer by layer in the order of the forward, the
+                        mean and unbiased variance of the layer's input over the whole training split with the
+                        network in eval mode, the layers before already on their new statistics (Ioffe & Szegedy
+                        2015, algorithm 2, with the population taken whole)
+
+        So eval -> precise is what the moving averages' lag and noise cost, precise -> population what using
+        mini-batch statistics in training costs at inference. On the training split, population-statistics eval
+        mode is train mode by construction (up to n/(n-1) in the variance): its loss there is no finding, only
+        the place the other two are measured from. The running statistics are put back after: training and the
+        other records do not see these."""
         which = self._todo("precise", step, which)
         stats = self.kernel.running_stats()
         if not which or not stats:
             return
         with restored(*(t for pair in stats.values() for t in pair)):
+            sums = {
+                i: [torch.zeros_like(mean, dtype=torch.float64), torch.zeros_like(var, dtype=torch.float64)]
+                for i, (mean, var) in stats.items()
+            }
+            for x, y in batches:
+                points = self.kernel.probe(x, y, "train").points
+                for i in stats:
+                    for total, value in zip(sums[i], population_stats(points[(i, "pre_norm")]), strict=True):
+                        total += value
+            for i, (mean, var) in stats.items():
+                mean.copy_(sums[i][0] / len(batches))
+                var.copy_(sums[i][1] / len(batches))
+            self._eval_rows(step, which, "precise")
             for i, (mean, var) in sorted(stats.items()):
                 pre = self.kernel.probe(*self.splits["train"], "eval").points[(i, "pre_norm")]
                 population = population_stats(pre)
                 mean.copy_(population[0])
                 var.copy_(population[1])
-            for split, (x, y) in self.splits.items():
-                loss, acc = (t.tolist() for t in self.kernel.evaluate(x, y, "eval"))
-                for j in which:
-                    row = {"step": step, "split": split, "mode": "precise", "loss": loss[j], "accuracy": acc[j]}
-                    self.rows[j]["curves"].append(row)
+            self._eval_rows(step, which, "population")
+
+    def _eval_rows(self, step: int, which: list[int], mode: str) -> None:
+        """Curves rows of mode `mode`: every split's loss and accuracy in eval mode with the statistics as they are."""
+        for split, (x, y) in self.splits.items():
+            loss, acc = (t.tolist() for t in self.kernel.evaluate(x, y, "eval"))
+            for j in which:
+                self.rows[j]["curves"].append(
+                    {"step": step, "split": split, "mode": mode, "loss": loss[j], "accuracy": acc[j]}
+                )
 
     def tables(self, j: int) -> dict[str, pd.DataFrame]:
         tables = {name: pd.DataFrame(rows) for name, rows in self.rows[j].items() if name != "ics"}

@@ -23,7 +23,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from normbench.store import SelectionError, experiment_axes, jsonable, load_runs, load_table, resolve_axis
+from normbench.store import (
+    SelectionError,
+    experiment_axes,
+    jsonable,
+    load_runs,
+    load_table,
+    resolve_axis,
+    show_value,
+)
 
 COLUMNS = (
     "run_id",
@@ -140,7 +148,7 @@ METRICS = {
     "final_train_loss": "train loss",
     "final_test_loss_train_mode": "test loss\nbatch stats",
     "final_test_loss": "test loss\nrunning stats",
-    "final_test_loss_precise": "test loss\nprecise stats",
+    "final_test_loss_precise": "test loss\nprecise BN",
     "final_train_accuracy": "train acc",
     "final_test_accuracy": "test acc\nrunning stats",
     "dead_fraction": "dead units",
@@ -376,7 +384,7 @@ def aggregate_table(df: pd.DataFrame, title: str = "") -> Group:
     for _, row in df.iterrows():
         style = "red" if row.failed else "yellow" if row.diverged else None
         ok, others = fmt_runs(row)
-        cells: list[Text] = [Text(str(row[k])) for k in keys]
+        cells: list[Text] = [Text(show_value(row[k])) for k in keys]
         cells.append(Text(ok) + (Text("\n" + others) if others else Text()))
         for m in metrics:
             centre, spread = fmt_stats(row, m)
@@ -391,14 +399,17 @@ def landscape_summary(table: pd.DataFrame) -> pd.DataFrame:
         grad_change     max over the points of ||g(theta) - g(theta - d)||: how much the gradient changes (gradient
                         predictiveness: the smaller, the better the gradient predicts the gradient further on)
         beta            max over the points of ||g(theta) - g(theta - d)|| / ||d||: effective beta-smoothness
-    A point whose loss is not finite makes loss_range and grad_change NaN (inf is no smoothness number)."""
+    A point along the gradient where the loss or gradient is not finite makes all three +inf: the landscape is as
+    rough as can be there (a step of that size blows up). NaN only where the start itself is not finite."""
     keys = [k for k in ("run_id", "step") if k in table.columns]
     t = table.assign(ratio=table.grad_change / table.distance.where(table.distance > 0))
     out = t.groupby(keys).agg(
         loss_max=("loss", "max"), loss_min=("loss", "min"), grad_change=("grad_change", "max"), beta=("ratio", "max")
     )
-    bad = t.assign(bad=~np.isfinite(t.loss) | ~np.isfinite(t.grad_change)).groupby(keys).bad.any()
-    out["loss_range"] = (out.loss_max - out.loss_min).mask(bad)
-    out["grad_change"] = out.grad_change.mask(bad)
-    out["beta"] = out.beta.mask(bad)
+    broken = t.assign(broken=~np.isfinite(t.loss) | ~np.isfinite(t.grad_change))
+    moved = broken[broken.scale > 0].groupby(keys).broken.any().reindex(out.index, fill_value=False)
+    start = broken[broken.scale == 0].groupby(keys).broken.any().reindex(out.index, fill_value=False)
+    out["loss_range"] = out.loss_max - out.loss_min
+    for col in ("loss_range", "grad_change", "beta"):
+        out[col] = out[col].mask(moved, math.inf).mask(start, math.nan)
     return out[["loss_range", "grad_change", "beta"]].reset_index()

@@ -69,6 +69,8 @@ def jsonable(obj: Any) -> Any:
         return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [jsonable(v) for v in obj]
+    if _is_array(obj):  # a numpy array (a list read back from parquet)
+        return jsonable(obj.tolist())
     if hasattr(obj, "item"):  # numpy / torch scalars
         return jsonable(obj.item())
     return obj
@@ -329,12 +331,22 @@ def find_experiments(path: Path | str) -> list[Path]:
 
 
 def load_runs(exp_dir: Path) -> pd.DataFrame:
+    """runs.parquet, with list-valued grid values (model.norm_noise, train.betas, ...) as tuples: parquet gives them
+    back as arrays, which can be neither grouped by nor compared as one value."""
     try:
-        return pd.read_parquet(exp_dir / "runs.parquet")
+        runs = pd.read_parquet(exp_dir / "runs.parquet")
     except (OSError, ValueError) as e:
         raise DamagedResults(
             f"{exp_dir / 'runs.parquet'} cannot be read ({type(e).__name__}); `normbench run` writes it again"
         ) from None
+    for col in runs.columns:
+        if col not in ("dead_fraction", "saturated_fraction") and runs[col].map(_is_array).any():
+            runs[col] = runs[col].map(lambda v: tuple(v.tolist()) if _is_array(v) else v)
+    return runs
+
+
+def _is_array(v: Any) -> bool:
+    return getattr(v, "ndim", 0) > 0
 
 
 def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
@@ -469,13 +481,16 @@ def select_runs(
     typed: dict[str, list[str]] = {}
     for key, value, item in parse_where(where):
         axis = resolve_axis(key, [a for a in axes if a in runs.columns], "--where", experiment)
+        listed = runs[axis].map(lambda c: isinstance(c, list | tuple) or _is_array(c)).any()
+        if listed and isinstance(value, list) and not any(isinstance(v, list) for v in value):
+            value = [value]  # a list-valued key (norm_noise=[1, 3]): the list is one value
         wanted.setdefault(axis, []).extend(value if isinstance(value, list) else [value])
         typed.setdefault(axis, []).append(item)
     keep = pd.Series(True, index=runs.index)
     for axis, values in wanted.items():
         match = runs[axis].map(lambda cell, values=values: any(_same(cell, v) for v in values))
         if not match.any():
-            have = ", ".join(dict.fromkeys(_show(v) for v in runs[axis])) or "none"
+            have = ", ".join(dict.fromkeys(show_value(v) for v in runs[axis])) or "none"
             given = " ".join(f"--where {t}" for t in typed[axis])
             raise SelectionError(f"{given} matches no run of {experiment} ({axis} values: {have})")
         keep &= match.astype(bool)
@@ -485,14 +500,17 @@ def select_runs(
     return runs[keep]
 
 
-def _show(v: Any) -> str:
-    return str(list(v)) if hasattr(v, "__len__") and not isinstance(v, str) else str(v)
+def show_value(v: Any) -> str:
+    """A grid value as the user wrote it: a list value as [1.0, 3.0], numbers plain."""
+    return str(jsonable(list(v))) if hasattr(v, "__len__") and not isinstance(v, str) else str(jsonable(v))
 
 
 def _same(cell: Any, want: Any) -> bool:
     """Whether a grid value from runs.parquet equals a --where value."""
     if hasattr(cell, "tolist"):  # numpy scalars and the arrays parquet gives list values back as
         cell = cell.tolist()
+    if isinstance(cell, tuple):  # a list value as load_runs gives it
+        cell = list(cell)
     if isinstance(cell, list) or isinstance(want, list):
         return (
             isinstance(cell, list)

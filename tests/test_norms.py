@@ -207,22 +207,47 @@ def test_every_norm_in_every_model_trains_a_step(model, norm):
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES)
 def test_noisy_batch_is_batch_norm_then_its_steps_scale_and_shift(shape):
     noisy = make("noisy_batch", noise=(0.7, 2.0), key=(3, 1)).train()
+    n = shape[0]
     for step in range(3):
-        scale, shift = noisy.draws(step)
-        assert ((scale >= 1) & (scale <= 2)).all() and (shift.abs() <= 0.7).all()
+        scale, shift = noisy.draws(step, n)
+        assert scale.shape == shift.shape == (n, 6)
 
         def reference(x, w, b, s=scale, m=shift):
-            return channel(s, x) * F.batch_norm(x, None, None, w, b, training=True, eps=1e-5) + channel(m, x)
+            per = (n, 6) + (1,) * (x.dim() - 2)
+            return s.view(per) * F.batch_norm(x, None, None, w, b, training=True, eps=1e-5) + m.view(per)
 
         check_against(noisy, reference, shape)
         assert int(noisy.running_step) == step + 1  # one count per train-mode forward
-    assert not torch.equal(noisy.draws(0)[0], noisy.draws(1)[0])  # redrawn every step
-    assert torch.equal(noisy.draws(5)[1], make("noisy_batch", noise=(0.7, 2.0), key=(3, 1)).draws(5)[1])
-    assert not torch.equal(noisy.draws(5)[1], make("noisy_batch", noise=(0.7, 2.0), key=(3, 2)).draws(5)[1])
+    assert not torch.equal(noisy.draws(0, n)[0], noisy.draws(1, n)[0])  # redrawn every step
+    assert torch.equal(noisy.draws(5, n)[1], make("noisy_batch", noise=(0.7, 2.0), key=(3, 1)).draws(5, n)[1])
+    assert not torch.equal(noisy.draws(5, n)[1], make("noisy_batch", noise=(0.7, 2.0), key=(3, 2)).draws(5, n)[1])
     x = torch.randn(shape)
     running = noisy.running_mean, noisy.running_var
     expected = F.batch_norm(x, *running, noisy.weight, noisy.bias, training=False, eps=1e-5)
     torch.testing.assert_close(noisy.eval()(x), 1.5 * expected, **TOL)  # eval mode: BN and the mean scale, (1 + 2) / 2
+
+
+def test_noisy_batch_draws_follow_santurkar_et_al():
+    """Per step and channel a mean scale sigma ~ U(1, s) and a mean shift mu ~ U(-m, m) (the step's first draws, the
+    same whatever the batch size); per sample a scale N(sigma, 0.1) and a shift U(mu - 0.1, mu + 0.1) (their
+    appendix A, algorithm 1). Checked on 200,000 samples of one step, to within 6 standard errors."""
+    m, s, n = 0.5, 1.25, 200_000
+    noisy = make("noisy_batch", c=4, noise=(m, s), key=(7, 2))
+    g = torch.Generator().manual_seed(((7 * 1_000_003 + 2) * 1_000_003 + 3) % 2**63)
+    u = torch.rand(2, 4, generator=g, dtype=torch.float64)
+    sigma, mu = 1 + (s - 1) * u[0], m * (2 * u[1] - 1)
+    assert ((sigma >= 1) & (sigma <= s)).all() and (mu.abs() <= m).all()
+    for batch in (n, 1):
+        scale, shift = noisy.draws(3, batch)
+        assert ((shift - mu).abs() <= 0.1).all()  # bounded: exact for any batch size
+    scale, shift = noisy.draws(3, n)
+    assert ((scale.mean(0) - sigma).abs() < 6 * 0.1 / n**0.5).all()
+    assert ((scale.std(0) - 0.1).abs() < 6 * 0.1 / (2 * n) ** 0.5).all()
+    assert ((shift.mean(0) - mu).abs() < 6 * 0.2 / 12**0.5 / n**0.5).all()
+    # Uniform on a width of 0.2: std 0.2 / sqrt(12), the standard error of a sample std sigma sqrt((kurtosis - 1) / 4n)
+    # with kurtosis 1.8.
+    sd = 0.2 / 12**0.5
+    assert ((shift.std(0) - sd).abs() < 6 * sd * (0.8 / (4 * n)) ** 0.5).all()
 
 
 def test_noisy_batch_noise_follows_the_training_steps_not_the_measurements(tiny_raw):
@@ -230,7 +255,7 @@ def test_noisy_batch_noise_follows_the_training_steps_not_the_measurements(tiny_
     so a run recording every step trains bit for bit as one recording rarely; and a stack trains as its runs alone."""
     from normbench.engine import train_run, train_stack
 
-    tiny_raw["model"] |= {"norm": "noisy_batch", "norm_noise": [1.0, 3.0]}
+    tiny_raw["model"] |= {"norm": "noisy_batch", "norm_noise": [1.0, 3.0], "normalize_input": True}
     tiny_raw["grid"] = {"model.activation": ["tanh"]}
     rarely = experiment_from_dict(tiny_raw).runs
     tiny_raw["record"] |= {"hist_every": 1, "loss_every": 1}

@@ -374,3 +374,27 @@ def test_summary_by_shows_the_precise_statistics_loss_where_recorded(tmp_path, t
     assert groups.loc["batch", "final_test_loss_precise.mean"] == pytest.approx(precise.loss.mean())
     assert groups.loc["none", "final_test_loss_precise.n"] == 0
     assert fmt_stats(groups.loc["none"], "final_test_loss_precise") == ("-", "")  # not defined without running stats
+
+
+def test_a_grid_over_a_list_valued_key_reads_back(tmp_path, tiny_raw):
+    """Parquet gives list values back as arrays: summary, --where, plot and report take them as one value each."""
+    tiny_raw["seeds"] = [1]
+    tiny_raw["train"]["steps"] = 4
+    tiny_raw["grid"] = {"model.norm": ["noisy_batch"], "model.norm_noise": [[0.0, 1.0], [1.0, 3.0]]}
+    cfg = tmp_path / "lists.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw))
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["run", str(cfg), "--out", str(out)]).exit_code == 0
+    exp = out / tiny_raw["name"]
+    for args in (["summary", str(exp)], ["summary", str(exp), "--by", "norm_noise"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "[1.0, 3.0]" in result.output, result.output
+    result = runner.invoke(app, ["summary", str(exp), "--format", "json"])
+    assert result.exit_code == 0 and [1.0, 3.0] in [r["model.norm_noise"] for r in json.loads(result.output)]
+    picked = runner.invoke(app, ["summary", str(exp), "--where", "norm_noise=[1, 3]", "--format", "json"])
+    assert picked.exit_code == 0 and [r["model.norm_noise"] for r in json.loads(picked.output)] == [[1.0, 3.0]]
+    missing = runner.invoke(app, ["summary", str(exp), "--where", "norm_noise=[1, 4]"])
+    assert missing.exit_code == 2 and "[0.0, 1.0], [1.0, 3.0]" in missing.output
+    for args in (["plot", str(exp)], ["plot", str(exp), "--compare", "norm_noise"], ["report", str(exp)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output

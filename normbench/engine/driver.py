@@ -12,13 +12,14 @@ Steps count parameter updates: step s is the state after s updates, step 0 the i
 recorded at s % record.loss_every == 0, histograms and layer statistics at s % record.hist_every == 0, both also
 at the last step; internal covariate shift (Recorder.ics) at s % record.ics_every == 0 when set, before update s+1,
 with the update it is about to apply; the loss landscape along the gradient (Recorder.landscape) likewise at
-s % record.landscape_every == 0, on the step's batch; the losses with precise statistics (Recorder.precise) at the
+s % record.landscape_every == 0, on the step's batch; the losses with recomputed statistics (Recorder.precise) at the
 last step when record.precise_bn. A run whose training loss becomes NaN or inf at step s is recorded at s, with
 status 'diverged' and diverged_step s, then frozen: the other runs of its stack go on.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -163,6 +164,15 @@ class Training:
             idx = torch.stack([next(o)[0] for o in orders]).to(self.device)  # (M, B)
             yield self.kernel.columns(x[idx], y[idx])
 
+    def _precise_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of the training split in order, in batches of the training batch size as training takes them
+        (data.batches: one batch for the full batch; a last batch of one sample left out): what precise BN averages
+        the statistics of."""
+        x, y = self.data.x_train, self.data.y_train
+        size = self.cfgs[0].train.minibatch()
+        epoch = itertools.islice(batches(x, y, size, False, torch.Generator()), steps_per_epoch(len(x), size))
+        return [self.kernel.columns(*self._shared(xb, yb)) for xb, yb in epoch]
+
     def run(self, on_step: Callable[[int], None] | None) -> list[RunResult]:
         rc, rec, kernel = self.cfgs[0].record, self.rec, self.kernel
         active = torch.ones(len(self.cfgs), dtype=torch.bool, device=self.device)
@@ -175,7 +185,7 @@ class Training:
                 rec.losses(step, alive)
                 rec.layers(step, alive)
                 if rc.precise_bn:
-                    rec.precise(step, alive)
+                    rec.precise(step, alive, self._precise_batches())
                 break
             batch = next(stream)
             loss, correct = kernel.step(*batch)  # nothing is changed yet but the held-back statistics

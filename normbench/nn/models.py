@@ -107,6 +107,8 @@ def _input_norm(cfg: ModelConfig, features: int, values_per_sample: int) -> nn.M
             f"model.normalize_input: {cfg.norm} norm over a single input value per sample would turn every input "
             "into a constant; use norm batch here, or normalize_input false"
         )
+    if getattr(NORMS.get(cfg.norm), "noisy", False):  # noise goes after the hidden layers' norms, not onto the data
+        return NORMS.get("batch")(features, eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
     return NORMS.get(cfg.norm)(features, groups=math.gcd(cfg.norm_groups, features), **_norm_opts(cfg, 0))
 
 

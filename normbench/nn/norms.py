@@ -83,41 +83,59 @@ class BatchNorm(nn.modules.batchnorm._BatchNorm):
 
 @NORMS.register("noisy_batch", aliases=("noisy_bn",))
 class NoisyBatchNorm(BatchNorm):
-    """Batch norm, then noise that changes every training step: Santurkar et al. (2018, sec. 2.1)'s "noisy BN". At
-    step t each channel c is scaled by s_c ~ U(1, s) and shifted by m_c ~ U(-m, m), y = s_c * BN(x) + m_c
-    (model.norm_noise = [m, s]); eval mode applies the noise's expectation, y = (1 + s) / 2 * BN(x), as dropout
-    rescales at test time. Every unit's distribution then moves at every step, by design:
-    if batch norm helped by keeping the layers' input distributions stable, this norm would train worse than BN.
+    """Batch norm, then noise whose distribution changes every training step: Santurkar et al. (2018, sec. 2.1 and
+    appendix A, algorithm 1)'s "noisy BN". At step t each channel c draws a mean shift mu_c ~ U(-m, m) and a mean
+    scale sigma_c ~ U(1, s) (model.norm_noise = [m, s]; the paper's 0.5 and 1.25 by default); each sample i then
+    draws its own scale s_ic ~ N(sigma_c, 0.1) and shift m_ic ~ U(mu_c - 0.1, mu_c + 0.1) (the paper's spread 0.1,
+    SAMPLE_SPREAD), and y_ic = s_ic * BN(x)_ic + m_ic (one draw per sample and channel of a conv map, shared by its
+    positions). Eval mode applies the noise's expectation, y = (1 + s) / 2 * BN(x), as dropout rescales at test time.
+    Every unit's distribution moves at every step, by design: if batch norm helped by keeping the layers' input
+    distributions stable, this norm would train worse than BN. An input norm (model.normalize_input) of a noisy_batch
+    model is plain batch norm: the noise goes after the hidden layers' norms, as in the paper, not onto the data.
 
-    The draws of step t depend on the run's seed, the layer and t alone (`key` and the buffer running_step, which
-    counts training steps and is held back and restored by the kernels with the running statistics), so a
-    measurement's forward sees its step's noise and moves nothing."""
+    The draws of step t depend on the run's seed, the layer, t and the batch size alone (`key` and the buffer
+    running_step, which counts training steps and is held back and restored by the kernels with the running
+    statistics; a float, exact up to 2^24 steps in float32), so a measurement's forward on the step's batch sees
+    the step's very noise, and moves nothing."""
 
     noisy = True  # takes `noise` and `key` (models.py)
+    SAMPLE_SPREAD = 0.1
 
     def __init__(
-        self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1, noise=(0.5, 1.5), key=(0, 0)
+        self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, groups=1, noise=(0.5, 1.25), key=(0, 0)
     ):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
         self.noise, self.key = tuple(noise), tuple(key)
         self.register_buffer("running_step", torch.zeros(()))
 
-    def draws(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (scale, shift) of every channel at training step `step`, each (C,) in float64."""
+    def draws(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (scale, shift) of every sample and channel at training step `step` for a batch of n, each (n, C) in
+        float64; the channels' means (the first draws) do not depend on n."""
         seed, layer = self.key
         g = torch.Generator().manual_seed(((seed * 1_000_003 + layer) * 1_000_003 + step) % 2**63)
         u = torch.rand(2, self.num_features, generator=g, dtype=torch.float64)
         m, s = self.noise
-        return 1 + (s - 1) * u[0], m * (2 * u[1] - 1)
+        sigma, mu = 1 + (s - 1) * u[0], m * (2 * u[1] - 1)
+        spread = self.SAMPLE_SPREAD
+        scale = sigma + spread * torch.randn(n, self.num_features, generator=g, dtype=torch.float64)
+        shift = mu + spread * (2 * torch.rand(n, self.num_features, generator=g, dtype=torch.float64) - 1)
+        return scale, shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         if not self.training:
             return y * ((1 + self.noise[1]) / 2)
-        scale, shift = (t.to(x.device, x.dtype) for t in self.draws(int(self.running_step)))
+        scale, shift = (
+            _per_sample_channel(t.to(x.device, x.dtype), y) for t in self.draws(int(self.running_step), len(x))
+        )
         with torch.no_grad():
             self.running_step += 1
-        return y * _per_channel(scale, y) + _per_channel(shift, y)
+        return y * scale + shift
+
+
+def _per_sample_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (N, C, 1, ...) to broadcast over x (N, C, *)."""
+    return p.view(*p.shape, *([1] * (x.dim() - 2)))
 
 
 @NORMS.register("layer", aliases=("ln", "layernorm"))
