@@ -612,7 +612,9 @@ def _dist(exp: Experiment, group: Any):
     panels = dict(list(h.sort_values("step").groupby(["run_id", "layer", "point"])))
     shown = {}  # compared value -> what its legend entry says
     marked = False
-    for i, (value, vruns) in enumerate(_variants(exp, runs)):
+    variants = _variants(exp, runs)
+    lines = len(runs) > 2  # three or more overlaid bands blur into one colour: percentiles as lines instead
+    for i, (value, vruns) in enumerate(variants):
         color = COLORS[i % len(COLORS)]
         for _, run in vruns.iterrows():
             shown[value] = _value_label(exp.compare, value)
@@ -630,8 +632,12 @@ def _dist(exp: Experiment, group: Any):
                         d = d[d.step < run.diverged_step]
                     ax = axs[r][c]
                     x = d.step.to_numpy()
-                    _band(ax, x, d.p1.to_numpy(), d.p99.to_numpy(), color=color, alpha=0.15)
-                    _band(ax, x, d.p20.to_numpy(), d.p80.to_numpy(), color=color, alpha=0.35)
+                    if lines:
+                        for q, style in (("p1", ":"), ("p20", "--"), ("p80", "--"), ("p99", ":")):
+                            ax.plot(x, d[q], color=color, lw=0.9, ls=style)
+                    else:
+                        _band(ax, x, d.p1.to_numpy(), d.p99.to_numpy(), color=color, alpha=0.15)
+                        _band(ax, x, d.p20.to_numpy(), d.p80.to_numpy(), color=color, alpha=0.35)
                     ax.plot(x, d.p50, color=color, lw=1.2)
                     if run.status == "diverged" and len(x):
                         ax.plot([x[-1]], [d.p50.iloc[-1]], "x", color=BROKEN, ms=6, mew=2)
@@ -652,14 +658,21 @@ def _dist(exp: Experiment, group: Any):
     for ax in axs[-1]:
         ax.set_xlabel("step")
     handles = [
-        matplotlib.patches.Patch(color=COLORS[i % len(COLORS)], alpha=0.5, label=label)
+        matplotlib.patches.Patch(color=COLORS[i % len(COLORS)], alpha=0.5 if not lines else 1.0, label=label)
         for i, label in enumerate(shown.values())
     ]
-    handles += [
-        matplotlib.lines.Line2D([], [], color="gray", lw=1.2, label="median"),
-        matplotlib.patches.Patch(color="gray", alpha=0.5, label="20-80th percentile"),
-        matplotlib.patches.Patch(color="gray", alpha=0.2, label="1-99th percentile"),
-    ]
+    if lines:
+        handles += [
+            matplotlib.lines.Line2D([], [], color="gray", lw=1.2, label="median"),
+            matplotlib.lines.Line2D([], [], color="gray", lw=0.9, ls="--", label="20th, 80th percentile"),
+            matplotlib.lines.Line2D([], [], color="gray", lw=0.9, ls=":", label="1st, 99th percentile"),
+        ]
+    else:
+        handles += [
+            matplotlib.lines.Line2D([], [], color="gray", lw=1.2, label="median"),
+            matplotlib.patches.Patch(color="gray", alpha=0.5, label="20-80th percentile"),
+            matplotlib.patches.Patch(color="gray", alpha=0.2, label="1-99th percentile"),
+        ]
     if marked:
         handles.append(matplotlib.lines.Line2D([], [], ls="", marker="x", color=BROKEN, label="diverged after"))
     h = fig.get_figheight()

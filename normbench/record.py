@@ -562,8 +562,8 @@ class Recorder:
         """The losses of every split in eval mode with recomputed running statistics, two ways (curves' modes):
 
             precise     precise BN as Wu & Johnson (2021, "Rethinking 'Batch' in BatchNorm", sec. 3) and fvcore's
-                        update_bn_stats define it: the network in train mode over `batches` (the training split in
-                        batches of the training batch size), each layer's running mean and variance the equal-weight
+                        update_bn_stats define it: the network in train mode over `batches` (an epoch of the training
+                        split as training batches it), each layer's running mean and variance the equal-weight
                         average of its batch means and (unbiased) batch variances: what the moving averages
                         estimate, without their lag and noise
             population  the statistics a deployed network meets: layer by layer in the order of the forward, the

@@ -127,8 +127,9 @@ def bn_inputs(model: nn.Sequential, x: torch.Tensor) -> dict[nn.Module, torch.Te
 def brute_force_running(cfg):
     """{step: (per hidden layer (mean_err, var_err), {mode: training-split loss})} from the plain model: each
     BatchNorm1d's input over the training split in eval mode against its running buffers; then precise BN as
-    fvcore's update_bn_stats computes it (train mode over one epoch of batches, the buffers set to the average of
-    the batch means and unbiased variances) and the population statistics (eval mode, one layer at a time)."""
+    fvcore's update_bn_stats computes it (train mode over one epoch of batches, in the order of training's first
+    epoch, the buffers set to the average of the batch means and unbiased variances) and the population statistics
+    (eval mode, one layer at a time)."""
     eps, size = cfg.model.norm_eps, cfg.train.minibatch()
 
     def at_step(step, model, batch, full):
@@ -145,7 +146,8 @@ def brute_force_running(cfg):
             errors.append((mean_err, var_err))
         losses = {}
         precise = copy.deepcopy(model).train()
-        epoch = list(itertools.islice(batches(x, y, size, False, torch.Generator()), steps_per_epoch(len(x), size)))
+        first = batches(x, y, size, cfg.data.shuffle, torch.Generator().manual_seed(cfg.seed))  # training's order
+        epoch = list(itertools.islice(first, steps_per_epoch(len(x), size)))
         sums = {bn: [0.0, 0.0] for bn in precise if isinstance(bn, nn.BatchNorm1d)}
         for xb, _ in epoch:
             for bn, value in bn_inputs(precise, xb).items():

@@ -165,13 +165,12 @@ class Training:
             yield self.kernel.columns(x[idx], y[idx])
 
     def _precise_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of the training split in order, in batches of the training batch size as training takes them
-        (data.batches: one batch for the full batch; a last batch of one sample left out): what precise BN averages
-        the statistics of."""
-        x, y = self.data.x_train, self.data.y_train
-        size = self.cfgs[0].train.minibatch()
-        epoch = itertools.islice(batches(x, y, size, False, torch.Generator()), steps_per_epoch(len(x), size))
-        return [self.kernel.columns(*self._shared(xb, yb)) for xb, yb in epoch]
+        """One epoch of each run's batches, in the order its training's first epoch took them (shuffled where
+        training shuffles: batches of sorted data in order would each cover a narrow slice of it): what precise BN
+        averages the statistics of."""
+        return list(
+            itertools.islice(self._batches(), steps_per_epoch(len(self.data.x_train), self.cfgs[0].train.minibatch()))
+        )
 
     def run(self, on_step: Callable[[int], None] | None) -> list[RunResult]:
         rc, rec, kernel = self.cfgs[0].record, self.rec, self.kernel
