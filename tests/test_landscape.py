@@ -302,3 +302,92 @@ def test_a_stack_of_learning_rates_measures_each_run_as_alone(tiny_raw):
     for run, together in zip(runs, stacked, strict=True):
         alone = train_run(run.config, kernel="written-out", dtype=torch.float64).tables["landscape"]
         pd.testing.assert_frame_equal(together.tables["landscape"], alone, rtol=1e-10, atol=1e-14)
+
+
+def test_cnn_running_statistics_and_precise_bn_equal_a_loop_over_the_model(tiny_raw):
+    """Conv maps: a channel's statistics are over every sample and position. The run's own CNN (models.py) trained by
+    a plain torch.optim loop in float64, its BatchNorm2d inputs taken by forward hooks, against the autograd
+    kernel's running_*_err and precise / population losses."""
+    from normbench.engine.base import reference_models
+    from normbench.nn.models import recorded_layers
+
+    raw = {
+        "name": "cnn",
+        "seed": 3,
+        "data": {"name": "digits", "n": 96, "n_test": 48, "shuffle": True},
+        "model": {"name": "cnn", "channels": [3, 4], "norm": "batch", "norm_momentum": 0.5, "activation": "tanh"},
+        "train": {"optimizer": "sgd", "lr": 0.1, "steps": 4, "batch_size": 32},
+        "record": {"loss_every": 2, "hist_every": 2, "bins": 5, "running_stats": True, "precise_bn": True},
+    }
+    cfg = experiment_from_dict(raw).runs[0].config
+    tables = train_run(cfg, kernel="autograd", dtype=torch.float64).tables
+    data = build_dataset(cfg.data)
+    x, y = data.x_train.double(), data.y_train
+    model = reference_models([cfg], data)[0].double()
+    norms = [block.norm for block in recorded_layers(model)[1:]]
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
+    order = batches(x, y, 32, True, torch.Generator().manual_seed(cfg.seed))
+    eps = cfg.model.norm_eps
+
+    def inputs(net, xs):
+        seen = {}
+        hooks = [n.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, inp[0])) for n in norms_of(net)]
+        with torch.no_grad():
+            net(xs)
+        for h in hooks:
+            h.remove()
+        return seen
+
+    def norms_of(net):
+        return [block.norm for block in recorded_layers(net)[1:]]
+
+    def channel_stats(v):  # (N, C, H, W): over samples and positions
+        flat = v.transpose(0, 1).reshape(v.shape[1], -1)
+        return flat.mean(1), flat.var(1, unbiased=True)
+
+    def loss(net):
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(net.eval()(x), y).item()
+
+    layers = tables["layers"].set_index(["step", "layer"])
+    for step in range(cfg.train.steps + 1):
+        if step % 2 == 0:
+            seen = inputs(model.eval(), x)
+            for i, n in enumerate(norms, start=1):
+                mp, vp = channel_stats(seen[n])
+                mean_err = ((n.running_mean - mp).square() / (vp + eps)).mean().sqrt().item()
+                var_err = ((n.running_var + eps) / (vp + eps)).log().square().mean().sqrt().item()
+                assert layers.loc[(step, i), "running_mean_err"] == pytest.approx(mean_err, rel=1e-9)
+                assert layers.loc[(step, i), "running_var_err"] == pytest.approx(var_err, rel=1e-9)
+        if step == cfg.train.steps:
+            break
+        xb, yb = next(order)
+        model.train()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    expected = {}
+    precise = copy.deepcopy(model).train()
+    first = batches(x, y, 32, True, torch.Generator().manual_seed(cfg.seed))
+    epoch = list(itertools.islice(first, steps_per_epoch(len(x), 32)))
+    sums = {}
+    for xb, _ in epoch:
+        for n, v in inputs(precise, xb).items():
+            m, var = channel_stats(v)
+            sums[n] = [a + b for a, b in zip(sums.get(n, [0.0, 0.0]), (m, var), strict=True)]
+    with torch.no_grad():
+        for n, (m, var) in sums.items():
+            n.running_mean.copy_(m / len(epoch))
+            n.running_var.copy_(var / len(epoch))
+    expected["precise"] = loss(precise)
+    population = copy.deepcopy(model).eval()
+    for n in norms_of(population):
+        m, var = channel_stats(inputs(population, x)[n])
+        with torch.no_grad():
+            n.running_mean.copy_(m)
+            n.running_var.copy_(var)
+    expected["population"] = loss(population)
+    curves = tables["curves"]
+    for mode, value in expected.items():
+        row = curves[(curves["mode"] == mode) & (curves.split == "train")]
+        assert row.loss.item() == pytest.approx(value, rel=1e-9), mode
