@@ -402,14 +402,29 @@ class Recorder:
         which = self._todo("losses", step, which)
         if not which:
             return
-        for split, (x, y) in self.splits.items():
+        for split in self.splits:
             for mode in ("train", "eval"):
                 known = train_loss is not None and (split, mode) == ("train", "train")
-                loss, acc = train_loss if known else self.kernel.evaluate(x, y, mode)
-                loss, acc = loss.tolist(), acc.tolist()
-                for j in which:
-                    row = {"step": step, "split": split, "mode": mode, "loss": loss[j], "accuracy": acc[j]}
-                    self.rows[j]["curves"].append(row)
+                self._curve_rows(step, which, split, mode, mode, train_loss if known else None)
+
+    def _curve_rows(
+        self,
+        step: int,
+        which: list[int],
+        split: str,
+        mode: str,
+        kernel_mode: str,
+        known: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """The curves rows of one split, labelled `mode`: the kernel's losses and accuracies in `kernel_mode` (batch or
+        running statistics), or the `known` ones."""
+        x, y = self.splits[split]
+        loss, acc = known if known is not None else self.kernel.evaluate(x, y, kernel_mode)
+        loss, acc = loss.tolist(), acc.tolist()
+        for j in which:
+            self.rows[j]["curves"].append(
+                {"step": step, "split": split, "mode": mode, "loss": loss[j], "accuracy": acc[j]}
+            )
 
     def layers(self, step: int, which: list[int]) -> None:
         """Histograms of every point and the unit statistics of every hidden layer, from one forward and backward
@@ -593,22 +608,15 @@ class Recorder:
             for i, (mean, var) in stats.items():
                 mean.copy_(sums[i][0] / len(batches))
                 var.copy_(sums[i][1] / len(batches))
-            self._eval_rows(step, which, "precise")
+            for split in self.splits:
+                self._curve_rows(step, which, split, "precise", "eval")
             for i, (mean, var) in sorted(stats.items()):
                 pre = self.kernel.probe(*self.splits["train"], "eval").points[(i, "pre_norm")]
                 population = population_stats(pre)
                 mean.copy_(population[0])
                 var.copy_(population[1])
-            self._eval_rows(step, which, "population")
-
-    def _eval_rows(self, step: int, which: list[int], mode: str) -> None:
-        """Curves rows of mode `mode`: every split's loss and accuracy in eval mode with the statistics as they are."""
-        for split, (x, y) in self.splits.items():
-            loss, acc = (t.tolist() for t in self.kernel.evaluate(x, y, "eval"))
-            for j in which:
-                self.rows[j]["curves"].append(
-                    {"step": step, "split": split, "mode": mode, "loss": loss[j], "accuracy": acc[j]}
-                )
+            for split in self.splits:
+                self._curve_rows(step, which, split, "population", "eval")
 
     def tables(self, j: int) -> dict[str, pd.DataFrame]:
         tables = {name: pd.DataFrame(rows) for name, rows in self.rows[j].items() if name != "ics"}

@@ -109,19 +109,19 @@ def test_landscape_summary_is_max_and_range_over_the_points():
     assert s.loc[9].isna().all()  # the start itself is not finite: no number
 
 
-def bn_inputs(model: nn.Sequential, x: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    """Each BatchNorm1d's input during one forward of x (forward hooks)."""
+def norm_inputs(net: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> dict[nn.Module, torch.Tensor]:
+    """Each of `modules`' input during one forward of x (forward hooks)."""
     seen = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, inp[0]))
-        for m in model
-        if isinstance(m, nn.BatchNorm1d)
-    ]
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, inp[0])) for m in modules]
     with torch.no_grad():
-        model(x)
+        net(x)
     for h in hooks:
         h.remove()
     return seen
+
+
+def bn_inputs(model: nn.Sequential, x: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    return norm_inputs(model, x, [m for m in model if isinstance(m, nn.BatchNorm1d)])
 
 
 def brute_force_running(cfg):
@@ -329,17 +329,11 @@ def test_cnn_running_statistics_and_precise_bn_equal_a_loop_over_the_model(tiny_
     order = batches(x, y, 32, True, torch.Generator().manual_seed(cfg.seed))
     eps = cfg.model.norm_eps
 
-    def inputs(net, xs):
-        seen = {}
-        hooks = [n.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, inp[0])) for n in norms_of(net)]
-        with torch.no_grad():
-            net(xs)
-        for h in hooks:
-            h.remove()
-        return seen
-
     def norms_of(net):
         return [block.norm for block in recorded_layers(net)[1:]]
+
+    def inputs(net, xs):
+        return norm_inputs(net, xs, norms_of(net))
 
     def channel_stats(v):  # (N, C, H, W): over samples and positions
         flat = v.transpose(0, 1).reshape(v.shape[1], -1)
