@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench.config import PACKAGED_CONFIGS, ConfigError, Experiment, Strict, describe, load_experiment
+from normbench.store import same_value
 
 MIN_SEEDS = 3  # seeds with a number needed on each side of a comparison (and for a threshold)
 CONFIDENCE = 0.95  # of the intervals every verdict reads
@@ -304,7 +305,7 @@ def _check_setting(s: Setting, exp: Experiment) -> None:
         for key, value in flt.items():
             if key not in axes:
                 raise ValueError(f"{key!r} is not a grid key of {exp.name} (grid keys: {', '.join(axes)})")
-            if not any(_same(v, value) for v in axes[key]):
+            if not any(same_value(v, value) for v in axes[key]):
                 raise ValueError(f"{key}={value!r} is not in the grid of {exp.name} ({key}: {axes[key]})")
     over = s.measure.over or crit.over
     if over is not None and over not in axes:
@@ -322,20 +323,10 @@ def _check_setting(s: Setting, exp: Experiment) -> None:
             )
 
 
-def _same(cell: Any, want: Any) -> bool:
-    if hasattr(cell, "item"):
-        cell = cell.item()
-    if isinstance(cell, bool) or isinstance(want, bool):
-        return cell is want or str(cell).lower() == str(want).lower()
-    if isinstance(cell, int | float) and isinstance(want, int | float):
-        return math.isclose(float(cell), float(want), rel_tol=1e-9)
-    return str(cell) == str(want)
-
-
 def _matches(runs: pd.DataFrame, flt: dict[str, Any]) -> pd.Series:
     keep = pd.Series(True, index=runs.index)
     for key, value in flt.items():
-        keep &= runs[key].map(lambda cell, v=value: _same(cell, v)).astype(bool)
+        keep &= runs[key].map(lambda cell, v=value: same_value(cell, v)).astype(bool)
     return keep
 
 

@@ -488,7 +488,7 @@ def select_runs(
         typed.setdefault(axis, []).append(item)
     keep = pd.Series(True, index=runs.index)
     for axis, values in wanted.items():
-        match = runs[axis].map(lambda cell, values=values: any(_same(cell, v) for v in values))
+        match = runs[axis].map(lambda cell, values=values: any(same_value(cell, v) for v in values))
         if not match.any():
             have = ", ".join(dict.fromkeys(show_value(v) for v in runs[axis])) or "none"
             given = " ".join(f"--where {t}" for t in typed[axis])
@@ -505,8 +505,8 @@ def show_value(v: Any) -> str:
     return str(jsonable(list(v))) if hasattr(v, "__len__") and not isinstance(v, str) else str(jsonable(v))
 
 
-def _same(cell: Any, want: Any) -> bool:
-    """Whether a grid value from runs.parquet equals a --where value."""
+def same_value(cell: Any, want: Any) -> bool:
+    """Whether a grid value (from runs.parquet or a config) equals a value a user wrote (--where, a claim's where)."""
     if hasattr(cell, "tolist"):  # numpy scalars and the arrays parquet gives list values back as
         cell = cell.tolist()
     if isinstance(cell, tuple):  # a list value as load_runs gives it
@@ -516,7 +516,7 @@ def _same(cell: Any, want: Any) -> bool:
             isinstance(cell, list)
             and isinstance(want, list)
             and len(cell) == len(want)
-            and all(_same(c, w) for c, w in zip(cell, want, strict=True))
+            and all(same_value(c, w) for c, w in zip(cell, want, strict=True))
         )
     if isinstance(cell, bool) or isinstance(want, bool):
         return cell is want or (isinstance(want, str) and str(cell).lower() == want.lower())
