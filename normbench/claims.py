@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench.config import PACKAGED_CONFIGS, ConfigError, Experiment, Strict, describe, load_experiment
+from normbench.report import LANDSCAPE
 from normbench.store import same_value
 
 MIN_SEEDS = 3  # seeds with a number needed on each side of a comparison (and for a threshold)
@@ -61,7 +62,6 @@ QUANTITIES = (
     "mode_ratio",
     "final_value",
 )
-LANDSCAPE = ("loss_range", "grad_change", "beta")  # report.landscape_summary's columns
 SN_COLUMNS = ("sn_mean_in", "sn_mean_ln", "sn_mean_bn", "sn_var_in", "sn_var_ln", "sn_var_bn")
 
 
@@ -105,8 +105,8 @@ class Measure(Strict):
     step: Literal["first", "last"] = "last"  # dead_fraction, saturated_fraction, layer_spread
     column: str | None = None  # layer_spread, column_mean: a layers.parquet column; landscape: one of LANDSCAPE
     split: Literal["train", "test"] = "train"  # steps_to, mode_ratio, final_value
-    mode: Literal["train", "eval", "precise", "population"] = "train"  # steps_to, generalization_gap, mode_ratio,
-    # final_value
+    # steps_to, generalization_gap, mode_ratio, final_value (precise and population: the last two only)
+    mode: Literal["train", "eval", "precise", "population"] = "train"
     versus: Literal["train", "eval", "precise", "population"] = "population"  # mode_ratio: what `mode` is held against
     field: Literal["loss", "accuracy"] = "loss"  # steps_to, generalization_gap, final_value
     at_least: float | None = None  # steps_to: the level the curve must reach
@@ -124,6 +124,10 @@ class Measure(Strict):
             raise ValueError(f"{self.quantity} needs column (a layers.parquet column, e.g. backprop_norm)")
         if self.quantity == "landscape" and self.column not in LANDSCAPE:
             raise ValueError(f"landscape needs column: one of {', '.join(LANDSCAPE)}")
+        if self.mode in ("precise", "population") and self.quantity not in ("mode_ratio", "final_value"):
+            raise ValueError("modes precise and population exist at the last step only: use mode_ratio or final_value")
+        if self.quantity == "mode_ratio" and self.mode == self.versus:
+            raise ValueError(f"mode_ratio of mode {self.mode} against itself is 0: choose another versus")
         if (self.over is None) != (self.reduce is None):
             raise ValueError("over and reduce go together")
         if self.reduce in ("share_passing", "largest_passing") and self.passing is None:

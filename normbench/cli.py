@@ -117,8 +117,9 @@ WhereOpt = Annotated[
         "--where",
         metavar="KEY=VALUE",
         help="Keep only the runs whose grid value matches, e.g. --where model.norm=batch (repeatable: a run must "
-        "match every key; the value is read as YAML, and a list, or the key given again, matches any of its values; a "
-        "short key like norm will do).",
+        "match every key; the value is read as YAML, and a list, or the key given again, matches any of its values, "
+        "except for a key whose values are lists (norm_noise), where a list is one value; a short key like norm will "
+        "do).",
     ),
 ]
 

@@ -264,7 +264,9 @@ class RecordConfig(Strict):
         None, gt=0, description="steps between internal covariate shift measurements (Santurkar et al. 2018); null: off"
     )
     landscape_every: int | None = Field(
-        None, gt=0, description="steps between loss-landscape measurements along the gradient (Santurkar et al.)"
+        None,
+        gt=0,
+        description="steps between loss-landscape measurements along the gradient (Santurkar et al.); null: off",
     )
     landscape_scales: list[PositiveFloat] = Field(
         [0.5, 1.0, 2.0, 4.0],

@@ -63,10 +63,9 @@ def cell_stats(exp_dir: Path) -> pd.DataFrame:
         for col, step in (("dead_fraction", "last"), ("dead_fraction", "first"), ("saturated_fraction", "last"))
     }
     for (act, norm), grp in runs.groupby(["model.activation", "model.norm"], sort=False):
-        mine = layers[layers.run_id.isin(grp.run_id)] if len(layers) else layers
-        last = mine[mine.step == mine.groupby("run_id").step.transform("max")] if len(mine) else mine
         ok = grp.run_id[grp.status == "ok"]  # a diverged net's layers are neither dead nor alive (as the claims check)
-
+        mine = layers[layers.run_id.isin(ok)] if len(layers) else layers
+        last = mine[mine.step == mine.groupby("run_id").step.transform("max")] if len(mine) else mine
         finite_loss = grp.final_train_loss[np.isfinite(grp.final_train_loss)]
         rows.append(
             {

@@ -140,10 +140,10 @@ def _write_layers(writer: Any, layers: pd.DataFrame) -> None:
 def _write_landscape(writer: Any, landscape: pd.DataFrame) -> None:
     if landscape.empty:
         return
-    from normbench.report import landscape_summary
+    from normbench.report import LANDSCAPE, landscape_summary
 
     summary = landscape_summary(landscape)
-    for col in ("loss_range", "grad_change", "beta"):
+    for col in LANDSCAPE:
         _scalars(writer, f"landscape/{col}", summary.step, summary[col])
 
 

@@ -53,6 +53,7 @@ from normbench.store import (
     group_keys,
     group_slug,
     load_runs,
+    show_value,
     write_text_atomic,
 )
 
@@ -160,7 +161,9 @@ def _group_labels(exp_dir: Path, runs: pd.DataFrame) -> dict[str, str]:
     labels = {"all": "all runs"}
     if keys:
         for values in runs[keys].drop_duplicates().itertuples(index=False):
-            labels[group_slug(keys, tuple(values))] = ", ".join(f"{k} = {v}" for k, v in zip(keys, values, strict=True))
+            labels[group_slug(keys, tuple(values))] = ", ".join(
+                f"{k} = {show_value(v)}" for k, v in zip(keys, values, strict=True)
+            )
     return labels
 
 
@@ -216,8 +219,8 @@ def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str,
     if name.kind == "running":
         return f"Running statistics, {group}", (
             "Batch norm's running statistics against the training set's, per layer, and the training-set loss in "
-            "train mode, eval mode and with recomputed (precise) statistics at the end, one seed; "
-            f"{group}."
+            "train mode, eval mode and, at the end, with recomputed statistics (precise BN's, and the population's), "
+            f"one seed; {group}."
         )
     words = " ".join(x for x in (name.kind.replace("_", " "), where, group and f"({group})") if x)
     return words, f"{words[:1].upper()}{words[1:]}."
@@ -290,7 +293,7 @@ def _aggregate_html(exp_dir: Path, runs: pd.DataFrame, axes: list[str]) -> str:
         rows = []
         for _, r in df.iterrows():
             cls = " class=failed" if r.failed else " class=diverged" if r.diverged else ""
-            cells = [f"<td>{_e(r[k])}</td>" for k in keys]
+            cells = [f"<td>{_e(show_value(r[k]))}</td>" for k in keys]
             ok, others = fmt_runs(r)
             spread = f"<span class=spread>{_e(others)}</span>" if others else ""
             cells.append(f"<td>{_e(ok)}{spread}</td>")
@@ -314,7 +317,7 @@ def _runs_html(runs: pd.DataFrame, axes: list[str]) -> str:
     for _, r in runs.iterrows():
         status = f"diverged at {r.diverged_step}" if r.status == "diverged" else r.status
         cls = f" class={r.status}" if r.status in ("diverged", "failed") else ""
-        cells = [f"<td>{_e(r[a])}</td>" for a in axes] + [f"<td>{_e(status)}</td>"]
+        cells = [f"<td>{_e(show_value(r[a]))}</td>" for a in axes] + [f"<td>{_e(status)}</td>"]
         nums = [
             _na(r.steps_done),
             "inf/NaN" if r.status == "diverged" else fmt_loss(_float(r.final_train_loss)),

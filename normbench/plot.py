@@ -61,6 +61,7 @@ from normbench.store import (
     load_runs,
     load_table,
     resolve_axis,
+    show_value,
     tied_with,
 )
 
@@ -110,7 +111,7 @@ class Experiment:
     def groups(self) -> list[tuple[Any, pd.DataFrame]]:
         if not self.group_keys:
             return [((), self.runs)]
-        return list(self.runs.groupby(self.group_keys, sort=False))
+        return list(self.runs.groupby(self.group_keys, sort=False, dropna=False))
 
     def mode_text(self) -> str:
         rec = self.config.get("record", {})
@@ -276,7 +277,8 @@ def _jobs(
         points = [point]
     jobs = [Job("cost", i, out / f"cost.{fmt}")]
     jobs += [Job("final_vs", i, out / f"final_vs_{k.split('.')[-1]}.{fmt}", {"key": k}) for k in numeric_axes(exp)]
-    for key, _ in exp.groups():
+    landscape = exp.tables["landscape"]
+    for key, grp in exp.groups():
         slug = group_slug(exp.group_keys, key)
         g = {"group": key}
         if not hists.empty:
@@ -292,9 +294,10 @@ def _jobs(
             if "backprop_norm" in layers.columns or "grad_norm" in layers.columns:
                 jobs.append(Job("grad", i, out / f"grad_{slug}.{fmt}", g))
             jobs.append(Job("units", i, out / f"units_{slug}.{fmt}", g))
-            if "running_mean_err" in layers.columns and layers.running_mean_err.notna().any():
+            mine = layers[layers.run_id.isin(grp.run_id)]
+            if "running_mean_err" in mine.columns and mine.running_mean_err.notna().any():
                 jobs.append(Job("running", i, out / f"running_{slug}.{fmt}", g))
-        if not exp.tables["landscape"].empty:
+        if not landscape.empty and landscape.run_id.isin(grp.run_id).any():
             jobs.append(Job("landscape", i, out / f"landscape_{slug}.{fmt}", g))
     return jobs
 
@@ -335,11 +338,11 @@ def _draw(job: Job) -> Path:
 
 def _label(keys: list[str], values: Any) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
+    return ", ".join(f"{k.split('.')[-1]}={show_value(v)}" for k, v in zip(keys, values, strict=True))
 
 
 def _value_label(compare: str | None, value: Any) -> str:
-    return f"{compare.split('.')[-1]}={value}" if compare else "all runs"
+    return f"{compare.split('.')[-1]}={show_value(value)}" if compare else "all runs"
 
 
 def _group(exp: Experiment, key: Any) -> pd.DataFrame:
@@ -350,7 +353,7 @@ def _group(exp: Experiment, key: Any) -> pd.DataFrame:
 
 
 def _variants(exp: Experiment, runs: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
-    return list(runs.groupby(exp.compare, sort=False)) if exp.compare else [("", runs)]
+    return list(runs.groupby(exp.compare, sort=False, dropna=False)) if exp.compare else [("", runs)]
 
 
 def _title(exp: Experiment, group: Any, runs: pd.DataFrame, what: str) -> str:
@@ -793,7 +796,11 @@ def _grad(exp: Experiment, group: Any):
         + f" ({exp.mode_text()})",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / fig.get_figheight(), top=1 - 0.8 / fig.get_figheight())
+    span = (layers.step.min(), layers.step.max())  # ICS is measured at fewer steps: one step axis for every row
+    for ax in axs.ravel():
+        ax.set_xlim(*span)
+    h = fig.get_figheight()
+    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / h, top=1 - 0.8 / h, hspace=0.45)
     return fig
 
 
@@ -868,14 +875,18 @@ def _landscape(exp: Experiment, group: Any):
 def _running(exp: Experiment, group: Any):
     """For each compared run with running statistics: per layer, how far the running mean and variance are from the
     training set's (record.running_stats), and the training-set loss with batch statistics (train mode), running
-    statistics (eval mode) and, at the end, recomputed ones (precise BN): the gap between the first two is what
-    deploying the model costs; what precise BN closes of it is the running averages' share."""
+    statistics (eval mode) and, at the end, with recomputed ones (precise BN's, and the population's): the gap between
+    train and eval mode is what deploying the model costs; precise BN's loss shows the moving averages' share of it,
+    the population's what is left of mini-batch statistics."""
     runs = _first_seed(_group(exp, group), exp.compare)
     layers, curves = exp.tables["layers"], exp.tables["curves"]
     with_stats = layers[layers.run_id.isin(runs.run_id) & layers.running_mean_err.notna()].run_id.unique()
     variants = [(v, r) for v, r in _variants(exp, runs) if r.run_id.iloc[0] in with_stats]
-    if not variants:
-        return None
+    if not variants:  # the first seed's runs have none (plot schedules the figure for groups with some)
+        fig, axs = _subplots(1, 1, (WIDTH, 1.5))
+        _note(axs[0][0], 0.5, 0.5, "no run of this group keeps running statistics", ha="center", va="center")
+        axs[0][0].set_axis_off()
+        return fig
     rows = (
         ("running_mean_err", "running mean's error, in stds"),
         ("running_var_err", "running variance's error, |log ratio|"),

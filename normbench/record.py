@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -573,7 +573,7 @@ class Recorder:
                 row = {"step": step, "scale": k, "distance": d, "loss": value, "grad_change": c}
                 self.rows[j]["landscape"].append(row)
 
-    def precise(self, step: int, which: list[int], batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def precise(self, step: int, which: list[int], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """The losses of every split in eval mode with recomputed running statistics, two ways (curves' modes):
 
             precise     precise BN as Wu & Johnson (2021, "Rethinking 'Batch' in BatchNorm", sec. 3) and fvcore's
@@ -600,14 +600,16 @@ class Recorder:
                 i: [torch.zeros_like(mean, dtype=torch.float64), torch.zeros_like(var, dtype=torch.float64)]
                 for i, (mean, var) in stats.items()
             }
+            count = 0
             for x, y in batches:
                 points = self.kernel.probe(x, y, "train").points
                 for i in stats:
                     for total, value in zip(sums[i], population_stats(points[(i, "pre_norm")]), strict=True):
                         total += value
+                count += 1
             for i, (mean, var) in stats.items():
-                mean.copy_(sums[i][0] / len(batches))
-                var.copy_(sums[i][1] / len(batches))
+                mean.copy_(sums[i][0] / count)
+                var.copy_(sums[i][1] / count)
             for split in self.splits:
                 self._curve_rows(step, which, split, "precise", "eval")
             for i, (mean, var) in sorted(stats.items()):

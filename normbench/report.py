@@ -202,7 +202,7 @@ def aggregate_runs(exp_dir: Path, by: list[str], runs: pd.DataFrame | None = Non
     by = resolve_keys(exp_dir, by)
     values = _final_numbers(exp_dir, runs)
     # Grid values that are lists (model.channels) group as tuples.
-    groups = runs[by].map(_hashable).groupby(by, sort=False, dropna=False) if by else [((), runs)]
+    groups = runs.groupby(by, sort=False, dropna=False) if by else [((), runs)]
     rows = []
     for key, members in groups:
         key = key if isinstance(key, tuple) else (key,)
@@ -269,12 +269,6 @@ def run_layer_means(layers: pd.DataFrame, column: str, step: str = "last") -> pd
     steps = layers.groupby("run_id").step.transform("min" if step == "first" else "max")
     at = layers[layers.step == steps]
     return at.groupby("run_id")[column].apply(layer_mean)
-
-
-def _hashable(v: Any) -> Any:
-    if isinstance(v, np.ndarray | list):
-        return tuple(np.asarray(v).tolist())
-    return v
 
 
 def aggregate_records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -393,6 +387,9 @@ def aggregate_table(df: pd.DataFrame, title: str = "") -> Group:
     return Group(table, Text(AGGREGATE_NOTE, style="dim"))
 
 
+LANDSCAPE = ("loss_range", "grad_change", "beta")  # landscape_summary's numbers
+
+
 def landscape_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per run and measured step, from the landscape table (Recorder.landscape), Santurkar et al.'s three numbers:
         loss_range      max - min of the loss over the points along the gradient (the start included)
@@ -402,7 +399,9 @@ def landscape_summary(table: pd.DataFrame) -> pd.DataFrame:
     A point along the gradient where the loss or gradient is not finite makes all three +inf: the landscape is as
     rough as can be there (a step of that size blows up). NaN only where the start itself is not finite."""
     keys = [k for k in ("run_id", "step") if k in table.columns]
-    t = table.assign(ratio=table.grad_change / table.distance.where(table.distance > 0))
+    moved_by = table.grad_change / table.distance.where(table.distance > 0)
+    # A zero gradient moves nowhere: its points are the start, and nothing changes (beta 0, not 0 / 0).
+    t = table.assign(ratio=moved_by.mask((table.scale > 0) & (table.distance == 0), 0.0))
     out = t.groupby(keys).agg(
         loss_max=("loss", "max"), loss_min=("loss", "min"), grad_change=("grad_change", "max"), beta=("ratio", "max")
     )
@@ -410,6 +409,6 @@ def landscape_summary(table: pd.DataFrame) -> pd.DataFrame:
     moved = broken[broken.scale > 0].groupby(keys).broken.any().reindex(out.index, fill_value=False)
     start = broken[broken.scale == 0].groupby(keys).broken.any().reindex(out.index, fill_value=False)
     out["loss_range"] = out.loss_max - out.loss_min
-    for col in ("loss_range", "grad_change", "beta"):
+    for col in LANDSCAPE:
         out[col] = out[col].mask(moved, math.inf).mask(start, math.nan)
-    return out[["loss_range", "grad_change", "beta"]].reset_index()
+    return out[list(LANDSCAPE)].reset_index()

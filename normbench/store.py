@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 from datetime import UTC, datetime
@@ -431,7 +432,15 @@ def group_keys(axes: list[str], groups: list[list[str]], compare: str | None) ->
 def group_slug(keys: list[str], values: Any) -> str:
     """A figure group's part of a file name: ('model.activation',), ('relu',) -> 'activation-relu'; 'all'."""
     values = values if isinstance(values, tuple) else (values,)
-    return "_".join(f"{k.split('.')[-1]}-{v}" for k, v in zip(keys, values, strict=True)) or "all"
+    parts = [f"{k.split('.')[-1]}-{_slug_value(v)}" for k, v in zip(keys, values, strict=True)]
+    return "_".join(parts) or "all"
+
+
+def _slug_value(v: Any) -> str:
+    """A grid value in a file name: a list value as its items joined by ',' ((0.5, 1.25) -> '0.5,1.25'), characters
+    other than letters, digits and ._,=+- as '_'."""
+    text = ",".join(str(jsonable(x)) for x in v) if isinstance(v, list | tuple) else str(v)
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
 
 
 # -- selecting runs: --where KEY=VALUE ------------------------------------------------------------------------------
@@ -474,14 +483,15 @@ def select_runs(
 ) -> pd.DataFrame:
     """The rows of runs.parquet whose grid values match every `KEY=VALUE` of `where` (`normbench summary`, `plot`,
     `report --where`). KEY: a grid key, or an unambiguous last part of one (`norm`); VALUE is read as YAML, and a
-    list, or the same KEY given again, matches any of its values; numbers match at 1e-9 relative, so `1e-2` (which
+    list, or the same KEY given again, matches any of its values (for a key whose values are lists, a list is one
+    value and a list of lists any of them); numbers match at 1e-9 relative, so `1e-2` (which
     YAML reads as text) finds 0.01. SelectionError for an unknown key (naming the valid ones) or no match."""
     experiment = experiment or "the experiment"
     wanted: dict[str, list[Any]] = {}
     typed: dict[str, list[str]] = {}
     for key, value, item in parse_where(where):
         axis = resolve_axis(key, [a for a in axes if a in runs.columns], "--where", experiment)
-        listed = runs[axis].map(lambda c: isinstance(c, list | tuple) or _is_array(c)).any()
+        listed = runs[axis].map(lambda c: isinstance(c, tuple)).any()  # load_runs gives list values as tuples
         if listed and isinstance(value, list) and not any(isinstance(v, list) for v in value):
             value = [value]  # a list-valued key (norm_noise=[1, 3]): the list is one value
         wanted.setdefault(axis, []).extend(value if isinstance(value, list) else [value])

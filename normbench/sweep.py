@@ -47,7 +47,7 @@ from normbench.engine import (
 )
 from normbench.engine.plan import memory_available, memory_needed
 from normbench.nn.models import build_model
-from normbench.store import FINISHED, ExperimentStore
+from normbench.store import FINISHED, ExperimentStore, show_value
 
 _COLUMNS = (  # the progress bars
     TextColumn("{task.description}"),
@@ -165,7 +165,7 @@ Outcome = RunResult | RunFailure
 
 
 def _label(run: Run) -> str:
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.params.items()) or run.run_id
+    return " ".join(f"{k.split('.')[-1]}={show_value(v)}" for k, v in run.params.items()) or run.run_id
 
 
 def _say_other_kernels(runs: list[Run], todo: list[Run], found: dict, kernel: str, console) -> None:

@@ -398,3 +398,8 @@ def test_a_grid_over_a_list_valued_key_reads_back(tmp_path, tiny_raw):
     for args in (["plot", str(exp)], ["plot", str(exp), "--compare", "norm_noise"], ["report", str(exp)]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
+    # File names and labels show a list value as the user wrote it, never as a Python tuple.
+    names = [p.name for p in (exp / "figures").iterdir()]
+    assert "dist_norm_noise-1.0,3.0.png" in names and not any("(" in n or " " in n for n in names)
+    page = (exp / "report.html").read_text()
+    assert "model.norm_noise = [1.0, 3.0]" in page and "(1.0, 3.0)" not in page

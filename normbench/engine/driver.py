@@ -164,12 +164,12 @@ class Training:
             idx = torch.stack([next(o)[0] for o in orders]).to(self.device)  # (M, B)
             yield self.kernel.columns(x[idx], y[idx])
 
-    def _precise_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _precise_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of each run's batches, in the order its training's first epoch took them (shuffled where
-        training shuffles: batches of sorted data in order would each cover a narrow slice of it): what precise BN
-        averages the statistics of."""
-        return list(
-            itertools.islice(self._batches(), steps_per_epoch(len(self.data.x_train), self.cfgs[0].train.minibatch()))
+        training shuffles: batches of sorted data in order would each cover a narrow slice of it), one at a time:
+        what precise BN averages the statistics of."""
+        return itertools.islice(
+            self._batches(), steps_per_epoch(len(self.data.x_train), self.cfgs[0].train.minibatch())
         )
 
     def run(self, on_step: Callable[[int], None] | None) -> list[RunResult]:

@@ -26,8 +26,6 @@ affine transform is per channel: gamma, beta of shape (C,).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,8 +81,10 @@ class BatchNorm(nn.modules.batchnorm._BatchNorm):
 
 @NORMS.register("noisy_batch", aliases=("noisy_bn",))
 class NoisyBatchNorm(BatchNorm):
-    """Batch norm, then noise whose distribution changes every training step: Santurkar et al. (2018, sec. 2.1 and
-    appendix A, algorithm 1)'s "noisy BN". At step t each channel c draws a mean shift mu_c ~ U(-m, m) and a mean
+    """Batch norm, then noise redrawn every training step (Santurkar et al. 2018's "noisy BN"; model.norm_noise).
+
+    Santurkar et al. (2018, sec. 2.1 and appendix A, algorithm 1): at step t each channel c draws a mean shift
+    mu_c ~ U(-m, m) and a mean
     scale sigma_c ~ U(1, s) (model.norm_noise = [m, s]; the paper's 0.5 and 1.25 by default); each sample i then
     draws its own scale s_ic ~ N(sigma_c, 0.1) and shift m_ic ~ U(mu_c - 0.1, mu_c + 0.1) (the paper's spread 0.1,
     SAMPLE_SPREAD), and y_ic = s_ic * BN(x)_ic + m_ic (one draw per sample and channel of a conv map, shared by its
@@ -292,19 +292,3 @@ class ManualBatchNorm(_RunningStats):
         m = rows.shape[0]
         self.update_running(mean, var * m / max(m - 1, 1))  # unbiased, as PyTorch's BN
         return y.reshape(*x.movedim(1, -1).shape).movedim(-1, 1)
-
-
-@contextmanager
-def frozen_running_stats(model: nn.Module):
-    """Run train-mode forwards (batch statistics) for measurement without moving the running statistics.
-
-    Recording evaluates the model on the whole evaluation set; that must not count as a training step for BN's
-    running mean/var, or the recording itself would change what eval mode later shows.
-    """
-    saved = {name: buf.clone() for name, buf in model.named_buffers()}
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, buf in model.named_buffers():
-                buf.copy_(saved[name])
