@@ -152,6 +152,13 @@ class ModelConfig(Strict):
 
     _name = field_validator("name")(_name_in(MODELS))
 
+    @field_validator("norm_noise", mode="before")
+    @classmethod
+    def _two_numbers(cls, v: Any) -> Any:
+        if not isinstance(v, list | tuple) or len(v) != 2:
+            raise ValueError(f"[shift m, scale s]: two numbers, got {v!r}")
+        return v
+
     @field_validator("norm_noise")
     @classmethod
     def _noise(cls, v: tuple[float, float]) -> tuple[float, float]:

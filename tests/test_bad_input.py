@@ -70,6 +70,15 @@ CASES = {
     "a key the grid varies": ["--set", "model.norm=batch"],
     "malformed grid expression": ["--set", "grid.model.weight_init.std=logspace(-4, 0)"],
     "zip entries that differ": ["--set", "grid.zip=[{train.lr: 0.1}, {model.depth: 2}]"],
+    "noisy BN's noise in the wrong order": [
+        "--set",
+        "grid.model.norm=[noisy_batch]",
+        "--set",
+        "model.norm_noise=[1, 0.5]",
+    ],
+    "noisy BN's noise as one number": ["--set", "grid.model.norm=[noisy_batch]", "--set", "model.norm_noise=[1]"],
+    "a landscape scale twice": ["--set", "record.landscape_every=2", "--set", "record.landscape_scales=[1, 1]"],
+    "landscape every 0 steps": ["--set", "record.landscape_every=0"],
 }
 if not torch.cuda.is_available():
     CASES["cuda without a GPU"] = ["--device", "cuda"]
