@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench.config import PACKAGED_CONFIGS, ConfigError, Experiment, Strict, describe, load_experiment
-from normbench.report import LANDSCAPE
+from normbench.report import LANDSCAPE, landscape_summary, layer_mean
 from normbench.store import same_value
 
 MIN_SEEDS = 3  # seeds with a number needed on each side of a comparison (and for a threshold)
@@ -403,8 +403,6 @@ def _at_step(layers: pd.DataFrame, step: str) -> pd.DataFrame:
 
 
 def _layer_mean(m: Measure, layers: pd.DataFrame) -> float:
-    from normbench.report import layer_mean
-
     return layer_mean(_at_step(layers, m.step)[m.quantity])
 
 
@@ -470,8 +468,6 @@ def _final_value(m: Measure, curves: pd.DataFrame) -> float:
 def _landscape(m: Measure, table: pd.DataFrame) -> float:
     """Mean over the measured steps of one of report.landscape_summary's numbers (record.landscape_every): +inf when
     a step's is (a step along the gradient blew up), NaN when a step has none (its start was not finite)."""
-    from normbench.report import landscape_summary
-
     values = landscape_summary(table)[m.column].to_numpy(float)
     return float(values.mean()) if len(values) and not np.isnan(values).any() else math.nan
 

@@ -281,19 +281,19 @@ class RecordConfig(Strict):
         description="landscape: steps along -gradient of these multiples of the run's lr (sgd: of its own step)",
     )
 
-    @field_validator("landscape_scales")
-    @classmethod
-    def _distinct(cls, v: list[float]) -> list[float]:
-        if len(set(v)) < len(v):
-            raise ValueError(f"each scale once, got {v}")
-        return sorted(v)
-
     running_stats: bool = Field(
         False, description="how far BN's running statistics are from the training set's, at each histogram step"
     )
     precise_bn: bool = Field(
         False, description="after training, the losses with running statistics recomputed on the training set"
     )
+
+    @field_validator("landscape_scales")
+    @classmethod
+    def _distinct(cls, v: list[float]) -> list[float]:
+        if len(set(v)) < len(v):
+            raise ValueError(f"each scale once, got {v}")
+        return sorted(v)
 
 
 # Options added after results existed, each with the test of when it is off: an option that is off is left out of

@@ -454,7 +454,8 @@ class Recorder:
             i: torch.linalg.vector_norm(points[(i, "grad_pre_norm")].flatten(1), dim=1).tolist() for i, _ in slices
         }
         importance = {i: v[pick.cpu()].tolist() for i, v in probe.importance.items()}
-        running = self._running_errors(pick) if rc.running_stats else {}
+        same_pass = (rc.eval_split, rc.eval_mode) == ("train", "eval")  # the pass _running_errors needs: no second one
+        running = self._running_errors(pick, probe if same_pass else None) if rc.running_stats else {}
         nan2 = [(math.nan, math.nan)] * len(which)
         for pos, j in enumerate(which):
             rows = self.rows[j]
@@ -474,14 +475,15 @@ class Recorder:
                     }
                 )
 
-    def _running_errors(self, pick: torch.Tensor) -> dict[int, list[tuple[float, float]]]:
+    def _running_errors(self, pick: torch.Tensor, probe: Probe | None = None) -> dict[int, list[tuple[float, float]]]:
         """running_errors of every layer with running statistics, for the picked models, against the statistics of
         the layer's input on the training split with the network in eval mode (the layers before on their running
-        statistics too): the input the layer gets when the model is deployed, on the data it was trained on."""
+        statistics too): the input the layer gets when the model is deployed, on the data it was trained on.
+        `probe`: that very pass when the caller has it."""
         stats = self.kernel.running_stats()
         if not stats:
             return {}
-        probe = self.kernel.probe(*self.splits["train"], "eval")
+        probe = probe or self.kernel.probe(*self.splits["train"], "eval")
         eps = self.cfgs[0].model.norm_eps
         out = {}
         for i, (mean, var) in stats.items():

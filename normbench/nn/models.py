@@ -80,17 +80,17 @@ class Block(nn.Module):
         return self.pool(self.act(self.norm(h)) if self.norm_first else self.norm(self.act(h)))
 
 
-def _norm_opts(cfg: ModelConfig, layer: int) -> dict:
+def _norm_opts(cfg: ModelConfig, layer: int, norm_cls: type) -> dict:
     opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
-    if getattr(NORMS.get(cfg.norm), "noisy", False):  # its noise: drawn from the run's seed (set just before)
-        opts |= {"noise": tuple(cfg.norm_noise), "key": (torch.initial_seed(), layer)}
+    if getattr(norm_cls, "noisy", False):  # its noise: drawn from the run's seed (set just before)
+        opts |= {"noise": cfg.norm_noise, "key": (torch.initial_seed(), layer)}
     return opts
 
 
 def _norm_factory(cfg: ModelConfig) -> Callable[[int, int], nn.Module]:
     """(layer, width) -> layer's norm."""
     norm_cls = NORMS.get(cfg.norm)
-    return lambda layer, width: norm_cls(width, groups=cfg.norm_groups, **_norm_opts(cfg, layer))
+    return lambda layer, width: norm_cls(width, groups=cfg.norm_groups, **_norm_opts(cfg, layer, norm_cls))
 
 
 # Norms whose statistics are taken per sample over the features: over a single feature they erase the input.
@@ -107,9 +107,10 @@ def _input_norm(cfg: ModelConfig, features: int, values_per_sample: int) -> nn.M
             f"model.normalize_input: {cfg.norm} norm over a single input value per sample would turn every input "
             "into a constant; use norm batch here, or normalize_input false"
         )
-    if getattr(NORMS.get(cfg.norm), "noisy", False):  # noise goes after the hidden layers' norms, not onto the data
-        return NORMS.get("batch")(features, eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine)
-    return NORMS.get(cfg.norm)(features, groups=math.gcd(cfg.norm_groups, features), **_norm_opts(cfg, 0))
+    norm_cls = NORMS.get(cfg.norm)
+    if getattr(norm_cls, "noisy", False):  # noise goes after the hidden layers' norms, not onto the data
+        norm_cls = NORMS.get("batch")
+    return norm_cls(features, groups=math.gcd(cfg.norm_groups, features), **_norm_opts(cfg, 0, norm_cls))
 
 
 def _use_bias(cfg: ModelConfig) -> bool:
