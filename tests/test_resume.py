@@ -12,6 +12,12 @@ import time
 import pandas as pd
 
 
+def committed(runs):
+    """summary.json of each committed run folder. A run is written into a hidden .tmp-* folder first and renamed
+    when complete, so a kill between the two leaves a summary in a folder that is not a committed run."""
+    return [p for p in runs.glob("*/summary.json") if not p.parent.name.startswith(".")]
+
+
 def test_sigkill_mid_sweep_then_resume(tmp_path, write_config, tiny_raw):
     tiny_raw["seeds"] = [1, 2, 3, 4, 5]
     tiny_raw["train"]["steps"] = 150  # long enough to be killed in the middle of the sweep
@@ -23,15 +29,15 @@ def test_sigkill_mid_sweep_then_resume(tmp_path, write_config, tiny_raw):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if runs.is_dir() and len(list(runs.glob("*/summary.json"))) >= 2:
+            if runs.is_dir() and len(committed(runs)) >= 2:
                 break
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    before = {p.parent.name: p.stat().st_mtime_ns for p in committed(runs)}
     assert 2 <= len(before) < 20, "the sweep was not killed mid-way"
-    for p in runs.glob("*/summary.json"):  # every committed run is complete and readable
+    for p in committed(runs):  # every committed run is complete and readable
         assert json.loads(p.read_text())["status"] == "ok"
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -42,7 +48,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path, write_config, tiny_raw):
     assert len(set(table.run_id)) == 20
     # The runs finished before the kill were not trained again, and nothing partial is left.
     assert {k: v for k, v in before.items()} == {
-        p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json") if p.parent.name in before
+        p.parent.name: p.stat().st_mtime_ns for p in committed(runs) if p.parent.name in before
     }
     assert not [p for p in runs.iterdir() if p.name.startswith(".")]
     assert sorted(p.name for p in runs.iterdir()) == sorted(table.run_id)
