@@ -81,7 +81,7 @@ def test_two_sweeps_on_one_folder_never_train_the_same_run(tmp_path, write_confi
     """Two real `normbench run` of one config into one folder at once: each run is trained by one of them only
     (a claim per run), and both end with the whole grid finished in runs.parquet."""
     tiny_raw["seeds"] = [1, 2, 3, 4]
-    tiny_raw["train"]["steps"] = 1500  # a few seconds of training: the second starts while the first trains
+    tiny_raw["train"]["steps"] = 1500  # seconds of training: the second starts while the first trains
     cfg = write_config(tiny_raw)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "normbench", "run", str(cfg), "--out", str(out), "--stack", "1", "--workers", "1"]
@@ -90,7 +90,11 @@ def test_two_sweeps_on_one_folder_never_train_the_same_run(tmp_path, write_confi
     for log in logs:
         with open(log, "w") as f:
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f))
-        time.sleep(1.0)
+        # The second starts once the first holds its claims (it keeps them until its sweep ends), whatever the load.
+        deadline = time.monotonic() + 120
+        while len(procs) == 1 and not list((out / "tiny" / "runs").glob(".claim-*")):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "the first sweep took no claim"
+            time.sleep(0.05)
     for p in procs:
         assert p.wait(timeout=600) == 0
     committed = [line for log in logs for line in log.read_text().splitlines() if ": ok, final train loss" in line]
