@@ -146,6 +146,9 @@ class ModelConfig(Strict):
         description="noisy_batch norm: [m, s]; every step each channel's noise has a mean shift U(-m, m) and a mean "
         "scale U(1, s) (Santurkar et al.'s 0.5 and 1.25)",
     )
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout probability after each hidden block (eval mode passes values through)"
+    )
     channels: list[Annotated[int, Field(gt=0)]] = Field([16, 32], min_length=1, description="cnn: channels per block")
     kernel: int = Field(3, gt=0, description="cnn: odd convolution kernel size")
     pool: Literal["max", "avg", "none"] = Field("max", description="cnn: 2x2 pooling after each block")
@@ -306,6 +309,7 @@ LATER_OPTIONS: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
     ("record", "running_stats"): lambda d: not d["record"]["running_stats"],
     ("record", "precise_bn"): lambda d: not d["record"]["precise_bn"],
     ("model", "norm_noise"): lambda d: not getattr(NORMS.get(d["model"]["norm"]), "noisy", False),
+    ("model", "dropout"): lambda d: d["model"]["dropout"] == 0,
 }
 
 

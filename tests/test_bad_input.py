@@ -79,6 +79,8 @@ CASES = {
     "noisy BN's noise as one number": ["--set", "grid.model.norm=[noisy_batch]", "--set", "model.norm_noise=[1]"],
     "a landscape scale twice": ["--set", "record.landscape_every=2", "--set", "record.landscape_scales=[1, 1]"],
     "landscape every 0 steps": ["--set", "record.landscape_every=0"],
+    "dropout of 1": ["--set", "model.dropout=1"],
+    "written-out kernel with dropout": ["--set", "model.dropout=0.5", "--kernel", "written-out"],
 }
 if not torch.cuda.is_available():
     CASES["cuda without a GPU"] = ["--device", "cuda"]

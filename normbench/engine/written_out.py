@@ -17,7 +17,7 @@ the reference model in float64, and whole runs against the autograd kernel (test
 
 Supports: model mlp (regression or classification), norms none, batch, batch_manual, layer, rms and group,
 every activation, placement before or after, every optimizer. Anything else (CNNs, instance and switchable
-norm, a future norm) trains on the autograd kernel; `unsupported(cfg)` says why.
+norm, dropout, a future norm) trains on the autograd kernel; `unsupported(cfg)` says why.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def unsupported(cfg: RunConfig) -> str | None:
         return f"model {cfg.model.name} (the written-out kernel has MLPs only)"
     if cfg.model.norm not in NORMS_WRITTEN_OUT:
         return f"norm {cfg.model.norm} (the written-out kernel has {', '.join(NORMS_WRITTEN_OUT)})"
+    if cfg.model.dropout:
+        return "model.dropout (the written-out kernel has no dropout)"
     return None
 
 

@@ -5,6 +5,7 @@ A model is a stack of role-named blocks so that recording can find its points by
     layer0.norm                      the input normalization (identity unless model.normalize_input)
     layer{i}.fc -> layer{i}.norm -> layer{i}.act      hidden layer i = 1..depth  (placement: before)
     layer{i}.fc -> layer{i}.act  -> layer{i}.norm                                (placement: after)
+    then layer{i}.drop                               dropout (identity unless model.dropout)
     head                             the linear output layer, never normalized
 
 In the cnn, `fc` is a convolution and each block ends with `layer{i}.pool`; the head sees the flattened map.
@@ -65,19 +66,66 @@ class InputBlock(nn.Module):
         return self.act(self.norm(x.flatten(1) if self.flatten else x))
 
 
+class Dropout(nn.Module):
+    """Inverted dropout (Srivastava et al. 2014, as nn.Dropout): in training each value is zeroed with probability
+    p and the others scaled by 1 / (1 - p); eval mode passes values through.
+
+    Like noisy batch norm's noise, the mask of training step t depends on the run's seed, the layer, t and the
+    value's shape alone (`key` and the buffer running_step, held back and restored by the kernels with the running
+    statistics), so runs trained in a stack equal each run alone, and a measurement's forward on the step's batch
+    sees the step's very mask and moves nothing."""
+
+    def __init__(self, p: float, key: tuple[int, int]):
+        super().__init__()
+        self.p, self.key = p, tuple(key)
+        self.register_buffer("running_step", torch.zeros(()))
+
+    def mask(self, step: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """The kept values (True) at training step `step` for values of `shape`."""
+        seed, layer = self.key
+        # The same mix of (seed, layer, step) as noisy batch norm's, xor a constant: a stream of its own.
+        g = torch.Generator().manual_seed((((seed * 1_000_003 + layer) * 1_000_003 + step) % 2**63) ^ 0x5EED)
+        return torch.rand(shape, generator=g, dtype=torch.float64) >= self.p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = self.mask(int(self.running_step), tuple(x.shape)).to(x.device)
+        with torch.no_grad():
+            self.running_step += 1
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Block(nn.Module):
     """fc -> norm -> act (placement 'before', as in the BN paper and the tutorial) or fc -> act -> norm ('after'),
-    then pool (identity in the MLP)."""
+    then pool (identity in the MLP), then dropout (identity unless model.dropout)."""
 
-    def __init__(self, fc: nn.Module, norm: nn.Module, act: nn.Module, placement: str, pool: nn.Module | None = None):
+    def __init__(
+        self,
+        fc: nn.Module,
+        norm: nn.Module,
+        act: nn.Module,
+        placement: str,
+        pool: nn.Module | None = None,
+        drop: nn.Module | None = None,
+    ):
         super().__init__()
         self.fc, self.norm, self.act = fc, norm, act
         self.pool = pool or nn.Identity()
+        self.drop = drop or nn.Identity()
         self.norm_first = placement == "before"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        return self.pool(self.act(self.norm(h)) if self.norm_first else self.norm(self.act(h)))
+        return self.drop(self.pool(self.act(self.norm(h)) if self.norm_first else self.norm(self.act(h))))
+
+
+def _dropout(cfg: ModelConfig, layer: int) -> nn.Module | None:
+    """Hidden layer `layer`'s dropout, its masks drawn from the run's seed (set just before); None when off."""
+    return Dropout(cfg.dropout, (torch.initial_seed(), layer)) if cfg.dropout else None
 
 
 def _norm_opts(cfg: ModelConfig, layer: int, norm_cls: type) -> dict:
@@ -141,7 +189,7 @@ class MLP(Model):
         width_in = in_features
         for i in range(1, cfg.depth + 1):
             fc = nn.Linear(width_in, cfg.width, bias=_use_bias(cfg))
-            self.add_module(f"layer{i}", Block(fc, norm(i, cfg.width), act.make(), cfg.placement))
+            self.add_module(f"layer{i}", Block(fc, norm(i, cfg.width), act.make(), cfg.placement, drop=_dropout(cfg, i)))
             width_in = cfg.width
         self.head = nn.Linear(width_in, out_features)
         init_weights(self, cfg.weight_init, cfg.bias_init)
@@ -165,7 +213,7 @@ class CNN(Model):
                 if h < 2 or w < 2:
                     raise ValueError(f"model.channels: too many pooled blocks for {input_shape[1:]} images")
                 h, w = h // 2, w // 2
-            self.add_module(f"layer{i}", Block(conv, norm(i, c_out), act.make(), cfg.placement, pool))
+            self.add_module(f"layer{i}", Block(conv, norm(i, c_out), act.make(), cfg.placement, pool, _dropout(cfg, i)))
             c_in = c_out
         self.head = nn.Linear(c_in * h * w, out_features)
         init_weights(self, cfg.weight_init, cfg.bias_init)
