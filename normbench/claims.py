@@ -16,7 +16,8 @@ How a verdict is decided (docs/claims.md says it for readers):
 - less_than / greater_than / equal_within: the 95% confidence interval of the difference of the two means
   (Welch's t). Supported when it lies entirely beyond `margin` in the claimed direction (for equal_within:
   entirely inside +-margin), not supported when it lies entirely on the other side, else inconclusive: an effect
-  within seed noise is never supported. Infinite values (a diverged run's loss, a threshold never reached) have no
+  within seed noise is never supported. not_less_than / not_greater_than claim that a is not worse than b by more
+  than the margin (a >= b - margin; a <= b + margin): the same interval, against -margin. Infinite values (a diverged run's loss, a threshold never reached) have no
   mean: then the seeds' ranges decide, supported only when every seed of one side beats every seed of the other.
 - flat: the largest minus the smallest mean along the axis, with the 95% interval from those two points'
   standard errors: supported when the interval lies below `below`, not supported when above it.
@@ -141,8 +142,11 @@ class Measure(Strict):
         return f"log10 {text}" if self.log else text
 
 
+COMPARISONS = ("less_than", "greater_than", "equal_within", "not_less_than", "not_greater_than")
+
+
 class Criterion(Strict):
-    kind: Literal["threshold", "less_than", "greater_than", "equal_within", "flat"]
+    kind: Literal["threshold", *COMPARISONS, "flat"]
     at_least: float | None = None  # threshold
     at_most: float | None = None
     a: dict[str, Any] | None = None  # the two groups a comparison compares (grid key -> value)
@@ -155,10 +159,10 @@ class Criterion(Strict):
     def _complete(self) -> Criterion:
         if self.kind == "threshold" and (self.at_least is None) == (self.at_most is None):
             raise ValueError("threshold needs at_least or at_most")
-        if self.kind in ("less_than", "greater_than", "equal_within") and not (self.a and self.b):
+        if self.kind in COMPARISONS and not (self.a and self.b):
             raise ValueError(f"{self.kind} needs a and b, the two groups of runs it compares")
-        if self.kind == "equal_within" and self.margin <= 0:
-            raise ValueError("equal_within needs margin > 0")
+        if self.kind in ("equal_within", "not_less_than", "not_greater_than") and self.margin <= 0:
+            raise ValueError(f"{self.kind} needs margin > 0")
         if self.kind == "flat" and (self.over is None or self.below is None):
             raise ValueError("flat needs over (a grid axis) and below")
         return self
@@ -168,6 +172,9 @@ class Criterion(Strict):
             return f">= {_num(self.at_least)}" if self.at_least is not None else f"<= {_num(self.at_most)}"
         if self.kind == "flat":
             return f"flat within {_num(self.below)} along {self.over}"
+        if self.kind in ("not_less_than", "not_greater_than"):
+            sign = ">=" if self.kind == "not_less_than" else "<="
+            return f"{_label(self.a)} {sign} {_label(self.b)} {'-' if sign == '>=' else '+'} {_num(self.margin)}"
         sign = {"less_than": "<", "greater_than": ">", "equal_within": "~"}[self.kind]
         margin = f" (margin {_num(self.margin)})" if self.margin else ""
         return f"{_label(self.a)} {sign} {_label(self.b)}{margin}"
@@ -540,8 +547,9 @@ def threshold_verdict(values: np.ndarray, at_least: float | None = None, at_most
 
 
 def compare_verdict(kind: str, a: np.ndarray, b: np.ndarray, margin: float = 0.0) -> Verdict:
-    """kind 'less_than' (claim: a < b by more than margin), 'greater_than' (a > b) or 'equal_within' (|a - b| <
-    margin), from the per-seed values of each side (NaN dropped)."""
+    """kind 'less_than' (claim: a < b by more than margin), 'greater_than' (a > b), 'equal_within' (|a - b| <
+    margin), 'not_less_than' (a >= b - margin: a is not below b by more than the margin) or 'not_greater_than'
+    (a <= b + margin), from the per-seed values of each side (NaN dropped)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     if min(len(a), len(b)) < MIN_SEEDS:
@@ -557,7 +565,11 @@ def compare_verdict(kind: str, a: np.ndarray, b: np.ndarray, margin: float = 0.0
         if abs(d) - half > margin:
             return Verdict("not supported", f"{ci} lies outside +-{_num(margin)}")
         return Verdict("inconclusive", f"{ci} is not within +-{_num(margin)}")
-    big, small = (b, a) if kind == "less_than" else (a, b)  # the claim: big - small > margin
+    big, small = (b, a) if kind in ("less_than", "not_greater_than") else (a, b)
+    if kind.startswith("not_"):  # the claim: big - small > -margin (big is not worse by more than the margin)
+        m = f" or trails it by less than {_num(margin)}"
+        margin = -margin
+    # else the claim: big - small > margin
     if not (np.isfinite(big).all() and np.isfinite(small).all()):
         if big.min() - small.max() > margin:
             return Verdict("supported", f"every seed of one side beats every seed of the other{m} (infinite values)")
@@ -565,7 +577,7 @@ def compare_verdict(kind: str, a: np.ndarray, b: np.ndarray, margin: float = 0.0
             return Verdict("not supported", f"no seed of one side beats any seed of the other{m} (infinite values)")
         return Verdict("inconclusive", "the seeds' ranges overlap (infinite values: no difference of means)")
     d, half = _welch(big, small)
-    if kind == "less_than":
+    if kind in ("less_than", "not_greater_than"):
         ci = f"{CONFIDENCE:.0%} interval of b - a: [{_num(d - half)}, {_num(d + half)}]"
     else:
         ci = f"{CONFIDENCE:.0%} interval of a - b: [{_num(d - half)}, {_num(d + half)}]"
@@ -623,7 +635,7 @@ def evaluate(s: Setting, res: Results) -> tuple[Verdict, str, dict[str, list[flo
     crit = s.criterion
     runs = res.runs[_matches(res.runs, s.where)]
     values = run_values(s.measure, runs, res)
-    if crit.kind in ("less_than", "greater_than", "equal_within"):
+    if crit.kind in COMPARISONS:
         sides = {}
         for name, flt in (("a", crit.a), ("b", crit.b)):
             mine = _matches(runs, flt)

@@ -189,7 +189,9 @@ class MLP(Model):
         width_in = in_features
         for i in range(1, cfg.depth + 1):
             fc = nn.Linear(width_in, cfg.width, bias=_use_bias(cfg))
-            self.add_module(f"layer{i}", Block(fc, norm(i, cfg.width), act.make(), cfg.placement, drop=_dropout(cfg, i)))
+            self.add_module(
+                f"layer{i}", Block(fc, norm(i, cfg.width), act.make(), cfg.placement, drop=_dropout(cfg, i))
+            )
             width_in = cfg.width
         self.head = nn.Linear(width_in, out_features)
         init_weights(self, cfg.weight_init, cfg.bias_init)
