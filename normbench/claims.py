@@ -17,8 +17,9 @@ How a verdict is decided (docs/claims.md says it for readers):
   (Welch's t). Supported when it lies entirely beyond `margin` in the claimed direction (for equal_within:
   entirely inside +-margin), not supported when it lies entirely on the other side, else inconclusive: an effect
   within seed noise is never supported. not_less_than / not_greater_than claim that a is not worse than b by more
-  than the margin (a >= b - margin; a <= b + margin): the same interval, against -margin. Infinite values (a diverged run's loss, a threshold never reached) have no
-  mean: then the seeds' ranges decide, supported only when every seed of one side beats every seed of the other.
+  than the margin (a >= b - margin; a <= b + margin): the same interval, against -margin. Infinite values (a
+  diverged run's loss, a threshold never reached) have no mean: then the seeds' ranges decide, supported only
+  when every seed of one side beats every seed of the other.
 - flat: the largest minus the smallest mean along the axis, with the 95% interval from those two points'
   standard errors: supported when the interval lies below `below`, not supported when above it.
 """
