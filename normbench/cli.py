@@ -119,7 +119,7 @@ WhereOpt = Annotated[
         help="Keep only the runs whose grid value matches, e.g. --where model.norm=batch (repeatable: a run must "
         "match every key; the value is read as YAML, and a list, or the key given again, matches any of its values, "
         "except for a key whose values are lists (norm_noise), where a list is one value; a short key like norm will "
-        "do).",
+        "do, and a name as a config may spell it, like norm=bn).",
     ),
 ]
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
+from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
+
 if TYPE_CHECKING:
     from normbench.config import Experiment, Run
     from normbench.engine.driver import RunFailure, RunResult
@@ -498,6 +500,7 @@ def select_runs(
         typed.setdefault(axis, []).append(item)
     keep = pd.Series(True, index=runs.index)
     for axis, values in wanted.items():
+        values = [registered_name(axis, v, runs[axis]) for v in values]
         match = runs[axis].map(lambda cell, values=values: any(same_value(cell, v) for v in values))
         if not match.any():
             have = ", ".join(dict.fromkeys(show_value(v) for v in runs[axis])) or "none"
@@ -508,6 +511,30 @@ def select_runs(
         given = " ".join(f"--where {w}" for w in where)
         raise SelectionError(f"no run of {experiment} matches all of {given}")
     return runs[keep]
+
+
+# The grid keys whose values are registered names, which a config may spell in several ways (`bn` for `batch`).
+NAMED_AXES = {
+    "model.norm": NORMS,
+    "model.activation": ACTIVATIONS,
+    "model.name": MODELS,
+    "model.weight_init.name": INITS,
+    "train.optimizer": OPTIMIZERS,
+    "data.name": DATASETS,
+}
+
+
+def registered_name(axis: str, value: Any, cells: pd.Series) -> Any:
+    """`value` as runs.parquet stores it: on a grid key of registered names, a spelling the config accepts (`bn`,
+    `BatchNorm`) becomes the registered name (`batch`). The registry (which imports its provider, torch for the
+    norms) is asked only when the value as written matches no run."""
+    registry = NAMED_AXES.get(axis)
+    if registry is None or not isinstance(value, str) or any(same_value(c, value) for c in cells):
+        return value
+    try:
+        return registry.canonical(value)
+    except UnknownName:
+        return value
 
 
 def show_value(v: Any) -> str:

@@ -268,6 +268,7 @@ def test_where_keeps_the_matching_runs(examples_dir):
     batch = where_records(out, "model.norm=batch")
     assert len(batch) == 4 and {r["model.norm"] for r in batch} == {"batch"}
     assert where_records(out, "norm=batch") == batch  # a short key
+    assert where_records(out, "norm=bn") == where_records(out, "model.norm=BatchNorm") == batch  # as a config spells it
     both = where_records(out, "norm=batch", "train.lr=0.01")
     assert len(both) == 2 and {(r["model.norm"], r["train.lr"]) for r in both} == {("batch", 0.01)}
     assert where_records(out, "norm=batch", "lr=1e-2") == both  # YAML reads 1e-2 as text: still the number
@@ -283,6 +284,7 @@ def test_where_keeps_the_matching_runs(examples_dir):
     [
         (["nrom=batch"], ["--where 'nrom' is not a grid key of morvan_tf23", "grid keys: model.norm"]),
         (["norm=bogus"], ["--where norm=bogus matches no run of morvan_tf23", "model.norm values: none, batch"]),
+        (["norm=ln"], ["--where norm=ln matches no run of morvan_tf23", "model.norm values: none, batch"]),
         (["norm=batch", "lr=0.5"], ["--where lr=0.5 matches no run", "train.lr values: 0.01, 0.001"]),
         (["norm"], ["--where 'norm': expected KEY=VALUE"]),
         (["norm=[batch"], ["not valid YAML"]),
