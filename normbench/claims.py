@@ -3,10 +3,11 @@
     book = load_claims()                                   # configs/claims.yaml, validated
     rows = check_claims(book, out="results", quick=True)   # trains what is missing, one verdict per setting
     write_report(rows, Path("results"), quick=True, seconds=93.0)   # results/claims.md, results/claims.json
+    draw_figures(book, Path("results"), True, {"lr_range"}, console)  # results/figures/: the claims' figures
 
 The claims are data (configs/claims.yaml): for each, the experiment that tests it (a packaged config with
 overrides), the runs to look at, the quantity measured and the criterion. This module only knows a few
-quantities and five kinds of criterion; every verdict is computed from the results tables.
+quantities and seven kinds of criterion; every verdict is computed from the results tables.
 
 How a verdict is decided (docs/claims.md says it for readers):
 - Each seed gives one number (a run's quantity, or, with `over`, one number from the runs along a grid axis).
@@ -212,10 +213,21 @@ class Claim(Strict):
         return self
 
 
+class ClaimFigure(Strict):
+    """A figure of a family of claims: one that `normbench plot` draws for an experiment, copied to OUT/figures/."""
+
+    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.(png|svg|pdf)$", description="its name in OUT/figures/")
+    experiment: str
+    figure: str = Field(description="the name plot gives its file, without the extension (cost, final_vs_lr, ...)")
+    compare: str | None = Field(None, description="plot's --compare (default model.norm)")
+    where: dict[str, Any] = Field(default_factory=dict, description="the runs it draws (grid key -> value)")
+
+
 class ClaimsBook(Strict):
     sources: dict[str, Source]
     experiments: dict[str, ExperimentSpec]
     claims: list[Claim] = Field(min_length=1)
+    figures: list[ClaimFigure] = Field(default_factory=list)
 
     @field_validator("experiments")
     @classmethod
@@ -240,6 +252,14 @@ class ClaimsBook(Strict):
                         f"claim {c.id}, setting {s.setting!r}: unknown experiment {s.experiment!r} "
                         f"(experiments: {', '.join(self.experiments)})"
                     )
+        files = [f.file for f in self.figures]
+        for f in self.figures:
+            if f.experiment not in self.experiments:
+                raise ValueError(
+                    f"figure {f.file}: unknown experiment {f.experiment!r} (experiments: {', '.join(self.experiments)})"
+                )
+            if files.count(f.file) > 1:
+                raise ValueError(f"figure file {f.file!r} is given twice")
         return self
 
     def select(self, only: list[str] | None) -> list[Claim]:
@@ -303,6 +323,12 @@ def check_references(book: ClaimsBook, claims: list[Claim], quick: bool) -> dict
             except ValueError as e:
                 mode = " (quick)" if quick else ""
                 raise ConfigError(f"claim {c.id}, setting {s.setting!r}{mode}: {e}") from None
+    for f in book.figures:
+        if f.experiment in exps:
+            axes = exps[f.experiment].config.axes()
+            for key, value in f.where.items():
+                if key not in axes or not any(same_value(v, value) for v in axes[key]):
+                    raise ConfigError(f"figure {f.file}: {key}={value!r} is not in the grid of {f.experiment}")
     return exps
 
 
@@ -843,6 +869,26 @@ def write_report(rows: list[Row], out: Path, quick: bool, seconds: float | None 
     return [md, js]
 
 
+def draw_figures(book: ClaimsBook, out: Path, quick: bool, experiments: set[str], progress: Console) -> list[Path]:
+    """The claims' figures whose experiment was checked, each drawn from OUT/<experiment>/ into OUT/figures/ as
+    `normbench plot` draws it (docs/claims.md's figures are these, from the full check)."""
+    from normbench.plot import PlotError, draw_figure
+
+    paths = []
+    for f in book.figures:
+        if f.experiment not in experiments:
+            continue
+        exp_dir = Path(out) / book.folder(f.experiment, quick)
+        where = (lambda runs, f=f: _matches(runs, f.where)) if f.where else None
+        try:
+            paths.append(draw_figure(exp_dir, f.figure, Path(out) / "figures" / f.file, compare=f.compare, where=where))
+        except PlotError as e:
+            raise ConfigError(f"figure {f.file}: {e}") from None
+    if paths:
+        progress.print(f"-> {Path(out) / 'figures'} ({len(paths)} figures)", highlight=False)
+    return paths
+
+
 def run_claims(
     out: Path,
     *,
@@ -852,7 +898,7 @@ def run_claims(
     console: Console,
     progress: Console,
 ) -> list[Row]:
-    """`normbench claims`: load, run, measure, print the table and write claims.md and claims.json."""
+    """`normbench claims`: load, run, measure, print the table, write claims.md and claims.json, draw the figures."""
     start = time.monotonic()
     book = load_claims(path)
     rows = check_claims(book, out, quick=quick, only=only, console=progress)
@@ -860,5 +906,7 @@ def run_claims(
     console.print(claims_table(rows, title=f"claims ({'quick' if quick else 'full'} mode): {counts(rows)}"))
     for p in write_report(rows, Path(out), quick, seconds):
         progress.print(f"-> {p}", highlight=False)
-    progress.print(f"claims checked in {seconds:.0f} s", highlight=False)
+    checked = {s.experiment for c in book.select(only) for s in c.settings}
+    draw_figures(book, Path(out), quick, checked, progress)
+    progress.print(f"claims checked in {time.monotonic() - start:.0f} s", highlight=False)
     return rows

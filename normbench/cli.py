@@ -592,7 +592,8 @@ def claims(
 ) -> None:
     """Check every testable claim of the source articles against measured numbers: trains the runs that are
     missing, then prints one verdict per claim and setting (supported, not supported, inconclusive, not measured
-    yet) and writes OUT/claims.md and OUT/claims.json. Exit 0 whatever the verdicts."""
+    yet), writes OUT/claims.md and OUT/claims.json, and draws one figure per family of claims into OUT/figures/.
+    Exit 0 whatever the verdicts."""
     from normbench.claims import run_claims
 
     try:

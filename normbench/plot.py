@@ -36,7 +36,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,37 @@ def plot_experiments(
         return [paths[order.index(k)] for k in range(len(jobs))]
     finally:
         _EXPERIMENTS = []
+
+
+def draw_figure(
+    exp_dir: Path,
+    figure: str,
+    path: Path,
+    *,
+    compare: str | None = None,
+    where: Callable[[pd.DataFrame], pd.Series] | None = None,
+) -> Path:
+    """One of the figures `normbench plot` draws for an experiment, written to `path` (its format from the suffix):
+    `figure` is the name plot gives its file, without the extension ('cost', 'final_vs_lr', 'grad_all'). Nothing
+    else is drawn, and the experiment's figures folder is left as it is. PlotError naming the experiment's figures
+    when it has none of that name."""
+    exp = load_experiment(exp_dir, compare, where)
+    jobs = _jobs(0, exp, path.parent, "post_act", path.suffix.lstrip("."), False, False, False)
+    found = [j for j in jobs if j.path.stem == figure]
+    if not found:
+        names = ", ".join(j.path.stem for j in jobs)
+        raise PlotError(f"{exp.name} has no figure {figure!r}; its figures: {names}")
+    global _EXPERIMENTS
+    _EXPERIMENTS = [exp]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        _draw(replace(found[0], path=tmp))
+        os.replace(tmp, path)  # a figure there before stays whole until this one is
+        return path
+    finally:
+        _EXPERIMENTS = []
+        tmp.unlink(missing_ok=True)
 
 
 def _figure_dir(exp: Experiment, subdir: str | None = None) -> Path:

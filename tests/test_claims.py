@@ -280,6 +280,14 @@ def test_packaged_claims_load_and_every_experiment_validates_in_both_modes():
         (lambda b: b["claims"][0]["settings"][0]["where"].pop("model.activation"), "runs per seed"),
         (lambda b: b["claims"][0]["settings"][0]["criterion"].pop("at_least"), "threshold needs"),
         (lambda b: b["experiments"]["morvan_tf23"].update(set=["train.lr=-1"]), "train.lr"),
+        (lambda b: b["figures"].append({"file": "x.png", "experiment": "nothing", "figure": "cost"}), "figure x.png"),
+        (lambda b: b["figures"].append({"file": "x.gif", "experiment": "morvan_tf23", "figure": "cost"}), "file"),
+        (
+            lambda b: b["figures"].append(
+                {"file": "x.png", "experiment": "morvan_tf23", "figure": "cost", "where": {"model.norm": "layer"}}
+            ),
+            "figure x.png: model.norm='layer' is not in the grid of morvan_tf23",
+        ),
     ],
 )
 def test_bad_claims_files_are_one_line_and_exit_2(tmp_path, edit, message):
@@ -327,8 +335,18 @@ def test_unknown_claim_id_and_out_as_a_file_exit_2(tmp_path):
 
 
 def test_one_quick_claim_end_to_end(tmp_path):
+    from normbench.claims import claims_path
+
+    # The packaged claims with a figure of this claim's experiment, and one of another experiment (not drawn).
+    book = yaml.safe_load(claims_path().read_text())
+    book["figures"] = [
+        {"file": "tanh.png", "experiment": "tanh_init", "figure": "units_name-normal"},
+        {"file": "other.png", "experiment": "lr_range", "figure": "final_vs_lr"},
+    ]
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump(book, allow_unicode=True))
     out = tmp_path / "results"
-    args = ["claims", "--quick", "--only", "large-weights-saturate-tanh", "--out", str(out)]
+    args = ["claims", "--quick", "--only", "large-weights-saturate-tanh", "--out", str(out), "--claims", str(path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "claims.json").read_text())
@@ -344,6 +362,17 @@ def test_one_quick_claim_end_to_end(tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "0 to train" in again.output
     assert [r["verdict"] for r in json.loads((out / "claims.json").read_text())["claims"]] == ["supported"] * 2
+    # The figure is the one `normbench plot` draws, byte for byte; only the checked experiment's is drawn.
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["tanh.png"]
+    assert runner.invoke(app, ["plot", str(out / "tanh_init")]).exit_code == 0
+    plotted = out / "tanh_init" / "figures" / "units_name-normal.png"
+    assert (out / "figures" / "tanh.png").read_bytes() == plotted.read_bytes()
+    # A figure name the experiment does not have: one line naming the ones it has, exit 2.
+    book["figures"][0]["figure"] = "nothing"
+    path.write_text(yaml.safe_dump(book, allow_unicode=True))
+    bad = runner.invoke(app, args)
+    lines = [line for line in bad.output.splitlines() if line.startswith("error")]
+    assert bad.exit_code == 2 and len(lines) == 1 and "no figure 'nothing'" in lines[0] and "cost" in lines[0]
 
 
 def test_column_mean_leaves_out_layer_1_and_unmeasured_rows():
