@@ -325,10 +325,14 @@ def check_references(book: ClaimsBook, claims: list[Claim], quick: bool) -> dict
                 raise ConfigError(f"claim {c.id}, setting {s.setting!r}{mode}: {e}") from None
     for f in book.figures:
         if f.experiment in exps:
-            axes = exps[f.experiment].config.axes()
-            for key, value in f.where.items():
-                if key not in axes or not any(same_value(v, value) for v in axes[key]):
-                    raise ConfigError(f"figure {f.file}: {key}={value!r} is not in the grid of {f.experiment}")
+            exp = exps[f.experiment]
+            axes = exp.config.axes()
+            params = pd.DataFrame([r.params for r in exp.runs])  # the values as runs.parquet will hold them
+            for key in [*f.where, *([f.compare] if f.compare else [])]:
+                if key not in axes:
+                    raise ConfigError(f"figure {f.file}: {key!r} is not a grid key of {exp.name} ({', '.join(axes)})")
+            if not _matches(params, f.where).any():
+                raise ConfigError(f"figure {f.file}: where {_label(f.where)} matches no run of {exp.name}")
     return exps
 
 

@@ -116,9 +116,11 @@ class Experiment:
     def mode_text(self) -> str:
         rec = self.config.get("record", {})
         split = "training set" if rec.get("eval_split", "train") == "train" else "test set"
+        grid = self.config.get("grid") or {}
+        dropout = self.config.get("model", {}).get("dropout") or any(grid.get("model.dropout") or [])
         if rec.get("eval_mode", "train") == "eval":
-            return f"{split}, eval mode (norms use running statistics)"
-        return f"{split}, train mode (norms use the batch's statistics)"
+            return f"{split}, eval mode (norms use running statistics{', no dropout' if dropout else ''})"
+        return f"{split}, train mode (norms use the batch's statistics{', dropout on' if dropout else ''})"
 
 
 def load_experiment(
@@ -468,6 +470,17 @@ def _note(ax: plt.Axes, x: float, y: float, text: str, **kw: Any) -> None:
 PLAIN = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 100, 1e+06: no mathtext, which is slow to draw
 
 
+def _fitted_suptitle(fig: plt.Figure, text: str, size: float | None = None, **kw: Any) -> None:
+    """The figure's title at font size `size` (None: matplotlib's), or smaller where one line of it would not fit
+    the figure's width."""
+    title = fig.suptitle(text, **({"fontsize": size} if size else {}), **kw)
+    for _ in range(4):  # text width is not quite proportional to the size (hinting): shrink until it fits
+        width = title.get_window_extent(fig.canvas.get_renderer()).width
+        if width <= 0.98 * fig.bbox.width or title.get_fontsize() <= 6.0:
+            break
+        title.set_fontsize(max(6.0, title.get_fontsize() * 0.97 * fig.bbox.width / width))
+
+
 def _few_ticks(ax: plt.Axes, x: int = 4, y: int = 3) -> None:
     """At most about x and y ticks: small panels read better, and every tick costs drawing time."""
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(x))
@@ -712,7 +725,8 @@ def _dist(exp: Experiment, group: Any):
     h = fig.get_figheight()
     ncols = min(len(handles), 4)
     fig.legend(handles=handles, loc="upper center", ncols=ncols, frameon=False, bbox_to_anchor=(0.5, 1 - 0.25 / h))
-    fig.suptitle(_title(exp, group, runs, "distributions over training") + f" ({exp.mode_text()})", y=1 - 0.05 / h)
+    title = _title(exp, group, runs, "distributions over training") + f" ({exp.mode_text()})"
+    _fitted_suptitle(fig, title, y=1 - 0.05 / h)
     rows = math.ceil(len(handles) / ncols)
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.45 / h, top=1 - (0.45 + 0.2 * rows) / h)
     return fig
@@ -822,11 +836,11 @@ def _grad(exp: Experiment, group: Any):
             if r == len(metrics) - 1:
                 ax.set_xlabel("step")
     axs[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.suptitle(
-        _title(exp, group, runs, "gradients per layer" + (" and internal covariate shift" if len(metrics) == 3 else ""))
-        + f" ({exp.mode_text()})",
-        fontsize=9,
+    title = _title(
+        exp, group, runs, "gradients per layer" + (" and internal covariate shift" if len(metrics) == 3 else "")
     )
+    title += f" ({exp.mode_text()})"
+    _fitted_suptitle(fig, title, 9)
     span = (layers.step.min(), layers.step.max())  # ICS is measured at fewer steps: one step axis for every row
     for ax in axs.ravel():
         ax.set_xlim(*span)

@@ -347,6 +347,8 @@ class Measured(Protocol):
 
     def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]: ...
 
+    def step_counters(self) -> list[torch.Tensor]: ...
+
 
 @contextmanager
 def restored(*tensors: torch.Tensor) -> Iterator[list[torch.Tensor]]:
@@ -589,21 +591,25 @@ class Recorder:
                         2015, algorithm 2, with the population taken whole)
 
         So eval -> precise is what the moving averages' lag and noise cost, precise -> population what using
-        mini-batch statistics in training costs at inference. On the training split, population-statistics eval
-        mode is train mode by construction (up to n/(n-1) in the variance): its loss there is no finding, only
-        the place the other two are measured from. The running statistics are put back after: training and the
-        other records do not see these."""
+        mini-batch statistics in training costs at inference. In train mode noisy BN's noise and dropout's masks
+        are on, each batch with those of a step of its own (the steps after `step`), as training draws them. On the
+        training split, population-statistics eval mode is train mode by construction (up to n/(n-1) in the
+        variance): its loss there is no finding, only the place the other two are measured from. The running
+        statistics and step counters are put back after: training and the other records do not see these."""
         which = self._todo("precise", step, which)
         stats = self.kernel.running_stats()
         if not which or not stats:
             return
-        with restored(*(t for pair in stats.values() for t in pair)):
+        counters = self.kernel.step_counters()
+        with restored(*counters, *(t for pair in stats.values() for t in pair)) as saved:
             sums = {
                 i: [torch.zeros_like(mean, dtype=torch.float64), torch.zeros_like(var, dtype=torch.float64)]
                 for i, (mean, var) in stats.items()
             }
             count = 0
             for x, y in batches:
+                for counter, start in zip(counters, saved, strict=False):  # fresh noise and dropout per batch
+                    counter.copy_(start + count)
                 points = self.kernel.probe(x, y, "train").points
                 for i in stats:
                     for total, value in zip(sums[i], population_stats(points[(i, "pre_norm")]), strict=True):

@@ -284,9 +284,15 @@ def test_packaged_claims_load_and_every_experiment_validates_in_both_modes():
         (lambda b: b["figures"].append({"file": "x.gif", "experiment": "morvan_tf23", "figure": "cost"}), "file"),
         (
             lambda b: b["figures"].append(
+                {"file": "x.png", "experiment": "morvan_tf23", "figure": "cost", "compare": "lr"}
+            ),
+            "figure x.png: 'lr' is not a grid key of morvan_tf23",
+        ),
+        (
+            lambda b: b["figures"].append(
                 {"file": "x.png", "experiment": "morvan_tf23", "figure": "cost", "where": {"model.norm": "layer"}}
             ),
-            "figure x.png: model.norm='layer' is not in the grid of morvan_tf23",
+            "figure x.png: where norm=layer matches no run of morvan_tf23",
         ),
     ],
 )

@@ -4,13 +4,14 @@ a plain PyTorch model that applies the same masks; stacks, measurements and run 
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
 from torch import nn
 
 from normbench.config import experiment_from_dict
-from normbench.data import batches, build_dataset
+from normbench.data import batches, build_dataset, steps_per_epoch
 from normbench.engine import train_run, train_stack
 from normbench.engine.driver import Training
 from normbench.engine.plan import PlanError, kernel_for
@@ -109,9 +110,61 @@ def test_dropout_trains_on_the_autograd_kernel_and_keeps_run_ids_while_off(tiny_
     off = experiment_from_dict(copy.deepcopy(tiny_raw)).runs
     tiny_raw["model"]["dropout"] = 0.0
     assert [r.run_id for r in experiment_from_dict(copy.deepcopy(tiny_raw)).runs] == [r.run_id for r in off]
+    assert "dropout" not in off[0].config.identity()["model"]  # ids from before dropout existed stay valid
     tiny_raw["model"]["dropout"] = 0.5
     on = experiment_from_dict(tiny_raw).runs
     assert not {r.run_id for r in on} & {r.run_id for r in off}
+    assert on[0].config.identity()["model"]["dropout"] == 0.5
     assert kernel_for(on[0].config, "auto") == "autograd"
     with pytest.raises(PlanError, match="dropout"):
         kernel_for(on[0].config, "written-out")
+
+
+def test_precise_bn_draws_a_mask_per_batch_as_training_would(tiny_raw):
+    """Precise BN with dropout: in train mode over an epoch of batches, batch k with the masks of step steps + k (as
+    training goes on drawing them), in float64; brute force over a copy of the run's trained model. With one mask
+    for every batch the number differs, so the test sees which masks were drawn."""
+    tiny_raw["model"]["dropout"] = 0.3
+    tiny_raw["train"] |= {"batch_size": 16}
+    tiny_raw["data"]["shuffle"] = True
+    run = config(tiny_raw, "batch", "sgd", precise_bn=True)
+    training = Training([run.config], "autograd", False, torch.device("cpu"), torch.float64)
+    [result] = training.run(None)
+    curves = result.tables["curves"]
+    got = curves[(curves["mode"] == "precise") & (curves.split == "train")].loss.item()
+    cfg = run.config
+    data = build_dataset(cfg.data)
+    x, y = data.x_train.double(), data.y_train.double()
+    size = cfg.train.minibatch()
+    order = batches(x, y, size, cfg.data.shuffle, torch.Generator().manual_seed(cfg.seed))
+    epoch = list(itertools.islice(order, steps_per_epoch(len(x), size)))
+
+    def precise_loss(step_of_batch) -> float:
+        model = copy.deepcopy(training.kernel.models[0])
+        norms = [b.norm for b in (getattr(model, f"layer{i}") for i in range(cfg.model.depth + 1))]
+        norms = [n for n in norms if getattr(n, "running_mean", None) is not None]
+        drops = [m for m in model.modules() if isinstance(m, Dropout)]
+        assert drops and all(int(d.running_step) == cfg.train.steps for d in drops)  # put back after precise BN
+        sums = {n: [0.0, 0.0] for n in norms}
+        seen = {}
+        hooks = [n.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, inp[0])) for n in norms]
+        model.train()
+        for k, (xb, _) in enumerate(epoch):
+            for d in drops:
+                d.running_step.fill_(step_of_batch(k))
+            with torch.no_grad():
+                model(xb)
+            for n in norms:
+                sums[n][0] = sums[n][0] + seen[n].mean(0)
+                sums[n][1] = sums[n][1] + seen[n].var(0, unbiased=True)
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for n, (mean, var) in sums.items():
+                n.running_mean.copy_(mean / len(epoch))
+                n.running_var.copy_(var / len(epoch))
+            return loss_of(model.eval(), x, y).item()
+
+    assert len(epoch) > 1
+    assert got == pytest.approx(precise_loss(lambda k: cfg.train.steps + k), rel=1e-9)
+    assert got != pytest.approx(precise_loss(lambda k: cfg.train.steps), rel=1e-6)

@@ -62,6 +62,7 @@ class AutogradKernel:
         names = [n for n, _ in self.models[0].named_buffers() if "running" in n]
         where = {n: slice(at[k], at[k + 1]) for k, n in enumerate(names)}
         self.stat_columns = {}  # layer i -> the columns of its running mean and variance in the stats matrix
+        self.counter_columns = [where[n] for n in names if n.endswith("running_step")]  # noisy BN's, dropout's
         for i in range(len(recorded_layers(self.models[0]))):
             if f"layer{i}.norm.running_mean" in where:
                 self.stat_columns[i] = (where[f"layer{i}.norm.running_mean"], where[f"layer{i}.norm.running_var"])
@@ -120,6 +121,9 @@ class AutogradKernel:
 
     def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         return {i: (self.stats[:, mean], self.stats[:, var]) for i, (mean, var) in self.stat_columns.items()}
+
+    def step_counters(self) -> list[torch.Tensor]:
+        return [self.stats[:, col.start] for col in self.counter_columns]
 
     def commit(self, active: torch.Tensor) -> None:
         self.stats.copy_(torch.where(active[:, None], self.pending, self.stats))

@@ -16,6 +16,8 @@ happens over time. Data reach a kernel as `columns(x, y)` has laid them out: x (
                                   changes nothing (a measurement at the current theta, e.g. after moving it)
     kernel.running_stats()        {layer i: (running mean, running variance)}, (M, C) views into the kernel's
                                   statistics (writing into them changes them), for the norms that keep them
+    kernel.step_counters()        views of the training-step counters that noisy BN's noise and dropout's masks
+                                  follow (each (M,)); [] when the models have none
     kernel.layer_weights  {layer i: the slice of a theta row holding hidden layer i's weight}
 """
 
@@ -53,6 +55,8 @@ class Kernel(Protocol):
     def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def step_counters(self) -> list[torch.Tensor]: ...
 
 
 def reference_models(cfgs: list[RunConfig], data: Dataset) -> list[nn.Module]:

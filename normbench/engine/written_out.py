@@ -379,6 +379,9 @@ class WrittenOutKernel:
         names = [name for name, _ in self.spec.stat_shapes if name.startswith("mean")]
         return {int(n[4:]): (self.stats[n][..., 0], self.stats[f"var{n[4:]}"][..., 0]) for n in names}
 
+    def step_counters(self) -> list[torch.Tensor]:
+        return []  # no noisy batch norm, no dropout here (unsupported)
+
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.evaluate_fn(self.theta, self.stats_flat, x, y, mode)
