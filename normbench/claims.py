@@ -875,8 +875,9 @@ def write_report(rows: list[Row], out: Path, quick: bool, seconds: float | None 
 
 def draw_figures(book: ClaimsBook, out: Path, quick: bool, experiments: set[str], progress: Console) -> list[Path]:
     """The claims' figures whose experiment was checked, each drawn from OUT/<experiment>/ into OUT/figures/ as
-    `normbench plot` draws it (docs/claims.md's figures are these, from the full check)."""
-    from normbench.plot import PlotError, draw_figure
+    `normbench plot` draws it (docs/claims.md's figures are these, from the full check). A figure the quick variant
+    of an experiment does not give (a final_vs figure needs 3 values of its axis) is left out with a note."""
+    from normbench.plot import NoSuchFigure, PlotError, draw_figure
 
     paths = []
     for f in book.figures:
@@ -886,6 +887,10 @@ def draw_figures(book: ClaimsBook, out: Path, quick: bool, experiments: set[str]
         where = (lambda runs, f=f: _matches(runs, f.where)) if f.where else None
         try:
             paths.append(draw_figure(exp_dir, f.figure, Path(out) / "figures" / f.file, compare=f.compare, where=where))
+        except NoSuchFigure as e:
+            if not (quick and book.experiments[f.experiment].quick):
+                raise ConfigError(f"figure {f.file}: {e}") from None
+            progress.print(f"  {f.file}: not drawn in quick mode ({exp_dir.name} gives no {f.figure})", highlight=False)
         except PlotError as e:
             raise ConfigError(f"figure {f.file}: {e}") from None
     if paths:

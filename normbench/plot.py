@@ -88,6 +88,10 @@ class PlotError(ValueError):
     pass
 
 
+class NoSuchFigure(PlotError):
+    """draw_figure: the experiment's runs give no figure of that name (e.g. a final_vs figure needs 3 axis values)."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # What a figure is drawn from: one experiment's tables, read once
 
@@ -269,7 +273,7 @@ def draw_figure(
     found = [j for j in jobs if j.path.stem == figure]
     if not found:
         names = ", ".join(j.path.stem for j in jobs)
-        raise PlotError(f"{exp.name} has no figure {figure!r}; its figures: {names}")
+        raise NoSuchFigure(f"{exp.name} has no figure {figure!r}; its figures: {names}")
     global _EXPERIMENTS
     _EXPERIMENTS = [exp]
     path.parent.mkdir(parents=True, exist_ok=True)

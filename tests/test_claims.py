@@ -424,3 +424,35 @@ def test_mode_ratio_final_value_and_landscape_from_their_tables():
     assert _landscape(Measure(quantity="landscape", column="beta"), landscape) == pytest.approx((4.0 + 4.0) / 2)
     with pytest.raises(ValueError, match="landscape needs column"):
         Measure(quantity="landscape", column="ics_cos")
+
+
+def test_a_figure_the_quick_variant_lacks_is_left_out_with_a_note(tmp_path, tiny_raw):
+    """final_vs_lr needs 3 learning rates; with 2 (as a quick variant may have) the figure is not there: a note in
+    quick mode, an error in full mode (or for an experiment without a quick variant)."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from normbench.claims import ClaimsBook, draw_figures
+    from normbench.config import experiment_from_dict
+    from normbench.sweep import run_experiment
+
+    tiny_raw |= {"name": "tiny-quick", "seeds": [1], "grid": {"train.lr": [0.001, 0.002]}}
+    run_experiment(experiment_from_dict(tiny_raw), tmp_path, console=Console(file=io.StringIO()))
+    shutil.copytree(tmp_path / "tiny-quick", tmp_path / "tiny")
+    raw = {
+        "sources": {"s": {"title": "t", "author": "a"}},
+        "experiments": {"tiny": {"config": "x", "quick": ["seeds=[1]"]}},
+        "claims": [{"id": "c", "claim": "c", "source": "s", "status": "not measured yet", "reason": "r"}],
+        "figures": [{"file": "f.png", "experiment": "tiny", "figure": "final_vs_lr"}],
+    }
+    book = ClaimsBook.model_validate(raw)
+    said = io.StringIO()
+    assert draw_figures(book, tmp_path, True, {"tiny"}, Console(file=said, width=300)) == []
+    assert "f.png: not drawn in quick mode (tiny-quick gives no final_vs_lr)" in said.getvalue()
+    with pytest.raises(ConfigError, match=r"figure f\.png: tiny has no figure 'final_vs_lr'"):
+        draw_figures(book, tmp_path, False, {"tiny"}, Console(file=io.StringIO()))
+    raw["figures"][0]["figure"] = "cost"
+    [path] = draw_figures(ClaimsBook.model_validate(raw), tmp_path, True, {"tiny"}, Console(file=io.StringIO()))
+    assert path == tmp_path / "figures" / "f.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
