@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ from normbench.registry import ACTIVATIONS
 
 if TYPE_CHECKING:
     from normbench.config import ModelConfig, RunConfig
+    from normbench.engine.base import Kernel  # the interface the recorder measures through (base imports Probe)
 
 Bounds = float | Sequence[float]
 
@@ -333,23 +334,6 @@ class Probe:
     importance: dict[int, torch.Tensor]  # hidden layer -> (M, len(IMPORTANCE)), NaN without switchable norm
 
 
-class Measured(Protocol):
-    """What the recorder needs of a kernel (engine/base.py has the whole interface)."""
-
-    theta: torch.Tensor
-    layer_weights: dict[int, slice]
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe: ...
-
-    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def running_stats(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]: ...
-
-    def step_counters(self) -> list[torch.Tensor]: ...
-
-
 @contextmanager
 def restored(*tensors: torch.Tensor) -> Iterator[list[torch.Tensor]]:
     """Change `tensors` in place inside (the parameters, the running statistics: no leaf of any graph, the autograd
@@ -387,7 +371,7 @@ class Recorder:
     measurement is taken for all models at once through the kernel, then split into each run's rows; a step is
     recorded at most once per run."""
 
-    def __init__(self, cfgs: list[RunConfig], kernel: Measured, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, cfgs: list[RunConfig], kernel: Kernel, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]):
         self.cfgs, self.kernel, self.splits = cfgs, kernel, splits  # splits in the kernel's layout
         self.rc = cfgs[0].record
         self.rows: list[dict[str, list[dict[str, Any]]]] = [defaultdict(list) for _ in cfgs]
