@@ -577,20 +577,28 @@ def threshold_verdict(values: np.ndarray, at_least: float | None = None, at_most
     return Verdict("inconclusive", f"{int(passes.sum())} of {len(v)} seeds {bound}")
 
 
-def compare_verdict(kind: str, a: np.ndarray, b: np.ndarray, margin: float = 0.0) -> Verdict:
+def compare_verdict(
+    kind: str, a: np.ndarray, b: np.ndarray, margin: float = 0.0, names: tuple[str, str] = ("a", "b")
+) -> Verdict:
     """kind 'less_than' (claim: a < b by more than margin), 'greater_than' (a > b), 'equal_within' (|a - b| <
     margin), 'not_less_than' (a >= b - margin: a is not below b by more than the margin) or 'not_greater_than'
-    (a <= b + margin), from the per-seed values of each side (NaN dropped)."""
+    (a <= b + margin), from the per-seed values of each side (NaN dropped). `names`: the two sides as the reason
+    text names them (the groups' labels)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     if min(len(a), len(b)) < MIN_SEEDS:
         return Verdict("inconclusive", f"{len(a)} and {len(b)} seeds with a number, fewer than {MIN_SEEDS}")
     m = f" by more than {_num(margin)}" if margin else ""
+
+    def diff(i: int, j: int) -> str:
+        one = [n if n in ("a", "b") else f"({n})" for n in names]
+        return f"{one[i]} - {one[j]}"
+
     if kind == "equal_within":
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             return Verdict("inconclusive", "infinite values: no difference of means")
         d, half = _welch(a, b)
-        ci = f"{CONFIDENCE:.0%} interval of the difference [{_num(d - half)}, {_num(d + half)}]"
+        ci = f"{CONFIDENCE:.0%} interval of {diff(0, 1)} [{_num(d - half)}, {_num(d + half)}]"
         if abs(d) + half < margin:
             return Verdict("supported", f"{ci} lies within +-{_num(margin)}")
         if abs(d) - half > margin:
@@ -609,9 +617,9 @@ def compare_verdict(kind: str, a: np.ndarray, b: np.ndarray, margin: float = 0.0
         return Verdict("inconclusive", "the seeds' ranges overlap (infinite values: no difference of means)")
     d, half = _welch(big, small)
     if kind in ("less_than", "not_greater_than"):
-        ci = f"{CONFIDENCE:.0%} interval of b - a: [{_num(d - half)}, {_num(d + half)}]"
+        ci = f"{CONFIDENCE:.0%} interval of {diff(1, 0)}: [{_num(d - half)}, {_num(d + half)}]"
     else:
-        ci = f"{CONFIDENCE:.0%} interval of a - b: [{_num(d - half)}, {_num(d + half)}]"
+        ci = f"{CONFIDENCE:.0%} interval of {diff(0, 1)}: [{_num(d - half)}, {_num(d + half)}]"
     if d - half > margin:
         return Verdict("supported", f"{ci}, above {_num(margin)}")
     if d + half < margin:
@@ -671,7 +679,8 @@ def evaluate(s: Setting, res: Results) -> tuple[Verdict, str, dict[str, list[flo
         for name, flt in (("a", crit.a), ("b", crit.b)):
             mine = _matches(runs, flt)
             sides[name] = (flt, runs[mine], seed_values(s.measure, runs[mine], values[mine]))
-        verdict = compare_verdict(crit.kind, sides["a"][2].to_numpy(), sides["b"][2].to_numpy(), crit.margin)
+        labels = (_label(crit.a), _label(crit.b))
+        verdict = compare_verdict(crit.kind, sides["a"][2].to_numpy(), sides["b"][2].to_numpy(), crit.margin, labels)
         text = "; ".join(f"{_label(flt)}: {describe_values(v, r)}" for flt, r, v in sides.values())
         return verdict, text, {_label(flt): _listed(v) for flt, _, v in sides.values()}
     if crit.kind == "flat":

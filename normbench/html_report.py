@@ -334,8 +334,9 @@ def _runs_html(runs: pd.DataFrame, axes: list[str]) -> str:
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
     thead = f"<thead><tr>{''.join(head)}</tr></thead>"
     note = (
-        "Final numbers at the last step: train loss on the training set with batch statistics, test numbers with "
-        "running statistics (eval mode). Kernel and device: what computed the run's steps."
+        "Final numbers at the last step: train loss on the training set with batch statistics (train mode; with "
+        "model.dropout, dropout on), test numbers with running statistics (eval mode). Kernel and device: what "
+        "computed the run's steps."
     )
     return (
         f"<div class=scroll><table class=runs>{thead}<tbody>{''.join(rows)}</tbody></table></div>"

@@ -120,11 +120,17 @@ class Experiment:
     def mode_text(self) -> str:
         rec = self.config.get("record", {})
         split = "training set" if rec.get("eval_split", "train") == "train" else "test set"
-        grid = self.config.get("grid") or {}
-        dropout = self.config.get("model", {}).get("dropout") or any(grid.get("model.dropout") or [])
+        dropout = self.dropout_text()
         if rec.get("eval_mode", "train") == "eval":
             return f"{split}, eval mode (norms use running statistics{', no dropout' if dropout else ''})"
-        return f"{split}, train mode (norms use the batch's statistics{', dropout on' if dropout else ''})"
+        return f"{split}, train mode (norms use the batch's statistics{dropout})"
+
+    def dropout_text(self) -> str:
+        """', dropout on' for train mode when the runs have dropout ('where set' when the grid varies it), else ''."""
+        grid = self.config.get("grid") or {}
+        if any(grid.get("model.dropout") or []):
+            return ", dropout on where set"
+        return ", dropout on" if self.config.get("model", {}).get("dropout") else ""
 
 
 def load_experiment(
@@ -1048,7 +1054,9 @@ def _cost(exp: Experiment):
         matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=2, label=_value_label(exp.compare, v))
         for i, (v, _) in enumerate(_variants(exp, exp.runs))
     ]
-    handles.append(matplotlib.lines.Line2D([], [], color="black", label="training set, train mode"))
+    handles.append(
+        matplotlib.lines.Line2D([], [], color="black", label=f"training set, train mode{exp.dropout_text()}")
+    )
     if has_test:
         handles.append(matplotlib.lines.Line2D([], [], color="black", ls="--", label="test set, eval mode"))
     if nseeds > 1:

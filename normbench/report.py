@@ -361,7 +361,9 @@ def fmt_diverged(n: int, steps: list[int]) -> str:
 
 AGGREGATE_NOTE = (
     "mean ± std over the ok runs of each group (std: sample, ddof 1), [min, max] below; diverged and failed runs "
-    "are counted, never averaged. Dead and saturated: mean over hidden layers at the last recorded step."
+    "are counted, never averaged. Dead and saturated: mean over hidden layers at the last recorded step. Train "
+    "loss and accuracy and 'batch stats' are in train mode (with model.dropout, dropout on), 'running stats' in eval "
+    "mode."
 )
 
 
