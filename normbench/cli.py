@@ -314,6 +314,10 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     out.print(f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {exp.config.shape()}")
 
 
+def _also(aliases: tuple[str, ...]) -> str:
+    return f" Also: {', '.join(aliases)}." if aliases else ""
+
+
 @app.command("list", short_help="The registries and the packaged configs, with their descriptions.")
 def list_() -> None:
     """What the registries hold and the packaged configs, each with its description."""
@@ -323,7 +327,7 @@ def list_() -> None:
     from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS
 
     sections = [
-        (title, [(name, reg.help(name)) for name in reg])
+        (title, [(name, reg.help(name) + _also(reg.aliases(name))) for name in reg])
         for title, reg in (
             ("norms", NORMS),
             ("activations", ACTIVATIONS),

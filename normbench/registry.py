@@ -41,6 +41,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}  # canonical name -> item, in registration order
         self._lookup: dict[str, str] = {}  # normalized name or alias -> canonical name
         self._help: dict[str, str] = {}
+        self._aliases: dict[str, tuple[str, ...]] = {}
 
     def register(self, name: str, *, aliases: tuple[str, ...] = (), help: str = "") -> Callable[[T], T]:
         def add(item: T) -> T:
@@ -49,6 +50,7 @@ class Registry(Generic[T]):
                     raise ValueError(f"{self.kind} name {key!r} is registered twice")
                 self._lookup[_key(key)] = name
             self._items[name] = item
+            self._aliases[name] = tuple(aliases)
             # the docstring's first paragraph, whole (its first line may end mid-sentence)
             doc = help or " ".join(inspect.cleandoc(getattr(item, "__doc__", None) or "").split("\n\n")[0].split())
             self._help[name] = doc
@@ -78,6 +80,10 @@ class Registry(Generic[T]):
 
     def help(self, name: str) -> str:
         return self._help[self.canonical(name)]
+
+    def aliases(self, name: str) -> tuple[str, ...]:
+        """The other names `name` is registered under (any spelling of them works too: case, '_', '-')."""
+        return self._aliases[self.canonical(name)]
 
     def __contains__(self, name: object) -> bool:
         self._load()

@@ -235,7 +235,9 @@ def test_list_in_a_pipe_is_one_whole_line_per_entry():
 
     lines = invoke("list").stdout.splitlines()
     for name in NORMS:
-        assert any(line.split() and line.split()[0] == name and line.endswith(NORMS.help(name)) for line in lines)
+        help = NORMS.help(name) + (f" Also: {', '.join(NORMS.aliases(name))}." if NORMS.aliases(name) else "")
+        assert any(line.split() and line.split()[0] == name and line.endswith(help) for line in lines)
+    assert "bn" in NORMS.aliases("batch") and "Also: bn, batchnorm." in "".join(lines)  # the other names, listed
     assert NORMS.help("switchable").endswith("the weights are over LN and BN.")  # the whole first paragraph
     assert any(line.startswith("  morvan_tf23") and "noisy parabola" in line for line in lines)  # descriptions
 
