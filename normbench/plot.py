@@ -35,7 +35,8 @@ import multiprocessing
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -251,13 +252,20 @@ def plot_experiments(
     jobs: list[Job] = []
     for i, exp in enumerate(experiments):
         jobs += _jobs(i, exp, _figure_dir(exp, subdir), point, fmt, overlay, animate, ridge)
-    global _EXPERIMENTS
-    _EXPERIMENTS = experiments
-    try:
+    with _loaded(experiments):
         # The costliest kinds first, so that the workers finish together; the paths come back in job order.
         order = sorted(range(len(jobs)), key=lambda k: DRAW_ORDER.get(jobs[k].draw, 1))
         paths = _render([jobs[k] for k in order], workers, progress)
         return [paths[order.index(k)] for k in range(len(jobs))]
+
+
+@contextmanager
+def _loaded(experiments: list[Experiment]) -> Iterator[None]:
+    """The experiments the jobs' indices refer to (_EXPERIMENTS, which forked workers inherit), inside only."""
+    global _EXPERIMENTS
+    _EXPERIMENTS = experiments
+    try:
+        yield
     finally:
         _EXPERIMENTS = []
 
@@ -280,16 +288,14 @@ def draw_figure(
     if not found:
         names = ", ".join(j.path.stem for j in jobs)
         raise NoSuchFigure(f"{exp.name} has no figure {figure!r}; its figures: {names}")
-    global _EXPERIMENTS
-    _EXPERIMENTS = [exp]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        _draw(replace(found[0], path=tmp))
+        with _loaded([exp]):
+            _draw(replace(found[0], path=tmp))
         os.replace(tmp, path)  # a figure there before stays whole until this one is
         return path
     finally:
-        _EXPERIMENTS = []
         tmp.unlink(missing_ok=True)
 
 

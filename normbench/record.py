@@ -592,7 +592,7 @@ class Recorder:
             }
             count = 0
             for x, y in batches:
-                for counter, start in zip(counters, saved, strict=False):  # fresh noise and dropout per batch
+                for counter, start in zip(counters, saved[: len(counters)], strict=True):  # fresh noise, masks
                     counter.copy_(start + count)
                 points = self.kernel.probe(x, y, "train").points
                 for i in stats:

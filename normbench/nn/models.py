@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from normbench.nn.norms import step_generator
 from normbench.registry import ACTIVATIONS, INITS, MODELS, NORMS
 
 if TYPE_CHECKING:
@@ -82,9 +83,7 @@ class Dropout(nn.Module):
 
     def mask(self, step: int, shape: tuple[int, ...]) -> torch.Tensor:
         """The kept values (True) at training step `step` for values of `shape`."""
-        seed, layer = self.key
-        # The same mix of (seed, layer, step) as noisy batch norm's, xor a constant: a stream of its own.
-        g = torch.Generator().manual_seed((((seed * 1_000_003 + layer) * 1_000_003 + step) % 2**63) ^ 0x5EED)
+        g = step_generator(self.key, step, stream=0x5EED)
         return torch.rand(shape, generator=g, dtype=torch.float64) >= self.p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,13 @@ class BatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"batch norm expects (N, C, ...) input, got shape {tuple(x.shape)}")
 
 
+def step_generator(key: tuple[int, int], step: int, stream: int = 0) -> torch.Generator:
+    """The generator of training step `step`'s random draws for the module `key` = (run's seed, layer): noisy batch
+    norm's noise (stream 0) and dropout's masks (their own stream), the same whatever else is drawn or measured."""
+    seed, layer = key
+    return torch.Generator().manual_seed((((seed * 1_000_003 + layer) * 1_000_003 + step) % 2**63) ^ stream)
+
+
 @NORMS.register("noisy_batch", aliases=("noisy_bn",))
 class NoisyBatchNorm(BatchNorm):
     """Batch norm, then noise redrawn every training step (Santurkar et al. 2018's "noisy BN"; model.norm_noise).
@@ -111,8 +118,7 @@ class NoisyBatchNorm(BatchNorm):
     def draws(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (scale, shift) of every sample and channel at training step `step` for a batch of n, each (n, C) in
         float64; the channels' means (the first draws) do not depend on n."""
-        seed, layer = self.key
-        g = torch.Generator().manual_seed(((seed * 1_000_003 + layer) * 1_000_003 + step) % 2**63)
+        g = step_generator(self.key, step)
         u = torch.rand(2, self.num_features, generator=g, dtype=torch.float64)
         m, s = self.noise
         sigma, mu = 1 + (s - 1) * u[0], m * (2 * u[1] - 1)
