@@ -23,12 +23,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from normbench.finals import CURVE_FINALS, HEADINGS, applicable, per_run
 from normbench.store import (
     SelectionError,
     experiment_axes,
     jsonable,
     load_runs,
-    load_table,
     resolve_axis,
     show_value,
 )
@@ -37,10 +37,7 @@ COLUMNS = (
     "run_id",
     "status",
     "diverged_step",
-    "final_train_loss",
-    "final_test_loss",
-    "final_train_accuracy",
-    "final_test_accuracy",
+    *CURVE_FINALS,
     "last_finite_train_loss",
     "wall_time_s",
     "engine.kernel",
@@ -142,19 +139,9 @@ def records_csv(records: list[dict[str, Any]]) -> str:
 
 # -- groups of runs: `normbench summary --by`, the tables of `normbench report` ---------------------------------
 
-# The final numbers aggregated over a group's runs, with their column headings. Test-split columns appear when the
-# experiment has a test split, accuracies for classification.
-METRICS = {
-    "final_train_loss": "train loss",
-    "final_test_loss_train_mode": "test loss\nbatch stats",
-    "final_test_loss": "test loss\nrunning stats",
-    "final_test_loss_precise": "test loss\nprecise BN",
-    "final_train_accuracy": "train acc",
-    "final_test_accuracy": "test acc\nrunning stats",
-    "dead_fraction": "dead units",
-    "saturated_fraction": "saturated",
-}
-STATS = ("mean", "std", "min", "max")
+# The final numbers aggregated over a group's runs (finals.FINALS), with their column headings.
+METRICS = HEADINGS
+STATS = ("mean", "std", "min", "max", "median")
 STATUS_COLUMNS = ("runs", "ok", "diverged", "failed", "missing")
 
 
@@ -192,15 +179,16 @@ def resolve_keys_across(exp_dirs: list[Path], keys: list[str]) -> list[list[str]
 def aggregate_runs(exp_dir: Path, by: list[str], runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per group of runs sharing the values of the grid keys `by` ([]: all runs in one group), in grid
     order. Columns: `experiment`, the `by` keys, `runs`, `ok`, `diverged`, `failed`, `missing` (counts),
-    `diverged_steps` (sorted list), then `<metric>.mean`, `.std` (ddof 1: NaN for one run), `.min`, `.max` of each
-    final number (METRICS) over the group's ok runs only: a diverged or failed run is counted, never averaged;
-    `<metric>.n`: how many ok runs have a value (a loss that is not finite, or saturation of an activation without
-    a saturated region, has none). Dead and saturated fractions are per run the mean over hidden layers at the
-    last recorded step.
+    `diverged_steps` (sorted list), then `<metric>.mean`, `.std` (ddof 1: NaN for one run), `.min`, `.max`,
+    `.median` of each final number (finals.FINALS that apply to the experiment) over the group's ok runs only: a
+    diverged or failed run is counted, never averaged; `<metric>.n`: how many ok runs have a value (a loss that is
+    not finite, or saturation of an activation without a saturated region, has none). Dead and saturated
+    fractions are per run the mean over hidden layers at the last recorded step.
     `runs`: the experiment's runs.parquet rows to aggregate (default: all)."""
     runs = load_runs(exp_dir) if runs is None else runs
     by = resolve_keys(exp_dir, by)
-    values = _final_numbers(exp_dir, runs)
+    values = per_run(runs)
+    values = values[applicable(values)]
     # Grid values that are lists (model.channels) group as tuples.
     groups = runs.groupby(by, sort=False, dropna=False) if by else [((), runs)]
     rows = []
@@ -219,56 +207,11 @@ def aggregate_runs(exp_dir: Path, by: list[str], runs: pd.DataFrame | None = Non
                 f"{metric}.std": v.std(ddof=1) if len(v) > 1 else math.nan,
                 f"{metric}.min": v.min() if len(v) else math.nan,
                 f"{metric}.max": v.max() if len(v) else math.nan,
+                f"{metric}.median": v.median() if len(v) else math.nan,
                 f"{metric}.n": len(v),
             }
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _final_numbers(exp_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """Each run's final numbers (METRICS that apply to the experiment), indexed like `runs`."""
-    ok = runs[runs.status == "ok"]
-    curves = load_table(exp_dir, "curves", ok.run_id.tolist()) if len(ok) else pd.DataFrame()
-    has_test = bool(runs.final_test_loss.notna().any()) or (len(curves) > 0 and bool((curves.split == "test").any()))
-    classification = bool(runs.final_train_accuracy.notna().any()) or (
-        len(curves) > 0 and bool(curves.accuracy.notna().any())
-    )
-    out = pd.DataFrame(index=runs.index)
-    out["final_train_loss"] = runs.final_train_loss
-    if has_test:
-        test = curves[(curves.split == "test") & (curves["mode"] == "train")] if len(curves) else curves
-        # The last recorded step of each run: its final number with batch statistics.
-        last = test.sort_values("step").groupby("run_id").loss.last() if len(test) else pd.Series(dtype=float)
-        out["final_test_loss_train_mode"] = runs.run_id.map(last).astype(float)
-        out["final_test_loss"] = runs.final_test_loss
-        precise = curves[(curves.split == "test") & (curves["mode"] == "precise")] if len(curves) else curves
-        if len(precise):  # record.precise_bn: the running statistics recomputed after training
-            out["final_test_loss_precise"] = runs.run_id.map(precise.groupby("run_id").loss.last()).astype(float)
-    if classification:
-        out["final_train_accuracy"] = runs.final_train_accuracy
-        if has_test:
-            out["final_test_accuracy"] = runs.final_test_accuracy
-    for col in ("dead_fraction", "saturated_fraction"):
-        out[col] = runs[col].map(layer_mean)
-    return out
-
-
-def layer_mean(values: Any) -> float:
-    """A per-layer quantity (dead or saturated fraction) as one number: its mean over the hidden layers; NaN when
-    there is no layer or any layer's value is NaN (a diverged layer is neither dead nor alive; ReLU has no saturated
-    region). The one definition behind `summary --by`, the report, the claims check and the demo's verdicts."""
-    arr = np.asarray(values if values is not None else [], dtype=float)
-    return float(arr.mean()) if arr.size else math.nan
-
-
-def run_layer_means(layers: pd.DataFrame, column: str, step: str = "last") -> pd.Series:
-    """layer_mean of `column` for each run of a layers table (index: run_id), at the run's first or last recorded
-    step (its divergence step for a diverged run)."""
-    if layers.empty:
-        return pd.Series(dtype=float)
-    steps = layers.groupby("run_id").step.transform("min" if step == "first" else "max")
-    at = layers[layers.step == steps]
-    return at.groupby("run_id")[column].apply(layer_mean)
 
 
 def aggregate_records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -319,7 +262,7 @@ def fmt_stats(row: dict[str, Any] | pd.Series, metric: str) -> tuple[str, str]:
     """('mean ± std', '[min, max]') of one metric of one group; '' where a part says nothing (one run). Ok runs
     without a value are said: 'inf/NaN' for all of them (a loss; '-' where the number is not defined for them),
     'n=1 of 2' for some."""
-    mean, std, lo, hi = (row[f"{metric}.{s}"] for s in STATS)
+    mean, std, lo, hi = (row[f"{metric}.{s}"] for s in ("mean", "std", "min", "max"))
     n, ok = row.get(f"{metric}.n", 0), row["ok"]
     if _is_na(mean):
         undefined = metric.endswith(("_fraction", "_precise"))  # ReLU saturation; precise stats without running ones

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
+from normbench.finals import CURVE_FINALS, from_tables
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
 
 if TYPE_CHECKING:
@@ -216,10 +217,7 @@ class ExperimentStore:
                     "status": s["status"],
                     "diverged_step": s.get("diverged_step"),
                     "steps_done": s.get("steps_done"),
-                    "final_train_loss": _num(s.get("final_train_loss")),
-                    "final_test_loss": _num(s.get("final_test_loss")),
-                    "final_train_accuracy": _num(s.get("final_train_accuracy")),
-                    "final_test_accuracy": _num(s.get("final_test_accuracy")),
+                    **{k: _num(s.get(k)) for k in CURVE_FINALS},
                     "last_finite_train_loss": _num(s.get("last_finite_train_loss")),
                     "wall_time_s": _num(s.get("wall_time_s")),
                     "dead_fraction": [_num(v) for v in s.get("dead_fraction", [])],
@@ -239,26 +237,13 @@ class ExperimentStore:
 
 
 def run_summary(result: RunResult) -> dict[str, Any]:
-    curves, layers = result.tables["curves"], result.tables["layers"]
-    train = curves[(curves.split == "train") & (curves["mode"] == "train")]
-    finite = train[train.loss.map(math.isfinite)]
-    # The honest test number uses running statistics (mode eval), as a deployed model would.
-    test = curves[(curves.split == "test") & (curves["mode"] == "eval")]
-    last = layers[layers.step == layers.step.max()].sort_values("layer")
     return {
         "status": result.status,
         "diverged_step": result.diverged_step,
         "steps_done": result.steps_done,
-        "final_train_loss": float(train.loss.iloc[-1]),
-        "final_test_loss": float(test.loss.iloc[-1]) if len(test) else None,
-        "final_train_accuracy": float(train.accuracy.iloc[-1]),
-        "final_test_accuracy": float(test.accuracy.iloc[-1]) if len(test) else None,
-        "last_finite_train_loss": float(finite.loss.iloc[-1]) if len(finite) else None,
+        **from_tables(result.tables["curves"], result.tables["layers"]),
         "wall_time_s": result.wall_time_s,
         "engine": result.provenance,
-        "last_step": int(layers.step.max()),
-        "dead_fraction": last.dead_fraction.tolist(),
-        "saturated_fraction": last.saturated_fraction.tolist(),
     }
 
 
