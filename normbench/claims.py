@@ -43,16 +43,15 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench.config import PACKAGED_CONFIGS, ConfigError, Experiment, Strict, describe, load_experiment
-from normbench.report import LANDSCAPE, landscape_summary, layer_mean
+from normbench.finals import CURVE_FINALS, LAYER_FINALS, layer_mean, per_run
+from normbench.report import LANDSCAPE, landscape_summary
 from normbench.store import same_value
 
 MIN_SEEDS = 3  # seeds with a number needed on each side of a comparison (and for a threshold)
 CONFIDENCE = 0.95  # of the intervals every verdict reads
-VERDICTS = ("supported", "not supported", "inconclusive", "not measured yet")
-LOSSES = ("final_train_loss", "final_test_loss")
-FINALS = (*LOSSES, "final_train_accuracy", "final_test_accuracy")
+VERDICTS = ("supported", "not supported", "inconclusive", "depends on rounding", "not measured yet")
 QUANTITIES = (
-    *FINALS,
+    *CURVE_FINALS,
     "dead_fraction",
     "saturated_fraction",
     "diverged",
@@ -204,6 +203,10 @@ class Claim(Strict):
     reason: str | None = None
     settings: list[Setting] = Field(default_factory=list)
 
+    def of_experiments(self, experiments: list[str]) -> Claim:
+        """This claim with the settings of these experiments only (a claim not measured yet has none)."""
+        return self.model_copy(update={"settings": [s for s in self.settings if s.experiment in experiments]})
+
     @model_validator(mode="after")
     def _status(self) -> Claim:
         if self.status == "not measured yet" and (self.settings or not self.reason):
@@ -272,13 +275,15 @@ class ClaimsBook(Strict):
             raise ConfigError(f"--only {unknown[0]!r}: no such claim; claims: {', '.join(ids)}")
         return [c for c in self.claims if c.id in only]
 
-    def folder(self, key: str, quick: bool) -> str:
-        """OUT/<folder>: the key, `<key>-quick` in quick mode when the quick variant changes anything."""
-        return f"{key}-quick" if quick and self.experiments[key].quick else key
+    def folder(self, key: str, quick: bool, kernel: str | None = None) -> str:
+        """OUT/<folder>: the key, `<key>-quick` in quick mode when the quick variant changes anything, and
+        `-<kernel>` after it for runs trained on a kernel named by --kernel."""
+        name = f"{key}-quick" if quick and self.experiments[key].quick else key
+        return f"{name}-{kernel}" if kernel else name
 
-    def experiment(self, key: str, quick: bool) -> Experiment:
+    def experiment(self, key: str, quick: bool, kernel: str | None = None) -> Experiment:
         spec = self.experiments[key]
-        overrides = [*spec.set, *(spec.quick if quick else []), f"name={self.folder(key, quick)}"]
+        overrides = [*spec.set, *(spec.quick if quick else []), f"name={self.folder(key, quick, kernel)}"]
         try:
             return load_experiment(spec.config or key, overrides)
         except ConfigError as e:
@@ -323,6 +328,8 @@ def check_references(book: ClaimsBook, claims: list[Claim], quick: bool) -> dict
             except ValueError as e:
                 mode = " (quick)" if quick else ""
                 raise ConfigError(f"claim {c.id}, setting {s.setting!r}{mode}: {e}") from None
+    for c in claims:
+        _check_evidence_once(c, exps, quick)
     for f in book.figures:
         if f.experiment in exps:
             exp = exps[f.experiment]
@@ -334,6 +341,28 @@ def check_references(book: ClaimsBook, claims: list[Claim], quick: bool) -> dict
             if not _matches(params, f.where).any():
                 raise ConfigError(f"figure {f.file}: where {_label(f.where)} matches no run of {exp.name}")
     return exps
+
+
+def _check_evidence_once(c: Claim, exps: dict[str, Experiment], quick: bool) -> None:
+    """Two settings of one claim that measure the same quantity on shared computations in every group they
+    compare (runs that differ only in options without effect in them, RunConfig.computation: the no-BN runs of two
+    editions that differ in BN's momentum) count those runs twice: a ConfigError asks to make them one setting."""
+    seen: list[tuple[str, tuple, list[frozenset[str]]]] = []
+    for s in c.settings:
+        exp = exps[s.experiment]
+        params = pd.DataFrame([{**r.params, "_computation": r.config.computation()} for r in exp.runs])
+        crit = s.criterion
+        groups = [{**s.where, **f} for f in (crit.a, crit.b) if f] or [s.where]
+        runs = [frozenset(params.loc[_matches(params, flt), "_computation"]) for flt in groups]
+        how = (s.measure.model_dump_json(), crit.kind, crit.over)
+        for name, other_how, other_runs in seen:
+            if other_how == how and all(a & b for a, b in zip(runs, other_runs, strict=True)):
+                mode = " (quick)" if quick else ""
+                raise ConfigError(
+                    f"claim {c.id}{mode}: settings {name!r} and {s.setting!r} measure the same runs (their configs "
+                    "differ only in options without effect there): make them one setting"
+                )
+        seen.append((s.setting, how, runs))
 
 
 def _check_setting(s: Setting, exp: Experiment) -> None:
@@ -401,17 +430,13 @@ def run_values(m: Measure, runs: pd.DataFrame, res: Results) -> pd.Series:
     """The measured quantity of each run (index: runs'). NaN: no number (a failed run, a diverged run's layer
     statistics, an accuracy of a diverged run); +inf: a diverged run's loss, a level never reached."""
     status = runs.status
-    if m.quantity in FINALS:
-        v = runs[m.quantity].astype(float).copy()
-        if m.quantity in LOSSES:
-            v[status == "diverged"] = math.inf
-        v[~status.isin(("ok", "diverged"))] = math.nan
-        return v
+    if m.quantity in CURVE_FINALS or (m.quantity in LAYER_FINALS and m.step == "last"):
+        return per_run(runs)[m.quantity]  # the final numbers every command reads (finals.py)
     if m.quantity == "diverged":
         v = (status == "diverged").astype(float)
         v[~status.isin(("ok", "diverged"))] = math.nan
         return v
-    per_run = {
+    of_run = {
         "dead_fraction": _layer_mean,
         "saturated_fraction": _layer_mean,
         "layer_spread": _layer_spread,
@@ -428,7 +453,7 @@ def run_values(m: Measure, runs: pd.DataFrame, res: Results) -> pd.Series:
     table = res.table(name)
     groups = dict(tuple(table.groupby("run_id"))) if len(table) else {}
     v = pd.Series(
-        [per_run(m, groups[rid]) if rid in groups else math.nan for rid in runs.run_id], index=runs.index, dtype=float
+        [of_run(m, groups[rid]) if rid in groups else math.nan for rid in runs.run_id], index=runs.index, dtype=float
     )
     if name == "layers" and (m.step == "last" or m.quantity == "sn_spread"):
         v[status == "diverged"] = math.nan  # the layers of a diverged net are neither dead nor alive
@@ -561,20 +586,42 @@ def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def threshold_verdict(values: np.ndarray, at_least: float | None = None, at_most: float | None = None) -> Verdict:
-    """Per-seed values against a threshold: supported when every seed passes, not supported when none does, else
-    inconclusive. NaN (no number: a diverged run's dead fraction) does not pass."""
+    """Per-seed values against a threshold: the CONFIDENCE interval of their mean (Student's t) decides, as the
+    interval of a difference decides a comparison. Supported when it lies entirely on the passing side (and every
+    seed has a number), not supported when entirely on the other side, else inconclusive: a mean within seed
+    noise of the threshold is no verdict. A seed without a number (NaN: a diverged run's dead fraction) does not
+    pass: none with a number is not supported. Infinite values have no mean: then every seed must pass (supported)
+    or none (not supported)."""
     v = np.asarray(values, float)
     bound = f">= {_num(at_least)}" if at_least is not None else f"<= {_num(at_most)}"
     if len(v) < MIN_SEEDS:
         return Verdict("inconclusive", f"{len(v)} seeds, fewer than {MIN_SEEDS}")
+    nan = int(np.isnan(v).sum())
+    if nan == len(v):
+        return Verdict("not supported", f"no seed has a number ({nan} of {nan}), so none is {bound}")
     passing = Passing(at_least=at_least, at_most=at_most)
-    passes = np.array([passing.test(x) for x in v])
-    if passes.all():
-        return Verdict("supported", f"every seed {bound} ({len(v)} of {len(v)})")
-    if not passes.any():
-        nan = int(np.isnan(v).sum())
-        return Verdict("not supported", f"no seed {bound}" + (f" ({nan} without a number)" if nan else ""))
-    return Verdict("inconclusive", f"{int(passes.sum())} of {len(v)} seeds {bound}")
+    finite = v[np.isfinite(v)]
+    if np.isinf(v).any() or len(finite) < MIN_SEEDS:
+        passes = np.array([passing.test(x) for x in v])
+        why = "infinite values: no mean" if np.isinf(v).any() else f"{len(finite)} seeds with a number"
+        if passes.all():
+            return Verdict("supported", f"every seed {bound} ({len(v)} of {len(v)}; {why})")
+        if not passes.any():
+            return Verdict("not supported", f"no seed {bound} ({why})")
+        return Verdict("inconclusive", f"{int(passes.sum())} of {len(v)} seeds {bound} ({why})")
+    mean = float(finite.mean())
+    half = _t(len(finite) - 1) * float(finite.std(ddof=1)) / math.sqrt(len(finite))
+    lo, hi = mean - half, mean + half
+    ci = f"{CONFIDENCE:.0%} interval of the mean over {len(finite)} seeds [{_num(lo)}, {_num(hi)}]"
+    good, bad = (lo >= at_least, hi < at_least) if at_least is not None else (hi <= at_most, lo > at_most)
+    if bad:
+        return Verdict("not supported", f"{ci}: not {bound}")
+    if good and nan:
+        return Verdict("inconclusive", f"{ci} is {bound}, but {nan} of {len(v)} seeds have no number")
+    if good:
+        return Verdict("supported", f"{ci}: {bound}")
+    edge = at_least if at_least is not None else at_most
+    return Verdict("inconclusive", f"{ci} contains {_num(edge)}: within seed noise")
 
 
 def compare_verdict(
@@ -666,6 +713,7 @@ class Row:
     verdict: str
     reason: str
     values: dict[str, list[float | None]] = field(default_factory=dict)  # group -> per-seed values
+    by_kernel: dict[str, dict[str, str]] = field(default_factory=dict)  # --kernel both: each kernel's outcome
 
 
 def evaluate(s: Setting, res: Results) -> tuple[Verdict, str, dict[str, list[float]]]:
@@ -742,33 +790,39 @@ def not_measured_row(c: Claim, src: Source) -> Row:
 # -- running -------------------------------------------------------------------------------------------------------
 
 
+KERNELS = ("auto", "written-out", "autograd", "both")
+
+
 def check_claims(
     book: ClaimsBook,
     out: Path | str = "results",
     *,
     quick: bool = False,
     only: list[str] | None = None,
+    experiments: list[str] | None = None,
+    kernel: str = "auto",
+    force: bool = False,
     console: Console | None = None,
 ) -> list[Row]:
     """Train the runs the claims need that are not finished yet (OUT/<experiment>/, resumed as `normbench run`
-    does), then measure every setting. ConfigError for a wrong claims file, config or --out, before any training."""
-    from normbench.store import DamagedResults, ExperimentStore
-    from normbench.sweep import run_experiment
+    does; `force`: retrain them all), then measure every setting. `experiments`: only the settings of these
+    experiments (the demo's). `kernel` 'auto' trains as `normbench run` does; 'written-out' or 'autograd' into
+    OUT/<experiment>-<kernel>/; 'both' as 'auto' and again with 'autograd' wherever 'auto' writes some runs out,
+    and a setting whose verdict differs between the two roundings gets the verdict 'depends on rounding' with
+    both outcomes. ConfigError for a wrong claims file, config, kernel or --out, before any training."""
+    from normbench.store import DamagedResults
 
     console = console or Console(stderr=True)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder")
+    if kernel not in KERNELS:
+        raise ConfigError(f"--kernel {kernel!r}: choose from {', '.join(KERNELS)}")
     claims = book.select(only)
+    if experiments is not None:
+        claims = [c.of_experiments(experiments) for c in claims if c.of_experiments(experiments).settings]
     exps = check_references(book, claims, quick)
-    results: dict[str, Results] = {}
-    for i, (key, exp) in enumerate(exps.items(), 1):
-        users = [c.id for c in claims if any(s.experiment == key for s in c.settings)]
-        console.print(f"[bold]claims: experiment {i}/{len(exps)}[/] {key} (for {', '.join(users)})", highlight=False)
-        start = time.monotonic()
-        table = run_experiment(exp, out, console=console)
-        results[key] = Results(table, exp_dir=ExperimentStore(out, exp.name).dir)
-        console.print(f"  {key}: {len(table)} runs ready in {time.monotonic() - start:.0f} s", highlight=False)
+    results = _train(book, claims, exps, out, quick, kernel, force, console)
     rows = []
     for c in claims:
         src = book.sources[c.source]
@@ -777,31 +831,90 @@ def check_claims(
             continue
         for s in c.settings:
             try:
-                verdict, text, values = evaluate(s, results[s.experiment])
+                rows.append(_row(book, c, src, s, results[s.experiment], quick))
             except DamagedResults as e:
                 raise ConfigError(str(e)) from None
-            rows.append(
-                Row(
-                    c.id,
-                    c.claim,
-                    src.label(),
-                    src.link,
-                    s.setting,
-                    book.folder(s.experiment, quick),
-                    s.measure.describe(),
-                    s.criterion.describe(),
-                    text,
-                    verdict.verdict,
-                    verdict.reason,
-                    values,
-                )
-            )
     return rows
+
+
+def _train(
+    book: ClaimsBook,
+    claims: list[Claim],
+    exps: dict[str, Experiment],
+    out: Path,
+    quick: bool,
+    kernel: str,
+    force: bool,
+    console: Console,
+) -> dict[str, dict[str, Results]]:
+    """Each experiment's results by kernel label (the kernels that computed its runs: 'written-out', 'autograd',
+    or both names joined when a grid mixes them)."""
+    from normbench.engine import PlanError, kernel_for
+    from normbench.store import ExperimentStore
+    from normbench.sweep import run_experiment
+
+    for key, exp in exps.items():  # a kernel that cannot train an experiment is refused before any training
+        try:
+            for r in exp.runs if kernel in ("written-out", "autograd") else []:
+                kernel_for(r.config, kernel)
+        except PlanError as e:
+            raise ConfigError(f"claims experiment {key!r}: {e}") from None
+    results: dict[str, dict[str, Results]] = {}
+    for i, (key, exp) in enumerate(exps.items(), 1):
+        users = [c.id for c in claims if any(s.experiment == key for s in c.settings)]
+        console.print(f"[bold]claims: experiment {i}/{len(exps)}[/] {key} (for {', '.join(users)})", highlight=False)
+        kernels = [kernel] if kernel != "both" else ["auto"]
+        if kernel == "both" and any(kernel_for(r.config) == "written-out" for r in exp.runs):
+            kernels.append("autograd")  # elsewhere 'auto' is autograd already: the same computations
+        results[key] = {}
+        for k in kernels:
+            start = time.monotonic()
+            e = exp if k == "auto" else book.experiment(key, quick, k)
+            table = run_experiment(e, out, kernel=k, force=force, console=console)
+            used = "+".join(sorted(set(table["engine.kernel"].dropna()))) or k
+            results[key][used] = Results(table, exp_dir=ExperimentStore(out, e.name).dir)
+            console.print(f"  {e.name}: {len(table)} runs ready in {time.monotonic() - start:.0f} s", highlight=False)
+    return results
+
+
+def _row(book: ClaimsBook, c: Claim, src: Source, s: Setting, by_kernel: dict[str, Results], quick: bool) -> Row:
+    """One setting's row: its verdict under each kernel; one verdict when they agree, else 'depends on rounding'
+    with every kernel's verdict and reason."""
+    judged = {k: evaluate(s, res) for k, res in by_kernel.items()}
+    (verdict, text, values), *others = judged.values()
+    outcomes = {k: {"verdict": v.verdict, "reason": v.reason, "measurement": t} for k, (v, t, _) in judged.items()}
+    verdict_text, reason = verdict.verdict, verdict.reason
+    if any(v.verdict != verdict.verdict for v, _, _ in others):
+        verdict_text = "depends on rounding"
+        reason = "; ".join(f"{k}: {o['verdict']} ({o['reason']})" for k, o in outcomes.items())
+    elif others:
+        reason += f"; the same under {' and '.join(outcomes)}"
+    return Row(
+        c.id,
+        c.claim,
+        src.label(),
+        src.link,
+        s.setting,
+        book.folder(s.experiment, quick),
+        s.measure.describe(),
+        s.criterion.describe(),
+        text,
+        verdict_text,
+        reason,
+        values,
+        outcomes if len(outcomes) > 1 else {},
+    )
 
 
 # -- output ----------------------------------------------------------------------------------------------------------
 
-STYLE = {"supported": "green", "not supported": "red", "inconclusive": "yellow", "not measured yet": "dim"}
+STYLE = {
+    "supported": "green",
+    "not supported": "red",
+    "inconclusive": "yellow",
+    "depends on rounding": "magenta",
+    "not measured yet": "dim",
+}
 
 
 def claims_table(rows: list[Row], title: str = "") -> Table:
@@ -882,7 +995,9 @@ def write_report(rows: list[Row], out: Path, quick: bool, seconds: float | None 
     return [md, js]
 
 
-def draw_figures(book: ClaimsBook, out: Path, quick: bool, experiments: set[str], progress: Console) -> list[Path]:
+def draw_figures(
+    book: ClaimsBook, out: Path, quick: bool, experiments: set[str], progress: Console, kernel: str = "auto"
+) -> list[Path]:
     """The claims' figures whose experiment was checked, each drawn from OUT/<experiment>/ into OUT/figures/ as
     `normbench plot` draws it (docs/claims.md's figures are these, from the full check). A figure the quick variant
     of an experiment does not give (a final_vs figure needs 3 values of its axis) is left out with a note."""
@@ -892,7 +1007,7 @@ def draw_figures(book: ClaimsBook, out: Path, quick: bool, experiments: set[str]
     for f in book.figures:
         if f.experiment not in experiments:
             continue
-        exp_dir = Path(out) / book.folder(f.experiment, quick)
+        exp_dir = Path(out) / book.folder(f.experiment, quick, None if kernel in ("auto", "both") else kernel)
         where = (lambda runs, f=f: _matches(runs, f.where)) if f.where else None
         try:
             paths.append(draw_figure(exp_dir, f.figure, Path(out) / "figures" / f.file, compare=f.compare, where=where))
@@ -913,18 +1028,19 @@ def run_claims(
     quick: bool = False,
     only: list[str] | None = None,
     path: Path | None = None,
+    kernel: str = "auto",
     console: Console,
     progress: Console,
 ) -> list[Row]:
     """`normbench claims`: load, run, measure, print the table, write claims.md and claims.json, draw the figures."""
     start = time.monotonic()
     book = load_claims(path)
-    rows = check_claims(book, out, quick=quick, only=only, console=progress)
+    rows = check_claims(book, out, quick=quick, only=only, kernel=kernel, console=progress)
     seconds = time.monotonic() - start
     console.print(claims_table(rows, title=f"claims ({'quick' if quick else 'full'} mode): {counts(rows)}"))
     for p in write_report(rows, Path(out), quick, seconds):
         progress.print(f"-> {p}", highlight=False)
     checked = {s.experiment for c in book.select(only) for s in c.settings}
-    draw_figures(book, Path(out), quick, checked, progress)
+    draw_figures(book, Path(out), quick, checked, progress, kernel)
     progress.print(f"claims checked in {time.monotonic() - start:.0f} s", highlight=False)
     return rows

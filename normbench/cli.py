@@ -141,6 +141,23 @@ class KernelName(StrEnum):
     autograd = "autograd"
 
 
+class CheckKernel(StrEnum):
+    auto = "auto"
+    written_out = "written-out"
+    autograd = "autograd"
+    both = "both"
+
+
+KernelOpt = Annotated[
+    CheckKernel,
+    typer.Option(
+        help="auto: train as `normbench run` does; written-out or autograd: train on that kernel, into "
+        "OUT/<name>-<kernel>/; both: auto and again autograd wherever auto writes runs out, and a verdict that "
+        "differs between the two (two float32 roundings, as two CPUs give) says 'depends on rounding'."
+    ),
+]
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -593,6 +610,7 @@ def claims(
     claims_file: Annotated[
         Path | None, typer.Option("--claims", help="Another claims file (default: the packaged configs/claims.yaml).")
     ] = None,
+    kernel: KernelOpt = CheckKernel.auto,
 ) -> None:
     """Check every testable claim of the source articles against measured numbers: trains the runs that are
     missing, then prints one verdict per claim and setting (supported, not supported, inconclusive, not measured
@@ -601,7 +619,7 @@ def claims(
     from normbench.claims import run_claims
 
     try:
-        run_claims(out_dir, quick=quick, only=only, path=claims_file, console=out, progress=err)
+        run_claims(out_dir, quick=quick, only=only, path=claims_file, kernel=kernel.value, console=out, progress=err)
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -624,11 +642,16 @@ def bench(
 def dead_neurons(
     out_dir: OutOpt = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Re-run runs that already finished.")] = False,
+    kernel: KernelOpt = CheckKernel.auto,
 ) -> None:
-    """The tutorial's batch-norm demonstration: ReLU/tanh, with and without BN; runs, figures and verdicts."""
+    """The tutorial's batch-norm demonstration: ReLU/tanh, with and without BN, 20 seeds each; runs, figures, and
+    the verdicts of `normbench claims` on its claims. Writes OUT/demo.json and OUT/demo.md beside the experiments."""
     from normbench.demo import run_dead_neurons
 
-    run_dead_neurons(out_dir, force=force, console=out)
+    try:
+        run_dead_neurons(out_dir, kernel=kernel.value, force=force, console=out)
+    except ConfigError as e:
+        raise fail(str(e)) from None
 
 
 def main() -> None:  # python -m normbench

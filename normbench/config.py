@@ -313,6 +313,10 @@ LATER_OPTIONS: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
 }
 
 
+# A norm's own options, which change nothing in a run without a norm.
+NORM_OPTIONS = ("norm_eps", "norm_momentum", "norm_affine", "norm_groups", "norm_noise")
+
+
 class RunConfig(Strict):
     """Everything one training run depends on. Its hash is the run id."""
 
@@ -346,8 +350,22 @@ class RunConfig(Strict):
         return dumped
 
     def run_id(self) -> str:
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return _hash(self.identity())
+
+    def computation(self) -> str:
+        """A hash of what the run computes and records: its identity without the options that have no effect in it
+        (a norm's options when it has no norm). Runs of two configs that differ only there (BN's momentum, in a
+        run without BN) give the same tables: they are one piece of evidence, not two."""
+        d = self.identity()
+        if d["model"]["norm"] == "none":
+            for key in NORM_OPTIONS:
+                d["model"].pop(key, None)
+        return _hash(d)
+
+
+def _hash(d: dict[str, Any]) -> str:
+    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 # Grid values written as an expression instead of a list (see expand_values).

@@ -1,144 +1,293 @@
 """`normbench demo dead-neurons`: the tutorial's batch-norm demonstration, run, drawn and judged from the numbers.
 
-It runs three packaged configs (configs/morvan_tf23.yaml, morvan_pt504.yaml, dead_neurons.yaml), writes their
-figures, prints one row per run, then checks the article's four claims against what was measured:
-    ReLU without BN: the units die        ReLU with BN: they stay alive
-    tanh without BN: the units saturate   tanh with BN: they do not
-Every verdict line is computed from the results; where a claim does not hold, it says so with the numbers.
+It runs three packaged configs (configs/morvan_tf23.yaml, morvan_pt504.yaml, dead_neurons.yaml: 20 seeds each),
+writes their figures, prints one row per cell (activation x norm) with the median and range over seeds, then the
+verdicts of the claims file's claims on these experiments (configs/claims.yaml: ReLU units die without BN and
+stay alive with it, tanh units saturate without BN and not with it, the cost curve disappears, BN reaches a lower
+cost). The verdicts are `normbench claims`' own, through the same rules (claims.py): the demo has no thresholds of
+its own. It writes OUT/demo.json (every number it prints) and OUT/demo.md (the same as a Markdown section; the
+README's is this file, from the results in docs/demo.json).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import platform
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from normbench.claims import STYLE, Measure, Results, check_claims, load_claims, run_values
 from normbench.config import load_experiment
-from normbench.plot import plot_experiments
-from normbench.report import run_layer_means, summary_records, summary_table
-from normbench.store import ExperimentStore, load_runs, load_table
-from normbench.sweep import run_experiment
+from normbench.report import aggregate_runs, fmt_percent
+from normbench.store import jsonable, load_runs, load_table, write_text_atomic
 
 DEMO_CONFIGS = ("morvan_tf23", "morvan_pt504", "dead_neurons")
-DEAD, ALIVE = 0.5, 0.1  # mean dead fraction over hidden layers: above DEAD "dead", below ALIVE "alive"
-SATURATED, UNSATURATED = 0.5, 0.25  # mean saturated fraction over hidden layers
+CELL = ["model.activation", "model.norm"]
+NUMBERS = {  # the cells' numbers: name -> heading
+    "final_train_loss": "train loss (train mode)",
+    "final_test_loss": "test loss (eval mode)",
+    "dead_fraction": "dead units",
+    "saturated_fraction": "saturated values",
+}
 
 
-def run_dead_neurons(out: Path, force: bool = False, console: Console | None = None) -> list[str]:
+def run_dead_neurons(
+    out: Path, kernel: str = "auto", force: bool = False, console: Console | None = None
+) -> dict[str, Any]:
+    """Train what is missing, draw the figures, judge the claims; print and write OUT/demo.json and OUT/demo.md.
+    Returns the document written to demo.json."""
+    from normbench.plot import plot_experiments
+
     console = console or Console()
     progress = Console(stderr=True)
-    verdicts: list[str] = []
-    exps = [load_experiment(name) for name in DEMO_CONFIGS]
-    for exp in exps:
-        run_experiment(exp, out, force=force, console=progress)
-    dirs = [ExperimentStore(out, exp.name).dir for exp in exps]
+    out = Path(out)
+    book = load_claims()
+    rows = check_claims(book, out, experiments=list(DEMO_CONFIGS), kernel=kernel, force=force, console=progress)
+    names = [load_experiment(name).name for name in DEMO_CONFIGS]
+    dirs = [out / (name if kernel in ("auto", "both") else f"{name}-{kernel}") for name in names]
     with progress.status("drawing the figures"):
-        figures = plot_experiments(dirs)  # all three at once: they render in parallel
-    for exp, exp_dir in zip(exps, dirs, strict=True):
+        figures = plot_experiments(dirs)
+    doc = document(dirs, rows, kernel)
+    for exp, exp_dir in zip(doc["experiments"], dirs, strict=True):
         console.print()
-        console.print(summary_table(summary_records(exp_dir), exp.axes, title=f"{exp.name}: {exp.config.description}"))
+        console.print(cells_table(exp))
         n = sum(exp_dir in p.parents for p in figures)
-        console.print(f"[dim]{n} figures in {exp_dir / 'figures'}[/]")
-        lines = judge(exp_dir)
-        for line in lines:
-            console.print(f"  {line}", highlight=False)
-        verdicts += [f"{exp.name}: {line}" for line in lines]
-    return verdicts
+        console.print(f"[dim]{n} figures in {exp_dir / 'figures'}; every run: normbench summary {exp_dir}[/]")
+        for line in notes(exp):
+            console.print(f"  {line}", highlight=False, markup=False)
+        for r in exp["claims"]:
+            console.print(verdict_line(r))
+    write_text_atomic(out / "demo.json", json.dumps(jsonable(doc), indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "demo.md", markdown(doc))
+    progress.print(f"-> {out / 'demo.json'}, {out / 'demo.md'}", highlight=False)
+    return doc
 
 
-def cell_stats(exp_dir: Path) -> pd.DataFrame:
-    """One row per (activation, norm): runs, diverged runs and steps, mean final loss, dead and saturated fractions
-    (each run's report.layer_mean averaged over the runs: at the last step over the runs that did not diverge, at
-    step 0 over all), and each seed's initial loss."""
-    runs = load_runs(exp_dir)
-    layers = load_table(exp_dir, "layers")
-    curves = load_table(exp_dir, "curves")
-    initial = curves[(curves.step == 0) & (curves.split == "train") & (curves["mode"] == "train")]
-    rows = []
-    means = {
-        (col, step): run_layer_means(layers, col, step)
-        for col, step in (("dead_fraction", "last"), ("dead_fraction", "first"), ("saturated_fraction", "last"))
-    }
-    for (act, norm), grp in runs.groupby(["model.activation", "model.norm"], sort=False):
-        ok = grp.run_id[grp.status == "ok"]  # a diverged net's layers are neither dead nor alive (as the claims check)
-        mine = layers[layers.run_id.isin(ok)] if len(layers) else layers
-        last = mine[mine.step == mine.groupby("run_id").step.transform("max")] if len(mine) else mine
-        finite_loss = grp.final_train_loss[np.isfinite(grp.final_train_loss)]
-        rows.append(
+# -- the numbers ---------------------------------------------------------------------------------------------------
+
+
+def document(dirs: list[Path], rows: list, kernel: str) -> dict[str, Any]:
+    """Everything the demo prints, as demo.json holds it."""
+    import torch
+
+    from normbench import __version__
+
+    experiments = []
+    for exp_dir in dirs:
+        exp = load_experiment(exp_dir.name.removesuffix(f"-{kernel}"))
+        runs = load_runs(exp_dir)
+        experiments.append(
             {
-                "activation": act,
-                "norm": norm,
-                "runs": len(grp),
-                "diverged": int((grp.status == "diverged").sum()),
-                "diverged_steps": sorted(int(s) for s in grp.diverged_step.dropna()),
-                "final_loss": float(finite_loss.mean()) if len(finite_loss) else math.nan,
-                "dead": _over_runs(means["dead_fraction", "last"], ok),
-                "dead_max_layer": float(last.dead_fraction.max()) if len(last) else math.nan,
-                "dead_at_init": _over_runs(means["dead_fraction", "first"], grp.run_id),
-                "initial_loss": initial.loc[initial.run_id.isin(grp.run_id), "loss"].tolist(),
-                "saturated": _over_runs(means["saturated_fraction", "last"], ok),
+                "name": exp_dir.name,
+                "description": exp.config.description,
+                "seeds": int(runs.seed.nunique()),
+                "kernels": sorted(set(runs["engine.kernel"].dropna())),
+                "cells": cells(exp_dir, runs),
+                "claims": [asdict(r) for r in rows if r.experiment == exp_dir.name.removesuffix(f"-{kernel}")],
             }
         )
-    return pd.DataFrame(rows)
+    return {
+        "command": "normbench demo dead-neurons" + (f" --kernel {kernel}" if kernel != "auto" else ""),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "normbench": __version__,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {_cpu()}",
+        "experiments": experiments,
+    }
 
 
-def _over_runs(per_run: pd.Series, run_ids: pd.Series) -> float:
-    """The mean over the given runs of a per-run number (runs without one left out: NaN if none has one)."""
-    values = per_run.reindex(run_ids).dropna()
-    return float(values.mean()) if len(values) else math.nan
+def cells(exp_dir: Path, runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """One entry per (activation, norm): run counts, divergence steps, and each of NUMBERS as median, min, max
+    and n over the cell's ok runs (report.aggregate_runs: the tables of summary --by); for a cell with diverged
+    runs, their initial loss and the dead fraction at step 0 (claims' measures), each as median, min, max."""
+    groups = aggregate_runs(exp_dir, CELL, runs)
+    first_dead = _measured(Measure(quantity="dead_fraction", step="first"), exp_dir, runs)
+    initial = _initial_loss(exp_dir, runs)
+    out = []
+    for _, g in groups.iterrows():
+        cell: dict[str, Any] = {
+            "activation": g["model.activation"],
+            "norm": g["model.norm"],
+            **{k: int(g[k]) for k in ("runs", "ok", "diverged", "failed", "missing")},
+            "diverged_steps": list(g.diverged_steps),
+        }
+        for name in NUMBERS:
+            cell[name] = {s: _value(g.get(f"{name}.{s}")) for s in ("median", "min", "max", "n")}
+        if g.diverged:
+            mine = (runs["model.activation"] == g["model.activation"]) & (runs["model.norm"] == g["model.norm"])
+            cell["dead_at_step_0"] = _spread(first_dead[mine])
+            cell["initial_loss"] = _spread(initial[mine])
+        out.append(cell)
+    return out
 
 
-def judge(exp_dir: Path) -> list[str]:
-    stats = cell_stats(exp_dir)
-    cell = {(r.activation, r.norm): r for r in stats.itertuples()}
+def _measured(m: Measure, exp_dir: Path, runs: pd.DataFrame) -> pd.Series:
+    return run_values(m, runs, Results(runs, exp_dir=exp_dir))
+
+
+def _initial_loss(exp_dir: Path, runs: pd.DataFrame) -> pd.Series:
+    """Each run's training loss at step 0 (index: runs')."""
+    curves = load_table(exp_dir, "curves")
+    first = curves[(curves.step == 0) & (curves.split == "train") & (curves["mode"] == "train")]
+    return runs.run_id.map(first.set_index("run_id").loss).astype(float)
+
+
+def _spread(v: pd.Series) -> dict[str, float]:
+    v = v.dropna()
+    return {"median": _value(v.median()), "min": _value(v.min()), "max": _value(v.max()), "n": len(v)}
+
+
+def _value(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+# -- as text -------------------------------------------------------------------------------------------------------
+
+
+def fmt_cell(cell: dict[str, Any], name: str) -> str:
+    """'57.7 (56.8-59.1)' : the median and the range over the cell's ok runs; 'diverged' where none is ok; '-'
+    where the number does not exist (no test split, ReLU's saturation)."""
+    v = cell[name]
+    if not cell["ok"]:
+        return "diverged" if name == "final_train_loss" else "-"
+    if v["median"] is None:
+        return "-"
+    fmt = fmt_percent if name.endswith("_fraction") else _short
+    lo, hi = fmt(v["min"]), fmt(v["max"])
+    return fmt(v["median"]) if lo == hi else f"{fmt(v['median'])} ({lo}-{hi})"
+
+
+def _short(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def fmt_runs(cell: dict[str, Any]) -> str:
+    """'20 ok' or '20 of 20 diverged (step 1)'."""
+    parts = [f"{cell['ok']} ok"] if cell["ok"] else []
+    if cell["diverged"]:
+        steps = cell["diverged_steps"]
+        at = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
+        parts.append(f"{cell['diverged']} of {cell['runs']} diverged (step {at})")
+    for status in ("failed", "missing"):
+        if cell[status]:
+            parts.append(f"{cell[status]} {status}")
+    return ", ".join(parts)
+
+
+def notes(exp: dict[str, Any]) -> list[str]:
+    """What the numbers show about diverged cells: their initial loss, and the units dead before the divergence."""
     lines = []
-    if ("relu", "none") in cell:
-        r = cell["relu", "none"]
-        if r.diverged:
+    for c in exp["cells"]:
+        if c["diverged"]:
+            loss, dead = c["initial_loss"], c["dead_at_step_0"]
             lines.append(
-                f"ReLU without BN: DIVERGES rather than dies: {r.diverged}/{r.runs} runs' loss became inf/NaN at step "
-                f"{_steps(r.diverged_steps)} (initial loss {_span(r.initial_loss)}). The article's empty ReLU "
-                f"histograms are NaN values that a fixed-range histogram drops, not dead neurons; "
-                f"{r.dead_at_init:.0%} of hidden units were already dead at step 0, before the divergence."
+                f"{c['activation']} with norm {c['norm']}: {fmt_runs(c)}; initial loss {_sci(loss['min'])} to "
+                f"{_sci(loss['max'])}; at step 0, before it diverged, {fmt_percent(dead['median'])} of the hidden "
+                f"units were dead (median; {fmt_percent(dead['min'])}-{fmt_percent(dead['max'])})."
             )
-        else:
-            verdict = "units die (claim reproduced)" if r.dead > DEAD else "units do NOT die (claim not reproduced)"
-            lines.append(
-                f"ReLU without BN: {verdict}: {r.dead:.0%} of hidden units dead at the end (worst layer "
-                f"{r.dead_max_layer:.0%}); {r.dead_at_init:.0%} were dead already at initialization; "
-                f"final loss {r.final_loss:.4g}."
-            )
-    if ("relu", "batch") in cell:
-        r = cell["relu", "batch"]
-        alive = r.diverged == 0 and r.dead < ALIVE
-        lines.append(
-            f"ReLU with BN: units {'stay alive (claim reproduced)' if alive else 'do NOT all stay alive'}: "
-            f"{r.dead:.0%} dead on average (worst layer {r.dead_max_layer:.0%}), {_outcome(r)}"
-        )
-    if ("tanh", "none") in cell:
-        r = cell["tanh", "none"]
-        sat = r.saturated > SATURATED
-        lines.append(
-            f"tanh without BN: {'saturates at -1/+1 (claim reproduced)' if sat else 'does NOT saturate much'}: "
-            f"{r.saturated:.0%} of values saturated, {_outcome(r)}"
-        )
-    if ("tanh", "batch") in cell:
-        r = cell["tanh", "batch"]
-        verdict = "stays unsaturated (claim reproduced)" if r.saturated < UNSATURATED else "still saturates"
-        lines.append(f"tanh with BN: {verdict}: {r.saturated:.0%} of values saturated, {_outcome(r)}")
     return lines
 
 
-def _outcome(r) -> str:
-    return f"{r.diverged}/{r.runs} diverged, final loss {r.final_loss:.4g}."
+def _sci(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2g}"
 
 
-def _span(values: list[float]) -> str:
-    return f"{min(values):.2g} to {max(values):.2g}" if values else "not recorded"
+def verdict_line(r: dict[str, Any]) -> Text:
+    """'  <the claim> [id]' and below it '    <verdict>: <why>'."""
+    text = Text("  ")
+    text.append(r["claim"], style="bold")
+    text.append(f" [{r['claim_id']}]\n    ", style="dim")
+    text.append(r["verdict"], style=STYLE[r["verdict"]])
+    text.append(f": {short(r)} (mean over seeds); {r['reason']}")
+    return text
 
 
-def _steps(steps: list[int]) -> str:
-    return str(steps[0]) if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
+def short(r: dict[str, Any]) -> str:
+    """A row's measured values in a few characters: the quantity and the mean over seeds of each group
+    ('dead_fraction 0.877', 'final_train_loss: norm=batch 81, norm=none 613'); 'inf' where a group's values are
+    infinite, 'no number' where no seed has one."""
+    parts = []
+    for group, values in r["values"].items():
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if any(v is not None and math.isinf(v) for v in values):
+            text = "inf" if not finite else f"{_short(sum(finite) / len(finite))} and inf"
+        else:
+            text = _short(sum(finite) / len(finite)) if finite else "no number"
+        parts.append(text if len(r["values"]) == 1 else f"{group} {text}")
+    return f"{r['measure']} " + ", ".join(parts) if len(parts) == 1 else f"{r['measure']}: " + ", ".join(parts)
+
+
+def cells_table(exp: dict[str, Any]) -> Table:
+    n = exp["seeds"]
+    table = Table(title=f"{exp['name']}: {exp['description']}", title_justify="left", header_style="bold")
+    for name in ("activation", "norm", "runs", *(NUMBERS[k] for k in NUMBERS)):
+        table.add_column(name, justify="right" if name in NUMBERS.values() else "left")
+    for c in exp["cells"]:
+        style = "yellow" if c["diverged"] else None
+        table.add_row(c["activation"], c["norm"], fmt_runs(c), *(fmt_cell(c, k) for k in NUMBERS), style=style)
+    table.caption = f"median (min-max) over the ok runs of {n} seeds"
+    return table
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The README's section of results: one table of every cell of the three experiments, one of the verdicts
+    (claims x experiments), and what the numbers show about diverged cells. Rendered from demo.json alone, so the
+    README's numbers are those of a run."""
+    lines = [
+        f"| config | activation | norm | runs | {' | '.join(NUMBERS.values())} |",
+        "|---|---|---|---|" + "---|" * len(NUMBERS),
+    ]
+    for exp in doc["experiments"]:
+        for i, c in enumerate(exp["cells"]):
+            name = f"`{exp['name']}`" if i == 0 else ""
+            values = " | ".join(fmt_cell(c, k) for k in NUMBERS)
+            lines.append(f"| {name} | {c['activation']} | {c['norm']} | {fmt_runs(c)} | {values} |")
+    seeds = sorted({e["seeds"] for e in doc["experiments"]})
+    kernels = sorted({k for e in doc["experiments"] for k in e["kernels"]})
+    lines += [
+        "",
+        f"Median (min-max) over the ok runs of {'/'.join(map(str, seeds))} seeds, trained by the "
+        f"{' and '.join(kernels)} kernel (`{doc['command']}`: normbench {doc['normbench']}, PyTorch {doc['torch']}, "
+        f"{doc['machine']}).",
+        "",
+        "| claim | " + " | ".join(f"`{e['name']}`" for e in doc["experiments"]) + " |",
+        "|---|" + "---|" * len(doc["experiments"]),
+    ]
+    claims = {r["claim_id"]: r["claim"] for e in doc["experiments"] for r in e["claims"]}
+    for cid, claim in claims.items():
+        cells_ = []
+        for e in doc["experiments"]:
+            r = next((r for r in e["claims"] if r["claim_id"] == cid), None)
+            cells_.append(f"**{r['verdict']}** ({short(r)})" if r else "")
+        lines.append(f"| {claim} `{cid}` | " + " | ".join(cells_) + " |")
+    checked = [e for e in doc["experiments"] if any(r.get("by_kernel") for r in e["claims"])]
+    lines += ["", *(f"- `{e['name']}`, {line}" for e in doc["experiments"] for line in notes(e))]
+    if checked:
+        lines.append(
+            "- Each verdict was also judged on runs trained by the autograd kernel (another float32 rounding of "
+            "the same runs, as another CPU gives): "
+            + (
+                "every one is the same."
+                if all(r["verdict"] != "depends on rounding" for e in checked for r in e["claims"])
+                else "those marked 'depends on rounding' differ."
+            )
+        )
+    return "\n".join(lines) + "\n"

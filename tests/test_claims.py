@@ -58,14 +58,28 @@ BN_VS_NONE = {"kind": "greater_than", "a": {"model.norm": "batch"}, "b": {"model
 
 
 def test_threshold_gives_each_verdict():
-    assert threshold_verdict([0.6, 0.7, 0.9], at_least=0.5).verdict == "supported"
-    assert threshold_verdict([0.1, 0.2, 0.3], at_least=0.5).verdict == "not supported"
-    assert threshold_verdict([0.4, 0.6, 0.7], at_least=0.5).verdict == "inconclusive"
-    assert threshold_verdict([0.01, 0.02, 0.05], at_most=0.1).verdict == "supported"
+    # The 95% interval of the mean (Student's t, 2 degrees of freedom: 4.30 standard errors) against the threshold.
+    assert threshold_verdict([0.80, 0.81, 0.82], at_least=0.5).verdict == "supported"  # [0.785, 0.835]
+    assert threshold_verdict([0.1, 0.2, 0.3], at_least=0.5).verdict == "not supported"  # [-0.048, 0.448]
+    assert threshold_verdict([0.4, 0.6, 0.7], at_least=0.5).verdict == "inconclusive"  # [0.21, 0.97]
+    assert threshold_verdict([0.01, 0.02, 0.05], at_most=0.1).verdict == "supported"  # [-0.025, 0.078]
     # A seed without a number (a diverged run's dead fraction) does not show the property.
     v = threshold_verdict([NAN, NAN, NAN], at_least=0.5)
-    assert v.verdict == "not supported" and "3 without a number" in v.reason
+    assert v.verdict == "not supported" and "no seed has a number" in v.reason
     assert threshold_verdict([0.9, 0.9], at_least=0.5).verdict == "inconclusive"  # fewer than 3 seeds
+    assert threshold_verdict([0.8, 0.8, 0.8, NAN], at_least=0.5).verdict == "inconclusive"  # one without a number
+    assert threshold_verdict([1.0, 1.0, 1.0], at_least=1).verdict == "supported"  # no spread: the mean itself
+    assert threshold_verdict([INF, INF, INF], at_least=10).verdict == "supported"  # every seed passes
+    assert threshold_verdict([5, 20, INF], at_least=10).verdict == "inconclusive"
+
+
+def test_threshold_verdict_settles_with_more_seeds_instead_of_hanging_on_the_worst_one():
+    # 19 seeds well below 0.1 and one above it: 'every seed passes' would call it inconclusive for ever, and flip
+    # on which seed crosses; the mean's interval lies below 0.1.
+    values = [0.02, 0.03, 0.05, 0.01, 0.04] * 4
+    values[-1] = 0.125
+    assert threshold_verdict(values, at_most=0.1).verdict == "supported"
+    assert threshold_verdict(values[:3], at_most=0.1).verdict == "supported"
 
 
 def test_comparison_gives_each_verdict_from_runs_tables():
@@ -252,6 +266,31 @@ def test_measures_over_a_sweep_and_from_layer_and_curve_tables():
     assert verdict.verdict == "supported" and values["norm=batch"] == pytest.approx([0.03] * 3)
 
 
+def test_a_verdict_that_differs_between_kernels_depends_on_rounding():
+    from normbench.claims import Claim, Source, _row, load_claims
+
+    s = setting(measure={"quantity": "dead_fraction"}, where={}, criterion={"kind": "threshold", "at_most": 0.1})
+    claim = Claim(id="c", claim="A claim.", source="x", settings=[s])
+    book = load_claims()
+    src = Source(title="t", author="a")
+
+    def results(dead: list[float]) -> Results:
+        runs = runs_table({"batch": [0.0] * len(dead)}, column="final_train_loss")
+        runs["dead_fraction"] = [[d] for d in dead]
+        return Results(runs)
+
+    book.experiments["e"] = book.experiments["morvan_tf23"]
+    tight, wide = results([0.02, 0.03, 0.04]), results([0.02, 0.03, 0.2])
+    same = _row(book, claim, src, s, {"written-out": tight, "autograd": tight}, quick=False)
+    assert same.verdict == "supported" and set(same.by_kernel) == {"written-out", "autograd"}
+    assert "the same under written-out and autograd" in same.reason
+    differ = _row(book, claim, src, s, {"written-out": tight, "autograd": wide}, quick=False)
+    assert differ.verdict == "depends on rounding"
+    assert "written-out: supported" in differ.reason and "autograd: inconclusive" in differ.reason
+    one = _row(book, claim, src, s, {"written-out": wide}, quick=False)
+    assert one.verdict == "inconclusive" and one.by_kernel == {}
+
+
 # -- the packaged claims file ------------------------------------------------------------------------------------------
 
 
@@ -280,6 +319,12 @@ def test_packaged_claims_load_and_every_experiment_validates_in_both_modes():
         (lambda b: b["claims"][0]["settings"][0]["where"].pop("model.activation"), "runs per seed"),
         (lambda b: b["claims"][0]["settings"][0]["criterion"].pop("at_least"), "threshold needs"),
         (lambda b: b["experiments"]["morvan_tf23"].update(set=["train.lr=-1"]), "train.lr"),
+        (  # the TensorFlow-Tutorial edition without BN: the PyTorch edition's runs, but for BN's momentum and eps
+            lambda b: b["claims"][0]["settings"].append(
+                {**b["claims"][0]["settings"][2], "setting": "again", "experiment": "morvan_tftutorial"}
+            ),
+            "and 'again' measure the same runs",
+        ),
         (lambda b: b["figures"].append({"file": "x.png", "experiment": "nothing", "figure": "cost"}), "figure x.png"),
         (lambda b: b["figures"].append({"file": "x.gif", "experiment": "morvan_tf23", "figure": "cost"}), "file"),
         (
