@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from normbench.cli import app
@@ -359,3 +361,28 @@ def test_grid_null_removes_an_axis_so_the_key_can_be_set(write_config, tiny_raw)
     assert {r.config.model.norm for r in exp.runs} == {"batch"} and "model.norm" not in exp.axes
     assert {r.config.model.width for r in exp.runs} == {16}
     assert len(exp.runs) == 4  # activation x seed
+
+
+@pytest.mark.parametrize("kernel", ["written-out", "autograd"])
+def test_runs_of_one_computation_give_the_same_tables(tmp_path, tiny_raw, kernel):
+    """RunConfig.computation leaves out a norm's options in a run without a norm: such runs (BN's momentum and eps
+    changed, no BN) train and record bit for bit alike, while with BN the same change gives other numbers."""
+    from normbench.store import load_table
+    from normbench.sweep import run_experiment
+
+    tiny_raw["grid"] = {"model.norm": ["none", "batch"]}
+    tiny_raw["model"]["normalize_input"] = True
+    other = yaml.safe_load(yaml.safe_dump(tiny_raw))
+    other["name"] = "other"
+    other["model"] |= {"norm_momentum": 0.6, "norm_eps": 1e-3, "norm_affine": False, "norm_groups": 4}
+    a, b = experiment_from_dict(tiny_raw), experiment_from_dict(other)
+    for exp in (a, b):
+        run_experiment(exp, tmp_path, kernel=kernel, console=Console(quiet=True))
+    for run_a, run_b in zip(a.runs, b.runs, strict=True):
+        assert run_a.run_id != run_b.run_id
+        same = run_a.config.computation() == run_b.config.computation()
+        assert same == (run_a.params["model.norm"] == "none")
+        for table in ("curves", "layers", "histograms"):
+            ta = load_table(tmp_path / "tiny", table, [run_a.run_id]).drop(columns="run_id")
+            tb = load_table(tmp_path / "other", table, [run_b.run_id]).drop(columns="run_id")
+            assert ta.equals(tb) == same, (table, run_a.params)
