@@ -906,6 +906,44 @@ def _row(book: ClaimsBook, c: Claim, src: Source, s: Setting, by_kernel: dict[st
     )
 
 
+def verdicts_for(exp_dir: Path, runs: pd.DataFrame | None = None) -> tuple[list[Row], str]:
+    """The packaged claims file's verdicts on an experiment folder that `normbench claims` (or the demo) trained:
+    the settings of the claims experiment whose folder has this name, judged on the folder's runs by the rules of
+    `normbench claims`, with nothing trained. ([], why) when the claims file says nothing about the folder or the
+    folder lacks finished runs those settings need (for `normbench report`); (rows, '') otherwise."""
+    from normbench.store import FINISHED, load_runs
+
+    book = load_claims()
+    name = Path(exp_dir).name
+    found = [
+        (key, quick, kernel)
+        for key in book.experiments
+        for quick in (False, True)
+        for kernel in (None, "written-out", "autograd")
+        if book.folder(key, quick, kernel) == name and (not quick or book.experiments[key].quick)
+    ]
+    claims = [c.of_experiments([k for k, _, _ in found]) for c in book.claims]
+    claims = [c for c in claims if c.settings and c.status == "testable"]
+    if not claims:
+        return [], ""
+    key, quick, kernel = found[0]
+    exp = book.experiment(key, quick, kernel)
+    runs = load_runs(exp_dir) if runs is None else runs
+    done = set(runs.run_id[runs.status.isin(FINISHED)])
+    missing = [r.run_id for r in exp.runs if r.run_id not in done]
+    if missing:
+        why = (
+            f"the claims file judges {len(claims)} claims on the runs of `normbench claims`"
+            f"{' --quick' if quick else ''} in a folder named {name}; {len(missing)} of its {len(exp.runs)} runs "
+            "are not finished here, so no verdict is given"
+        )
+        return [], why
+    res = Results(runs[runs.run_id.isin({r.run_id for r in exp.runs})].reset_index(drop=True), exp_dir=exp_dir)
+    label = "+".join(sorted(set(res.runs["engine.kernel"].dropna()))) or "runs"
+    rows = [_row(book, c, book.sources[c.source], s, {label: res}, quick) for c in claims for s in c.settings]
+    return rows, ""
+
+
 # -- output ----------------------------------------------------------------------------------------------------------
 
 STYLE = {

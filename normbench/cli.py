@@ -444,9 +444,10 @@ def _summary_groups(
         aggregate_records,
         aggregate_runs,
         aggregate_table,
+        has_dropout,
         resolve_keys_across,
     )
-    from normbench.store import DamagedResults
+    from normbench.store import DamagedResults, load_runs
 
     try:
         keys = resolve_keys_across(exps, by)
@@ -463,7 +464,9 @@ def _summary_groups(
         sys.stdout.write(aggregate_csv(pd.concat(tables, ignore_index=True)))
     else:
         for e, t in zip(exps, tables, strict=True):
-            out.print(aggregate_table(t, title=e.name))
+            runs = (selected or {}).get(e)
+            dropout = has_dropout(load_runs(e) if runs is None else runs, e)
+            out.print(aggregate_table(t, title=e.name, dropout=dropout))
 
 
 @app.command(epilog=_examples("plot"), short_help="Draw each experiment's figures.")

@@ -34,13 +34,14 @@ from rich.console import Console
 
 import normbench
 from normbench.report import (
-    AGGREGATE_NOTE,
     METRICS,
+    aggregate_note,
     aggregate_runs,
     fmt_accuracy,
     fmt_loss,
     fmt_runs,
     fmt_stats,
+    has_dropout,
     key_columns,
     shown_metrics,
 )
@@ -305,10 +306,11 @@ def _aggregate_html(exp_dir: Path, runs: pd.DataFrame, axes: list[str]) -> str:
         thead = f"<thead><tr>{''.join(head)}</tr></thead>"
         tables.append(f"<div class=scroll><table class=groups>{thead}<tbody>{''.join(rows)}</tbody></table></div>")
     grouped = f"grouped by {', '.join(by)}" if by else "all runs in one group"
-    return "".join(tables) + f"<p class=note>One row per group of runs ({_e(grouped)}); {_e(AGGREGATE_NOTE)}</p>"
+    note = aggregate_note(metrics, has_dropout(runs, exp_dir))
+    return "".join(tables) + f"<p class=note>One row per group of runs ({_e(grouped)}); {_e(note)}</p>"
 
 
-def _runs_html(runs: pd.DataFrame, axes: list[str]) -> str:
+def _runs_html(runs: pd.DataFrame, axes: list[str], dropout: bool) -> str:
     accuracy = bool(runs.final_train_accuracy.notna().any())
     head = [*_key_headers(axes)]
     names = ["status", "steps", "train loss", "test loss", *(["train acc", "test acc"] if accuracy else [])]
@@ -333,10 +335,11 @@ def _runs_html(runs: pd.DataFrame, axes: list[str]) -> str:
         cells.append(f"<td><code>{_e(r.run_id)}</code></td>")
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
     thead = f"<thead><tr>{''.join(head)}</tr></thead>"
+    dropped = "; with model.dropout, dropout on" if dropout else ""
+    test = ", test numbers with running statistics (eval mode)" if runs.final_test_loss.notna().any() else ""
     note = (
-        "Final numbers at the last step: train loss on the training set with batch statistics (train mode; with "
-        "model.dropout, dropout on), test numbers with running statistics (eval mode). Kernel and device: what "
-        "computed the run's steps."
+        f"Final numbers at the last step: train loss on the training set with batch statistics (train mode"
+        f"{dropped}){test}. Kernel and device: what computed the run's steps."
     )
     return (
         f"<div class=scroll><table class=runs>{thead}<tbody>{''.join(rows)}</tbody></table></div>"
@@ -357,7 +360,7 @@ def _problems_html(exp_dir: Path, runs: pd.DataFrame, axes: list[str]) -> str:
             )
         else:
             summary = _read_summary(exp_dir, r.run_id)
-            trace = summary.get("traceback") or ""
+            trace = _no_paths(summary.get("traceback") or "")
             details = f"<details><summary>traceback</summary><pre>{_e(trace)}</pre></details>" if trace else ""
             items.append(
                 f"<li><b>failed</b>: {_e(where)} (run <code>{_e(r.run_id)}</code>): "
@@ -416,23 +419,62 @@ def _experiment_section(
         f"<p class=description>{_e(config['description'])}</p>" if config.get("description") else "",
         f"<p class=note>Only the runs selected by {_e(' '.join('--where ' + w for w in where))}.</p>" if where else "",
         f"<p>{len(runs)} runs ({_e(status)}); grid: {_e(grid)}; {wall:.3g} s of training in all. "
-        f"Results folder: <code>{_e(exp_dir.resolve())}</code></p>",
+        f"Results folder: <code>{_e(exp_dir.name)}</code></p>",
+        _verdicts_html(exp_dir, runs, where),
         "<h3>Final numbers over seeds</h3>",
         _aggregate_html(exp_dir, runs, axes),
         "<h3>Figures</h3>",
         _figures_html(exp_dir, runs, console, where),
         "<h3>Runs</h3>",
         _problems_html(exp_dir, runs, axes),
-        _runs_html(runs, axes),
+        _runs_html(runs, axes, has_dropout(runs, exp_dir)),
         "<h3>What trained the runs</h3>",
         _engine_html(exp_dir, runs),
         "<h3>Resolved config</h3>",
         f"<p class=note>As stored in <code>{_e(exp_dir.name)}/config.yaml</code> (every key, defaults included; "
         "each run's own config is in <code>runs/&lt;run id&gt;/config.yaml</code>).</p>"
-        f"<pre class=config>{_e(config_text)}</pre>",
+        f"<pre class=config>{_e(_no_paths(config_text))}</pre>",
         "</section>",
     ]
     return "".join(parts)
+
+
+def _verdicts_html(exp_dir: Path, runs: pd.DataFrame, where: list[str] | None) -> str:
+    """The claims file's verdicts on these runs (claims.verdicts_for: those of `normbench claims` and the demo),
+    or a note saying why there are none; nothing when no claim is about this folder."""
+    from normbench.claims import verdicts_for
+
+    if where:
+        return "<p class=note>The claims' verdicts are shown for the whole experiment only (no --where).</p>"
+    rows, why = verdicts_for(exp_dir, runs)
+    if why:
+        return f"<h3>Verdicts on the articles' claims</h3><p class=note>{_e(why)}.</p>"
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{_e(r.claim)} <code>{_e(r.claim_id)}</code></td><td>{_e(r.setting)}</td>"
+        f"<td class=verdict-{_e(r.verdict.replace(' ', '-'))}><b>{_e(r.verdict)}</b></td>"
+        f"<td>{_e(r.measurement)}<span class=spread>{_e(r.reason)}</span></td></tr>"
+        for r in rows
+    )
+    head = "<thead><tr><th>claim</th><th>setting</th><th>verdict</th><th>measured over seeds; why</th></tr></thead>"
+    note = (
+        "The verdicts of <code>normbench claims</code> (the rules: docs/claims.md of the normbench repository) on "
+        "the runs of this folder."
+    )
+    return (
+        f"<h3>Verdicts on the articles' claims</h3><div class=scroll><table class=verdicts>{head}<tbody>{body}"
+        f"</tbody></table></div><p class=note>{note}</p>"
+    )
+
+
+# An absolute path (a config file's, a traceback's): the report names the file only, never where it lies.
+_PATH = re.compile(r"(?<![\w.])/(?:[^\s\"'/]+/)+([^\s\"'/]+)")
+
+
+def _no_paths(text: str) -> str:
+    """`text` with every absolute path cut to its file name: '/home/a/x/configs/t.yaml' -> 't.yaml'."""
+    return _PATH.sub(lambda m: m.group(1), text)
 
 
 def project_commit() -> str | None:
@@ -461,7 +503,7 @@ def project_commit() -> str | None:
 def _meta_html(path: Path) -> str:
     rows = [
         ("made", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
-        ("from", str(path.resolve())),
+        ("from", path.resolve().name or str(path)),
         ("normbench", normbench.__version__),
         ("torch", torch.__version__),
         ("python", platform.python_version()),
@@ -505,6 +547,10 @@ figcaption .file{color:#8a8a8a}
 details{margin:1em 0}
 summary{cursor:pointer;font-weight:600}
 ul.problems li{margin:.25em 0}
+td.verdict-supported{color:#1a7f37}
+td.verdict-not-supported{color:#b42318}
+td.verdict-inconclusive{color:#8a6100}
+td.verdict-depends-on-rounding{color:#8250df}
 nav ul{columns:2;padding-left:1.2em}
 """
 

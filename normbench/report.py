@@ -302,15 +302,38 @@ def fmt_diverged(n: int, steps: list[int]) -> str:
     return f"{n} (step {at})"
 
 
-AGGREGATE_NOTE = (
-    "mean ± std over the ok runs of each group (std: sample, ddof 1), [min, max] below; diverged and failed runs "
-    "are counted, never averaged. Dead and saturated: mean over hidden layers at the last recorded step. Train "
-    "loss and accuracy and 'batch stats' are in train mode (with model.dropout, dropout on), 'running stats' in eval "
-    "mode."
-)
+def aggregate_note(metrics: list[str], dropout: bool = False) -> str:
+    """What the numbers of a table over seeds are, naming only the columns it has (`metrics`: shown_metrics);
+    `dropout`: some run trains with model.dropout."""
+    parts = [
+        "mean ± std over the ok runs of each group (std: sample, ddof 1), [min, max] below; diverged and failed runs "
+        "are counted, never averaged."
+    ]
+    if any(m.endswith("_fraction") for m in metrics):
+        parts.append("Dead and saturated: mean over hidden layers at the last recorded step.")
+    train = ["train loss"] + (["train accuracy"] if "final_train_accuracy" in metrics else [])
+    if "final_test_loss_train_mode" in metrics:
+        train.append("'batch stats'")
+    dropped = " (with model.dropout, dropout on)" if dropout else ""
+    modes = [f"{' and '.join(train)}: train mode, the batch's statistics{dropped}."]
+    if any(m in metrics for m in ("final_test_loss", "final_test_accuracy")):
+        modes.append("'running stats': eval mode.")
+    if "final_test_loss_precise" in metrics:
+        modes.append("'precise BN': eval mode with the running statistics recomputed after training.")
+    return " ".join(parts + modes)
 
 
-def aggregate_table(df: pd.DataFrame, title: str = "") -> Group:
+def has_dropout(runs: pd.DataFrame, exp_dir: Path) -> bool:
+    """Whether some run of the table trains with dropout (a grid value, or the config's model.dropout)."""
+    if "model.dropout" in runs:
+        return bool((pd.to_numeric(runs["model.dropout"], errors="coerce") > 0).any())
+    import yaml
+
+    cfg = yaml.safe_load((exp_dir / "config.yaml").read_text()) or {}
+    return bool(((cfg.get("model") or {}).get("dropout") or 0) > 0)
+
+
+def aggregate_table(df: pd.DataFrame, title: str = "", dropout: bool = False) -> Group:
     """The groups as a table, followed by the note on what its numbers are."""
     table = Table(title=title, title_justify="left", header_style="bold")
     keys = key_columns(df)
@@ -329,7 +352,7 @@ def aggregate_table(df: pd.DataFrame, title: str = "") -> Group:
             centre, spread = fmt_stats(row, m)
             cells.append(Text(centre) + (Text("\n" + spread, style="dim") if spread else Text()))
         table.add_row(*cells, style=style)
-    return Group(table, Text(AGGREGATE_NOTE, style="dim"))
+    return Group(table, Text(aggregate_note(metrics, dropout), style="dim"))
 
 
 LANDSCAPE = ("loss_range", "grad_change", "beta")  # landscape_summary's numbers

@@ -418,6 +418,10 @@ def test_one_quick_claim_end_to_end(tmp_path):
     assert runner.invoke(app, ["plot", str(out / "tanh_init")]).exit_code == 0
     plotted = out / "tanh_init" / "figures" / "units_name-normal.png"
     assert (out / "figures" / "tanh.png").read_bytes() == plotted.read_bytes()
+    # The folder's report shows the claims' verdicts on its runs, as the check gave them.
+    assert runner.invoke(app, ["report", str(out / "tanh_init")]).exit_code == 0
+    page = (out / "tanh_init" / "report.html").read_text()
+    assert "Verdicts on the articles" in page and page.count("large-weights-saturate-tanh") == 2
     # A figure name the experiment does not have: one line naming the ones it has, exit 2.
     book["figures"][0]["figure"] = "nothing"
     path.write_text(yaml.safe_dump(book, allow_unicode=True))

@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+import normbench
 from normbench import sweep
 from normbench.cli import app
 from normbench.report import GroupKeyError, resolve_keys
@@ -183,6 +184,17 @@ def test_report_page(results, page, tmp_path):
 
     result = runner.invoke(app, ["report", str(results), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "is a folder" in result.output
+
+
+def test_report_names_no_path_of_the_machine_and_notes_only_columns_it_has(results, page):
+    """A page to send: the results folder by its name only (not where it lies), and a config's or traceback's
+    path cut to the file name; the notes under the tables speak of the columns the table has."""
+    text = page.read_text()
+    assert str(results.resolve()) not in text and str(results) not in text
+    assert str(Path(normbench.__file__).resolve().parent) not in text  # tracebacks, the configs' `resolved from`
+    regression = text[text.index('id="exp-regression"') :]
+    assert "accuracy" not in regression.split("<h3>Figures</h3>")[0].split("Final numbers over seeds")[1]
+    assert "dropout on" not in text  # no run trains with dropout
 
 
 # -- the page in a real browser -------------------------------------------------------------------------------
