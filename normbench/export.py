@@ -13,6 +13,9 @@ Each finished run (ok or diverged) becomes LOGDIR/<experiment>/<label>, its labe
 - for every (point, layer) of histograms.parquet, whatever the points are: a histogram `<point>/layer<i>` and
   the scalars `<point>/nan/layer<i>`, `<point>/inf/layer<i>` (counts), `<point>/out_of_range_share/layer<i>`
   ((below + above) / n), `<point>/mean/layer<i>` and `<point>/std/layer<i>`;
+- scalars `final/<name>` at the run's last step: its final numbers as every command reads them (finals.py:
+  final_train_loss, final_test_loss, ..., dead_fraction and saturated_fraction as the mean over hidden layers;
+  a diverged run's losses +inf); the numbers a run does not have are left out;
 - a text `run` with its status, divergence step, grid values (and, for a failed run, its error).
 
 A failed run has no tables: only its text. Runs not trained yet are left out.
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normbench.finals import applicable, per_run
 from normbench.store import FINISHED, experiment_axes, load_runs, load_table, remove_stale, replace_dir
 
 INSTALL_HINT = "TensorBoard export needs the tensorboard package: pip install 'normbench[tensorboard]'"
@@ -72,6 +76,8 @@ def export_tensorboard(exp_dir: Path, logdir: Path) -> ExportReport:
     runs = load_runs(exp_dir)
     axes = [a for a in experiment_axes(exp_dir) if a in runs.columns]
     labels = run_labels(runs, axes)
+    finals = per_run(runs)
+    finals = finals[applicable(finals)]
     target = Path(logdir) / exp_dir.name
     _check_replaceable(target)
     remove_stale(Path(logdir), exp_dir.name)
@@ -80,7 +86,7 @@ def export_tensorboard(exp_dir: Path, logdir: Path) -> ExportReport:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         exported = failed = 0
-        for row in runs.to_dict("records"):
+        for i, row in zip(runs.index, runs.to_dict("records"), strict=True):
             status = row["status"]
             if status not in (*FINISHED, "failed"):
                 continue
@@ -94,6 +100,7 @@ def export_tensorboard(exp_dir: Path, logdir: Path) -> ExportReport:
                 _write_layers(writer, load_table(exp_dir, "layers", rid))
                 _write_histograms(writer, load_table(exp_dir, "histograms", rid))
                 _write_landscape(writer, load_table(exp_dir, "landscape", rid))
+                _write_finals(writer, finals.loc[i], int(row["steps_done"]))
                 exported += 1
         replace_dir(tmp, target)
     except OSError as e:
@@ -145,6 +152,12 @@ def _write_landscape(writer: Any, landscape: pd.DataFrame) -> None:
     summary = landscape_summary(landscape)
     for col in LANDSCAPE:
         _scalars(writer, f"landscape/{col}", summary.step, summary[col])
+
+
+def _write_finals(writer: Any, values: pd.Series, step: int) -> None:
+    for name, value in values.items():
+        if not math.isnan(value):
+            writer.add_scalar(f"final/{name}", float(value), global_step=step)
 
 
 def _write_histograms(writer: Any, hists: pd.DataFrame) -> None:

@@ -19,6 +19,7 @@ from normbench import sweep
 from normbench.cli import app
 from normbench.config import experiment_from_dict
 from normbench.export import INSTALL_HINT, histogram_buckets, run_labels
+from normbench.finals import applicable, per_run
 from normbench.report import landscape_summary
 from normbench.store import ExperimentStore, load_runs, load_table
 from normbench.sweep import run_experiment
@@ -181,6 +182,13 @@ def test_export_holds_the_tables_numbers(results, tmp_path):
                 for col in ("loss_range", "grad_change", "beta"):
                     assert_scalars(acc, f"landscape/{col}", summary.step, summary[col])
                     expected_scalars.add(f"landscape/{col}")
+            # The final numbers as every command reads them (finals.per_run), at the last step.
+            finals = per_run(runs).loc[run.Index]
+            for name in applicable(per_run(runs)):
+                if not np.isnan(finals[name]):
+                    assert_scalars(acc, f"final/{name}", [run.steps_done], [finals[name]])
+                    expected_scalars.add(f"final/{name}")
+            assert "final/final_train_loss" in expected_scalars
             # Every point of the table, whatever its name, and nothing else.
             assert set(acc.Tags()["histograms"]) == expected_hists
             assert set(acc.Tags()["scalars"]) == expected_scalars
