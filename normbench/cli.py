@@ -128,6 +128,7 @@ class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
+    markdown = "markdown"
 
 
 class Executor(StrEnum):
@@ -393,7 +394,9 @@ def entry_lines(name: str, text: str, column: int, width: int | None) -> list[st
 @app.command(epilog=_examples("summary"), short_help="One record per run, or with --by one row per group of runs.")
 def summary(
     results: ResultsArg,
-    format: Annotated[Format, typer.Option("--format", help="table, csv or json.")] = Format.table,
+    format: Annotated[
+        Format, typer.Option("--format", help="table, csv or json; with --by also markdown (median and range).")
+    ] = Format.table,
     by: Annotated[
         list[str] | None,
         typer.Option(
@@ -403,16 +406,26 @@ def summary(
         ),
     ] = None,
     where: WhereOpt = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="With --by: show only this final number (repeatable), e.g. final_test_accuracy."),
+    ] = None,
 ) -> None:
     """One record per run: status, diverged step, final losses (and accuracies), grid parameters, dead/saturated
     per layer. With --by: one row per group of runs."""
+    from normbench.finals import FINALS
     from normbench.report import records_csv, summary_records, summary_table
     from normbench.store import DamagedResults, experiment_axes
 
+    if not by and (format is Format.markdown or metric):
+        raise fail(f"{'--format markdown' if format is Format.markdown else '--metric'} needs --by")
+    for m in metric or []:
+        if m not in FINALS:
+            raise fail(f"--metric {m!r}: not a final number; choose from {', '.join(FINALS)}")
     selected = _select(_experiments(results), where)
     exps = list(selected)
     if by:
-        _summary_groups(exps, [k for item in by for k in item.split(",") if k], format, selected)
+        _summary_groups(exps, [k for item in by for k in item.split(",") if k], format, selected, metric)
         return
     try:
         records = [r for e in exps for r in summary_records(e) if _kept(selected[e], r["run_id"])]
@@ -434,13 +447,18 @@ def summary(
 
 
 def _summary_groups(
-    exps: list[Path], by: list[str], format: Format, selected: dict[Path, pd.DataFrame | None] | None = None
+    exps: list[Path],
+    by: list[str],
+    format: Format,
+    selected: dict[Path, pd.DataFrame | None] | None = None,
+    metrics: list[str] | None = None,
 ) -> None:
     import pandas as pd
 
     from normbench.report import (
         GroupKeyError,
         aggregate_csv,
+        aggregate_markdown,
         aggregate_records,
         aggregate_runs,
         aggregate_table,
@@ -458,8 +476,15 @@ def _summary_groups(
         if len(k) < len(by):
             keys_text = ", ".join(k) or "nothing (all runs)"
             err.print(f"{e.name}: grouped by {keys_text}: the other keys are not its grid keys", soft_wrap=True)
+    if metrics:
+        tables = [
+            t[[c for c in t.columns if "." not in c or c.rsplit(".", 1)[0] in metrics or c in k]]
+            for t, k in zip(tables, keys, strict=True)
+        ]
     if format is Format.json:
         sys.stdout.write(json.dumps([r for t in tables for r in aggregate_records(t)], indent=2) + "\n")
+    elif format is Format.markdown:
+        sys.stdout.write(aggregate_markdown([r for t in tables for r in aggregate_records(t)], metrics))
     elif format is Format.csv:
         sys.stdout.write(aggregate_csv(pd.concat(tables, ignore_index=True)))
     else:

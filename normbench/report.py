@@ -219,6 +219,38 @@ def aggregate_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [jsonable({k: (None if _is_na(v) else v) for k, v in r.items()}) for r in df.to_dict("records")]
 
 
+def aggregate_markdown(records: list[dict[str, Any]], metrics: list[str] | None = None) -> str:
+    """The groups as a Markdown table, from aggregate_records' objects (what `summary --by --format json` prints,
+    so a table in a document can be rendered again from the JSON it came from): the group's keys, its runs, and per
+    metric the median with the range over the ok runs, 'median (min-max)'. `metrics`: which (default: every one
+    with a value)."""
+    if not records:
+        return ""
+    first = list(records[0])
+    keys = first[first.index("experiment") + 1 : first.index("runs")]
+    several = len({r["experiment"] for r in records}) > 1
+    metrics = metrics or [m for m in METRICS if any(r.get(f"{m}.median") is not None for r in records)]
+    head = [*(["experiment"] if several else []), *(k.split(".")[-1] for k in keys), "runs"]
+    head += [METRICS[m].replace("\n", " ") for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        ok, others = fmt_runs(r)
+        cells = [*([r["experiment"]] if several else []), *(show_value(r[k]) for k in keys)]
+        cells.append(ok + (f", {others}" if others else ""))
+        cells += [_median_range(r, m) for m in metrics]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _median_range(r: dict[str, Any], metric: str) -> str:
+    median, lo, hi = (r.get(f"{metric}.{s}") for s in ("median", "min", "max"))
+    if median is None:
+        return "-"
+    lo_text, hi_text = fmt_metric(metric, lo), fmt_metric(metric, hi)
+    centre = fmt_metric(metric, median)
+    return centre if lo_text == hi_text else f"{centre} ({lo_text}-{hi_text})"
+
+
 def aggregate_csv(df: pd.DataFrame) -> str:
     flat = df.copy()
     flat["diverged_steps"] = flat.diverged_steps.map(lambda s: " ".join(str(x) for x in s))

@@ -124,6 +124,30 @@ def _ids(records: list[dict], norm: str, lr: float) -> list[str]:
     return [r["run_id"] for r in records if (r["model.norm"], r["train.lr"]) == (norm, lr)]
 
 
+def test_summary_by_markdown_is_rendered_from_the_json_and_metric_selects_columns(results):
+    from normbench.report import aggregate_markdown
+
+    args = ("summary", results / "mixed", "--by", "norm,lr", "--metric", "final_test_accuracy")
+    records = json.loads(invoke(*args, "--format", "json").stdout)
+    assert {k.split(".")[0] for k in records[0] if "." in k and k not in ("model.norm", "train.lr")} == {
+        "final_test_accuracy"
+    }
+    md = invoke(*args, "--format", "markdown").stdout
+    assert md == aggregate_markdown(records)  # a document's table renders again from the JSON it came from
+    lines = md.splitlines()
+    assert lines[0] == "| norm | lr | runs | test acc running stats |" and len(lines) == 2 + len(records)
+    row = next(r for r in records if r["ok"] > 1)
+    cell = f"{row['final_test_accuracy.median']:.3f} ({row['final_test_accuracy.min']:.3f}-"
+    assert any(cell in line for line in lines)
+    for bad, message in (
+        (["--format", "markdown"], "--format markdown needs --by"),
+        (["--metric", "final_test_accuracy"], "--metric needs --by"),
+        (["--by", "norm", "--metric", "loss"], "--metric 'loss': not a final number"),
+    ):
+        result = runner.invoke(app, ["summary", str(results / "mixed"), *bad])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
 def test_summary_by_table_csv_and_keys(results):
     table = invoke("summary", results, "--by", "model.norm").stdout
     for text in ("mixed", "regression", "train acc", "running stats", "1 failed", "2 diverged (step"):
