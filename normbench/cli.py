@@ -484,7 +484,7 @@ def _summary_groups(
     if format is Format.json:
         sys.stdout.write(json.dumps([r for t in tables for r in aggregate_records(t)], indent=2) + "\n")
     elif format is Format.markdown:
-        sys.stdout.write(aggregate_markdown([r for t in tables for r in aggregate_records(t)], metrics))
+        sys.stdout.write(aggregate_markdown([r for t in tables for r in aggregate_records(t)]))
     elif format is Format.csv:
         sys.stdout.write(aggregate_csv(pd.concat(tables, ignore_index=True)))
     else:

@@ -223,13 +223,16 @@ def aggregate_markdown(records: list[dict[str, Any]], metrics: list[str] | None 
     """The groups as a Markdown table, from aggregate_records' objects (what `summary --by --format json` prints,
     so a table in a document can be rendered again from the JSON it came from): the group's keys, its runs, and per
     metric the median with the range over the ok runs, 'median (min-max)'. `metrics`: which (default: every one
-    with a value)."""
+    with a value). One experiment grouped by two keys with one metric is a grid: the first key's values down, the
+    second's across, a cell per group (its runs that are not ok said in it)."""
     if not records:
         return ""
     first = list(records[0])
     keys = first[first.index("experiment") + 1 : first.index("runs")]
     several = len({r["experiment"] for r in records}) > 1
     metrics = metrics or [m for m in METRICS if any(r.get(f"{m}.median") is not None for r in records)]
+    if len(keys) == 2 and len(metrics) == 1 and not several:
+        return _pivot_markdown(records, keys, metrics[0])
     head = [*(["experiment"] if several else []), *(k.split(".")[-1] for k in keys), "runs"]
     head += [METRICS[m].replace("\n", " ") for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -239,6 +242,26 @@ def aggregate_markdown(records: list[dict[str, Any]], metrics: list[str] | None 
         cells.append(ok + (f", {others}" if others else ""))
         cells += [_median_range(r, m) for m in metrics]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pivot_markdown(records: list[dict[str, Any]], keys: list[str], metric: str) -> str:
+    down, across = keys
+    rows = list(dict.fromkeys(show_value(r[down]) for r in records))
+    cols = list(dict.fromkeys(show_value(r[across]) for r in records))
+    cell = {(show_value(r[down]), show_value(r[across])): r for r in records}
+    corner = f"{down.split('.')[-1]} \\ {across.split('.')[-1]}"
+    lines = ["| " + " | ".join([corner, *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
+    for row in rows:
+        cells = [row]
+        for col in cols:
+            r = cell.get((row, col))
+            if r is None:
+                cells.append("")
+                continue
+            _, others = fmt_runs(r)
+            cells.append(_median_range(r, metric) + (f" ({others})" if others else ""))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -128,17 +128,25 @@ def test_summary_by_markdown_is_rendered_from_the_json_and_metric_selects_column
     from normbench.report import aggregate_markdown
 
     args = ("summary", results / "mixed", "--by", "norm,lr", "--metric", "final_test_accuracy")
-    records = json.loads(invoke(*args, "--format", "json").stdout)
-    assert {k.split(".")[0] for k in records[0] if "." in k and k not in ("model.norm", "train.lr")} == {
-        "final_test_accuracy"
+    records = json.loads(invoke(*args, "--metric", "final_train_loss", "--format", "json").stdout)
+    assert {k.rsplit(".", 1)[0] for k in records[0] if k.endswith(".median")} == {
+        "final_test_accuracy",
+        "final_train_loss",
     }
-    md = invoke(*args, "--format", "markdown").stdout
+    md = invoke(*args, "--metric", "final_train_loss", "--format", "markdown").stdout
     assert md == aggregate_markdown(records)  # a document's table renders again from the JSON it came from
     lines = md.splitlines()
-    assert lines[0] == "| norm | lr | runs | test acc running stats |" and len(lines) == 2 + len(records)
+    assert lines[0] == "| norm | lr | runs | train loss | test acc running stats |" and len(lines) == 2 + len(records)
     row = next(r for r in records if r["ok"] > 1)
     cell = f"{row['final_test_accuracy.median']:.3f} ({row['final_test_accuracy.min']:.3f}-"
     assert any(cell in line for line in lines)
+    # Two keys and one metric: a grid, norm down and lr across, with the runs that are not ok said in their cell.
+    grid = invoke(*args, "--format", "markdown").stdout.splitlines()
+    lrs = list(dict.fromkeys(str(r["train.lr"]) for r in records))
+    assert grid[0] == "| norm \\ lr | " + " | ".join(lrs) + " |" and len(grid) == 2 + len(
+        {r["model.norm"] for r in records}
+    )
+    assert any(cell in line for line in grid) and any("failed" in line or "diverged" in line for line in grid)
     for bad, message in (
         (["--format", "markdown"], "--format markdown needs --by"),
         (["--metric", "final_test_accuracy"], "--metric needs --by"),
