@@ -92,20 +92,23 @@ def assert_few_moved(ha: pd.DataFrame, hb: pd.DataFrame) -> None:
 
 
 def test_seed_setting_same_divergence_and_first_steps():
-    compare("morvan_tf23", ["train.steps=4", "record.loss_every=1", "record.hist_every=2"])
+    compare("morvan_tf23", ["seeds=[1, 2, 3]", "train.steps=4", "record.loss_every=1", "record.hist_every=2"])
 
 
 def test_seed_setting_whole_batch_norm_runs():
     """All 251 steps of the tutorial's batch-norm runs, where plain SGD amplifies rounding the most."""
-    compare("morvan_tf23", ["grid.model.norm=[batch]"])
+    compare("morvan_tf23", ["seeds=[1, 2, 3]", "grid.model.norm=[batch]"])
 
 
 def test_dead_neurons_first_steps():
-    compare("dead_neurons", ["train.lr=0.001", "train.steps=5", "record.loss_every=1", "record.hist_every=5"])
+    compare(
+        "dead_neurons",
+        ["seeds=[1, 2, 3]", "train.lr=0.001", "train.steps=5", "record.loss_every=1", "record.hist_every=5"],
+    )
 
 
 def test_no_norm_runs_match_over_the_whole_run():
-    compare("dead_neurons", ["grid.model.norm=[none]", "train.lr=0.001", "train.steps=40"])
+    compare("dead_neurons", ["seeds=[1, 2, 3]", "grid.model.norm=[none]", "train.lr=0.001", "train.steps=40"])
 
 
 def test_adam_minibatches_shuffle_test_split_eval_mode():
@@ -131,11 +134,18 @@ def test_norms_over_the_channels_layer_rms_group():
 def test_learning_rates_and_init_scales_vary_inside_a_stack():
     exp = load_experiment(
         "dead_neurons",
-        ["grid.model.norm=[none]", "grid.train.lr=[0.001, 0.002]", "grid.model.weight_init.std=[0.1, 0.2]"],
+        [
+            "seeds=[1, 2, 3]",
+            "grid.model.norm=[none]",
+            "grid.train.lr=[0.001, 0.002]",
+            "grid.model.weight_init.std=[0.1, 0.2]",
+        ],
     )
     groups = stack_groups(exp.runs)
     assert len(groups) == 2  # relu and tanh; lr, std and seed vary inside each
-    compare("dead_neurons", ["grid.model.norm=[none]", "grid.train.lr=[0.001, 0.002]", "train.steps=30"])
+    compare(
+        "dead_neurons", ["seeds=[1, 2, 3]", "grid.model.norm=[none]", "grid.train.lr=[0.001, 0.002]", "train.steps=30"]
+    )
 
 
 def test_classification_mlp_on_images():
