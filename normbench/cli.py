@@ -67,7 +67,7 @@ app.add_typer(demo_app, name="demo")
 # tests/test_cli.py runs every one, in a folder whose results/morvan_tf23 holds a finished sweep.
 EXAMPLES = {
     "run": [
-        "normbench run morvan_tf23 --set 'seeds=[1,2]' --set train.lr=0.01 --dry-run",
+        "normbench run morvan_tf23 --set 'seeds=[1,2]' --set train.lr=0.01 --set name=morvan_tf23_lr0.01 --dry-run",
         "normbench run init_scale --set 'grid.model.weight_init.std=logspace(-4, 0, 5)' --dry-run",
     ],
     "validate": [
@@ -201,6 +201,21 @@ def _experiments(path: Path) -> list[Path]:
         raise fail(str(e)) from None
 
 
+def _readable(path: Path) -> list[Path]:
+    """The experiments under `path`, after a note on stderr for each that holds run folders its runs.parquet does
+    not list (which no command shows)."""
+    from normbench.store import DamagedResults, unlisted_note
+
+    exps = _experiments(path)
+    try:
+        notes = [unlisted_note(e) for e in exps]
+    except DamagedResults as ex:
+        raise fail(str(ex)) from None
+    for note in filter(None, notes):
+        err.print(note, markup=False, soft_wrap=True)
+    return exps
+
+
 def _select(exps: list[Path], where: list[str] | None) -> dict[Path, pd.DataFrame | None]:
     """Each experiment's runs that --where keeps (None: no --where, all of them), by store.select_runs. In a
     folder of several experiments, one whose grid lacks a key or has no matching run is left out with a note on
@@ -273,6 +288,7 @@ def run(
     device: Annotated[Device, typer.Option(help="Where runs train: auto (the GPU if any), cpu or cuda.")] = Device.auto,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
+    from normbench.store import DamagedResults
     from normbench.sweep import run_experiment
 
     exp = _load(config, set_)
@@ -296,7 +312,7 @@ def run(
             device=device.value,
             console=err,
         )
-    except ConfigError as e:  # data files or shapes found wrong before any training, or no scheduler
+    except (ConfigError, DamagedResults) as e:  # found wrong before any training: data, folder, scheduler
         raise fail(str(e)) from None
     counts = table.status.value_counts().to_dict()
     err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
@@ -305,11 +321,19 @@ def run(
 
 
 def _print_grid(exp, out_dir: Path) -> None:
+    """The grid with run ids and what is finished, then one line on stderr saying what the run would do to the
+    folder (or the refusal the run would give, exit 2)."""
     from rich.table import Table
 
-    from normbench.store import ExperimentStore
+    from normbench.store import DamagedResults, ExperimentStore
 
     store = ExperimentStore(out_dir, exp.name)
+    try:
+        change = store.change(exp)
+    except (ConfigError, DamagedResults) as e:
+        raise fail(str(e)) from None
+    if change.case == "refused":
+        raise fail(change.message)
     table = Table(title=f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)", title_justify="left")
     for col in ("run id", *exp.axes, "state"):
         table.add_column(col)
@@ -317,6 +341,7 @@ def _print_grid(exp, out_dir: Path) -> None:
         s = store.summary(run.run_id)
         table.add_row(run.run_id, *(str(v) for v in run.params.values()), s["status"] if s else "to train")
     out.print(table)
+    err.print(change.message, markup=False, soft_wrap=True)
 
 
 @app.command(epilog=_examples("validate"), short_help="Check a config and print the size of its grid.")
@@ -422,7 +447,7 @@ def summary(
     for m in metric or []:
         if m not in FINALS:
             raise fail(f"--metric {m!r}: not a final number; choose from {', '.join(FINALS)}")
-    selected = _select(_experiments(results), where)
+    selected = _select(_readable(results), where)
     exps = list(selected)
     if by:
         _summary_groups(exps, [k for item in by for k in item.split(",") if k], format, selected, metric)
@@ -523,7 +548,7 @@ def plot(
     from normbench.plot import PlotError, plot_experiments, where_folder
     from normbench.store import DamagedResults
 
-    selected = _select(_experiments(results), where)
+    selected = _select(_readable(results), where)
     exps = list(selected)
     # A run id is the hash of the run's config, so one set of ids serves every experiment.
     keep = {rid for runs in selected.values() if runs is not None for rid in runs.run_id}
@@ -564,7 +589,7 @@ def report(
     from normbench.html_report import ReportError, write_report
     from normbench.store import DamagedResults
 
-    selected = _select(_experiments(results), where)  # a wrong folder or --where: one line before anything is drawn
+    selected = _select(_readable(results), where)  # a wrong folder or --where: one line before anything is drawn
     if out_file is not None and out_file.is_dir():
         raise fail(f"--out {out_file} is a folder; give the file to write, e.g. {out_file / 'report.html'}")
     try:
@@ -589,6 +614,14 @@ def check(results: ResultsArg) -> None:
         out.print(f"{e.name}: {len(rows)} run folders ({counts}), {len(bad)} damaged")
         for r in bad:
             out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}")
+        unlisted = sum(not r["listed"] for r in rows)
+        if unlisted:
+            err.print(
+                f"{e}: {unlisted} of these run folders are not listed in runs.parquet (left by an earlier config or "
+                "another normbench version): summary, plot and report do not show them",
+                markup=False,
+                soft_wrap=True,
+            )
     if damaged:
         raise typer.Exit(code=1)
 
@@ -612,7 +645,11 @@ def export(
         raise fail("say what to export: --tensorboard")
     try:
         summary_writer_class()  # the missing extra is one line, before any folder is read
-        for e in _experiments(results):
+    except ExportError as ex:
+        raise fail(str(ex)) from None
+    exps = _readable(results)
+    try:
+        for e in exps:
             rep = export_tensorboard(e, logdir)
             skipped = f", {rep.missing} not trained yet" if rep.missing else ""
             failed = f", {rep.failed} failed (status text only)" if rep.failed else ""
@@ -645,10 +682,11 @@ def claims(
     yet), writes OUT/claims.md and OUT/claims.json, and draws one figure per family of claims into OUT/figures/.
     Exit 0 whatever the verdicts."""
     from normbench.claims import run_claims
+    from normbench.store import DamagedResults
 
     try:
         run_claims(out_dir, quick=quick, only=only, path=claims_file, kernel=kernel.value, console=out, progress=err)
-    except ConfigError as e:
+    except (ConfigError, DamagedResults) as e:
         raise fail(str(e)) from None
 
 
@@ -675,10 +713,11 @@ def dead_neurons(
     """The tutorial's batch-norm demonstration: ReLU/tanh, with and without BN, 20 seeds each; runs, figures, and
     the verdicts of `normbench claims` on its claims. Writes OUT/demo.json and OUT/demo.md beside the experiments."""
     from normbench.demo import run_dead_neurons
+    from normbench.store import DamagedResults
 
     try:
         run_dead_neurons(out_dir, kernel=kernel.value, force=force, console=out)
-    except ConfigError as e:
+    except (ConfigError, DamagedResults) as e:  # a folder that would lose runs
         raise fail(str(e)) from None
 
 

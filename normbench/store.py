@@ -21,6 +21,7 @@ import platform
 import re
 import shutil
 import socket
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,9 +108,10 @@ class ExperimentStore:
     def summary(self, run_id: str) -> dict[str, Any] | None:
         """A run's summary, or None when the run has not finished (or its folder is unreadable)."""
         try:
-            return json.loads((self.runs_dir / run_id / "summary.json").read_text())
+            s = json.loads((self.runs_dir / run_id / "summary.json").read_text())
         except (OSError, ValueError):
             return None
+        return s if isinstance(s, dict) and "status" in s else None
 
     def is_done(self, run_id: str, retry_failed: bool = False, summary: dict[str, Any] | None = None) -> bool:
         """Whether `run_id` needs no training: finished with its files intact, or failed (unless retry_failed).
@@ -128,7 +130,8 @@ class ExperimentStore:
         if s is None:
             return ["summary.json missing or unreadable"]
         problems = []
-        for name, expected in (s.get("files") or {}).items():
+        files = s.get("files")
+        for name, expected in (files if isinstance(files, dict) else {}).items():
             path = self.runs_dir / run_id / name
             if not path.is_file():
                 problems.append(f"{name} missing")
@@ -166,14 +169,17 @@ class ExperimentStore:
 
     # -- writing ---------------------------------------------------------------------------------------------
 
-    def prepare(self, exp: Experiment) -> None:
+    def prepare(self, exp: Experiment, keep_config: bool = False) -> None:
+        """Make the folder ready for `exp`'s runs: stale temporary folders and claims removed, config.yaml written
+        (unless keep_config: a grid within the folder's leaves the folder's config as it is)."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         remove_stale(self.runs_dir)
         for claim in self.runs_dir.glob(".claim-*"):
             if _stale_claim(claim):
                 claim.unlink(missing_ok=True)
-        text = f"# resolved from {exp.source}\n" + yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False)
-        write_text_atomic(self.dir / "config.yaml", text)
+        if not keep_config:
+            text = f"# resolved from {exp.source}\n" + yaml.safe_dump(config_dict(exp), sort_keys=False)
+            write_text_atomic(self.dir / "config.yaml", text)
 
     def write_run(self, run: Run, outcome: RunResult | RunFailure) -> dict[str, Any]:
         """Commit one run: a finished one (a RunResult) or a failed one (a RunFailure). Returns its summary."""
@@ -204,16 +210,23 @@ class ExperimentStore:
         replace_dir(tmp, self.runs_dir / run.run_id)
         return summary
 
-    def write_runs_table(self, exp: Experiment, known: dict[str, dict | None] | None = None) -> pd.DataFrame:
+    def write_runs_table(
+        self,
+        exp: Experiment,
+        known: dict[str, dict | None] | None = None,
+        listed: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> pd.DataFrame:
         """runs.parquet: one row per run of the experiment's current grid, finished or not. `known`: the runs'
-        summaries when the caller has them (None: not finished), instead of reading every summary.json again."""
+        summaries when the caller has them (None: not finished), instead of reading every summary.json again.
+        `listed`: the runs to list as (run id, grid values) when not exp's (a grid within the folder's keeps the
+        folder's)."""
         rows = []
-        for run in exp.runs:
-            s = (known[run.run_id] if known is not None else self.summary(run.run_id)) or {"status": "missing"}
+        for run_id, params in listed if listed is not None else [(r.run_id, r.params) for r in exp.runs]:
+            s = (known[run_id] if known is not None else self.summary(run_id)) or {"status": "missing"}
             rows.append(
                 {
-                    "run_id": run.run_id,
-                    **run.params,
+                    "run_id": run_id,
+                    **params,
                     "status": s["status"],
                     "diverged_step": s.get("diverged_step"),
                     "steps_done": s.get("steps_done"),
@@ -234,6 +247,137 @@ class ExperimentStore:
         df["engine.compiled"] = df["engine.compiled"].astype("boolean")
         write_parquet_atomic(df, self.dir / "runs.parquet")
         return df
+
+    # -- what a config does to the folder's runs -------------------------------------------------------------
+
+    def change(self, exp: Experiment) -> FolderChange:
+        """What writing `exp` into this folder does to the runs it lists (its runs.parquet; its config.yaml's grid
+        when that table cannot be read), compared as sets of run ids: nothing there yet ('new'), the same runs
+        ('same'), more runs ('extends': exp becomes the folder's config), fewer ('within': the folder's config and
+        list stay), or a grid that would no longer list some of them ('refused'). Reads only."""
+        if not (self.dir / "runs.parquet").is_file() and not (self.dir / "config.yaml").is_file():
+            return FolderChange("new", f"{self.dir}: a new experiment folder")
+        new_ids = [r.run_id for r in exp.runs]
+        old_ids = self._listed_ids()
+        old, new = set(old_ids), set(new_ids)
+        diff = config_changes(self.dir / "config.yaml", config_dict(exp))
+        diff = f" ({diff})" if diff else ""
+        if old == new:
+            return FolderChange("same", f"{self.dir}: the same {len(new)} runs as the folder lists")
+        if old <= new:
+            kept = sum((self.summary(r) or {}).get("status") in FINISHED for r in old)
+            return FolderChange(
+                "extends",
+                f"{self.dir}: extends its grid from {len(old)} to {len(new)} runs{diff}; "
+                f"its {kept} finished runs are kept",
+            )
+        if new <= old:
+            return FolderChange(
+                "within",
+                f"{self.dir}: the {len(new)} runs asked for are within its grid of {len(old)}{diff}; its config.yaml "
+                f"is kept and runs.parquet lists all {len(old)}",
+                self._listed_rows(),
+            )
+        return FolderChange(
+            "refused",
+            f"{self.dir}: this config would no longer list {len(old - new)} of the folder's {len(old)} runs{diff}; "
+            f"nothing was written. Run it into a folder of its own (--set name=NEW or --out OTHER), or remove "
+            f"{self.dir} to start over",
+        )
+
+    def _listed_ids(self) -> list[str]:
+        """The run ids runs.parquet lists; config.yaml's grid when runs.parquet cannot be read. ConfigError when
+        neither can."""
+        from normbench.config import ConfigError, experiment_from_dict
+
+        try:
+            return pd.read_parquet(self.dir / "runs.parquet", columns=["run_id"]).run_id.tolist()
+        except (OSError, ValueError, KeyError):
+            pass
+        try:
+            raw = yaml.safe_load((self.dir / "config.yaml").read_text())
+            return [r.run_id for r in experiment_from_dict(raw, str(self.dir / "config.yaml")).runs]
+        except (OSError, ValueError, AttributeError):  # ConfigError and yaml's errors are ValueErrors
+            raise ConfigError(
+                f"{self.dir}: neither runs.parquet nor config.yaml can be read, so which runs it holds is unknown; "
+                "remove the folder to start over, or write to another one (--set name=NEW or --out OTHER)"
+            ) from None
+
+    def _listed_rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """(run id, grid values) of each run runs.parquet lists, to list them again."""
+        runs = load_runs(self.dir)
+        axes = [a for a in experiment_axes(self.dir) if a in runs.columns]
+        return [(row["run_id"], {a: _plain(row[a]) for a in axes}) for row in runs.to_dict("records")]
+
+
+@dataclass
+class FolderChange:
+    """What writing an experiment into its folder does (ExperimentStore.change): `case` is 'new', 'same',
+    'extends', 'within' or 'refused'; `message` the one line that says so;
+    `listed`: for 'within', the folder's runs, which runs.parquet goes on listing."""
+
+    case: str
+    message: str = ""
+    listed: list[tuple[str, dict[str, Any]]] | None = field(default=None, repr=False)
+
+
+def config_dict(exp: Experiment) -> dict[str, Any]:
+    """The resolved experiment config as config.yaml holds it."""
+    return exp.config.model_dump(mode="json")
+
+
+def config_changes(old_path: Path, new: dict[str, Any], limit: int = 3) -> str:
+    """The keys whose values differ between the config in `old_path` (a folder's config.yaml) and `new`, as
+    'train.lr 0.001 -> 0.01; seeds [1, 2, 3] -> [1..20]': at most `limit`, values shortened; '' when the old one
+    cannot be read or nothing but the description differs."""
+    try:
+        old = yaml.safe_load(old_path.read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(old, dict):
+        return ""
+    a, b = _flatten(old), _flatten(new)
+    keys = [k for k in dict.fromkeys([*a, *b]) if k != "description" and a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+    shown = [f"{k} {_short(a.get(k, _ABSENT))} -> {_short(b.get(k, _ABSENT))}" for k in keys[:limit]]
+    more = f"; {len(keys) - limit} more keys" if len(keys) > limit else ""
+    return "; ".join(shown) + more
+
+
+_ABSENT = object()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 0.1}, 'grid': {'model.norm': [...]}} -> {'train.lr': 0.1, 'grid.model.norm': [...]}."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if k == "grid" and not prefix and v is None:
+            v = {}
+        if isinstance(v, dict):
+            flat |= _flatten(v, f"{prefix}{k}.")
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _short(v: Any, width: int = 40) -> str:
+    """A config value in a message: absent, a run of consecutive integers as [1..20], long values cut."""
+    if v is _ABSENT:
+        return "(none)"
+    if isinstance(v, list) and len(v) > 3 and all(type(x) is int for x in v) and v == list(range(v[0], v[-1] + 1)):
+        return f"[{v[0]}..{v[-1]}]"
+    text = json.dumps(v, separators=(", ", ": ")) if isinstance(v, list | dict) else str(v)
+    text = text.replace('"', "")
+    if len(text) > width:
+        count = f" ({len(v)} values)" if isinstance(v, list) else ""
+        text = text[: width - len(count) - 3] + "..." + count
+    return text
+
+
+def _plain(v: Any) -> Any:
+    """A value read back from parquet as a config holds it: tuples and arrays as lists, numpy scalars as Python's."""
+    if isinstance(v, tuple) or _is_array(v):
+        return [_plain(x) for x in v]
+    return v.item() if hasattr(v, "item") else v
 
 
 def run_summary(result: RunResult) -> dict[str, Any]:
@@ -337,15 +481,48 @@ def _is_array(v: Any) -> bool:
     return getattr(v, "ndim", 0) > 0
 
 
+def run_folders(exp_dir: Path) -> list[str]:
+    """The committed run folders of an experiment (runs/<id>/, not the temporary ones), sorted."""
+    runs_dir = exp_dir / "runs"
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def unlisted_runs(exp_dir: Path) -> list[str]:
+    """The run folders in runs/ that runs.parquet does not list (left by an earlier config of the folder or by
+    another normbench version): no command shows them."""
+    listed = set(load_runs(exp_dir).run_id)
+    return [r for r in run_folders(exp_dir) if r not in listed]
+
+
+def unlisted_note(exp_dir: Path) -> str | None:
+    """One line saying how many run folders runs.parquet does not list, or None when there are none."""
+    unlisted = unlisted_runs(exp_dir)
+    if not unlisted:
+        return None
+    n = len(unlisted)
+    return (
+        f"{exp_dir}: {n} more run folder{'s' * (n > 1)} in runs/ {'are' if n > 1 else 'is'} not listed in "
+        "runs.parquet (left by an earlier config or another normbench version) and not shown; a `normbench run` "
+        "whose grid includes them lists them again"
+    )
+
+
 def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
-    """Every run folder of an experiment: its status and what is wrong with its files ([] when nothing)."""
+    """Every run folder of an experiment: its status, whether runs.parquet lists it, and what is wrong with its
+    files ([] when nothing)."""
     store = ExperimentStore(exp_dir.parent, exp_dir.name)
+    try:
+        listed = set(pd.read_parquet(exp_dir / "runs.parquet", columns=["run_id"]).run_id)
+    except (OSError, ValueError, KeyError):
+        listed = set()
     rows = []
-    for run_dir in sorted(p for p in store.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        s = store.summary(run_dir.name)
+    for run_id in run_folders(exp_dir):
+        s = store.summary(run_id)
         status = s["status"] if s else "unreadable"
-        problems = store.verify(run_dir.name, s) if s is None or status in FINISHED else []
-        rows.append({"run_id": run_dir.name, "status": status, "problems": problems})
+        problems = store.verify(run_id, s) if s is None or status in FINISHED else []
+        rows.append({"run_id": run_id, "status": status, "listed": run_id in listed, "problems": problems})
     return rows
 
 
