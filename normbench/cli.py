@@ -202,12 +202,14 @@ def _experiments(path: Path) -> list[Path]:
 
 
 def _readable(path: Path) -> list[Path]:
-    """The experiments under `path`, after a note on stderr for each that holds run folders its runs.parquet does
-    not list (which no command shows)."""
-    from normbench.store import DamagedResults, unlisted_note
+    """The experiments under `path`, each of this results format (else one line naming it, exit 2), after a note
+    on stderr for each that holds run folders its runs.parquet does not list (which no command shows)."""
+    from normbench.store import DamagedResults, check_format, unlisted_note
 
     exps = _experiments(path)
     try:
+        for e in exps:
+            check_format(e)
         notes = [unlisted_note(e) for e in exps]
     except DamagedResults as ex:
         raise fail(str(ex)) from None
@@ -293,7 +295,7 @@ def run(
 
     exp = _load(config, set_)
     if dry_run:
-        _print_grid(exp, out_dir)
+        _print_grid(exp, out_dir, force)
         return
     if executor is Executor.dask and not scheduler:
         raise fail("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
@@ -320,16 +322,16 @@ def run(
         raise typer.Exit(code=1)
 
 
-def _print_grid(exp, out_dir: Path) -> None:
+def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
     """The grid with run ids and what is finished, then one line on stderr saying what the run would do to the
     folder (or the refusal the run would give, exit 2)."""
     from rich.table import Table
 
-    from normbench.store import DamagedResults, ExperimentStore
+    from normbench.store import RESULTS_FORMAT, DamagedResults, ExperimentStore, run_format
 
     store = ExperimentStore(out_dir, exp.name)
     try:
-        change = store.change(exp)
+        change = store.change(exp, force)
     except (ConfigError, DamagedResults) as e:
         raise fail(str(e)) from None
     if change.case == "refused":
@@ -339,7 +341,8 @@ def _print_grid(exp, out_dir: Path) -> None:
         table.add_column(col)
     for run in exp.runs:
         s = store.summary(run.run_id)
-        table.add_row(run.run_id, *(str(v) for v in run.params.values()), s["status"] if s else "to train")
+        state = "to train" if s is None or run_format(s) != RESULTS_FORMAT else s["status"]
+        table.add_row(run.run_id, *(str(v) for v in run.params.values()), state)
     out.print(table)
     err.print(change.message, markup=False, soft_wrap=True)
 
@@ -599,26 +602,35 @@ def report(
     err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True)
 
 
-@app.command(short_help="Verify every run's files against their checksums.")
+@app.command(short_help="Verify every run's files against their checksums, and the results format.")
 def check(results: ResultsArg) -> None:
-    """Verify every run folder against the sizes and checksums written when it was committed; exit 1 if any run
+    """Verify each experiment's results format and every run folder against the sizes and checksums written when
+    it was committed and the columns its format requires; exit 1 if an experiment is of another format or any run
     is damaged (`normbench run` trains damaged runs again)."""
-    from normbench.store import check_experiment
+    from normbench.store import RESULTS_FORMAT, DamagedResults, check_experiment, check_format
 
     damaged = 0
     for e in _experiments(results):
+        try:
+            check_format(e)
+        except DamagedResults as ex:  # another format, or runs.parquet unreadable: one line, the next experiment
+            err.print(str(ex), markup=False, soft_wrap=True)
+            damaged += 1
+            continue
         rows = check_experiment(e)
         bad = [r for r in rows if r["problems"]]
         damaged += len(bad)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in rows).items()))
-        out.print(f"{e.name}: {len(rows)} run folders ({counts}), {len(bad)} damaged")
+        out.print(f"{e.name}: results format {RESULTS_FORMAT}, {len(rows)} run folders ({counts}), {len(bad)} damaged")
         for r in bad:
             out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}")
-        unlisted = sum(not r["listed"] for r in rows)
+        unlisted = [r for r in rows if not r["listed"]]
         if unlisted:
+            older = sum(r["format"] != RESULTS_FORMAT for r in unlisted)
             err.print(
-                f"{e}: {unlisted} of these run folders are not listed in runs.parquet (left by an earlier config or "
-                "another normbench version): summary, plot and report do not show them",
+                f"{e}: {len(unlisted)} of these run folders are not listed in runs.parquet (left by an earlier config "
+                f"or another normbench version{f'; {older} in another results format' if older else ''}): summary, "
+                "plot and report do not show them",
                 markup=False,
                 soft_wrap=True,
             )
@@ -717,7 +729,7 @@ def dead_neurons(
 
     try:
         run_dead_neurons(out_dir, kernel=kernel.value, force=force, console=out)
-    except (ConfigError, DamagedResults) as e:  # a folder that would lose runs
+    except (ConfigError, DamagedResults) as e:  # a folder that would lose runs, or of another results format
         raise fail(str(e)) from None
 
 

@@ -9,6 +9,9 @@
 A run folder is built under a temporary name and renamed into place whole, so a run is either finished or
 absent: a killed sweep never leaves a half-written run, and the next `normbench run` does only what is missing.
 Every file is written to a temporary file and renamed over its target (os.replace is atomic on POSIX).
+
+Every run (summary.json) and every experiment folder (runs.parquet's schema metadata) says which results format
+(RESULTS_FORMAT) wrote it; results of another format are one line naming it, never read as if they were this one's.
 """
 
 from __future__ import annotations
@@ -42,6 +45,67 @@ OPTIONAL_TABLES = ("landscape",)  # written by the runs that record them
 ENGINE = ("kernel", "compiled", "device", "dtype", "threads", "torch", "stack")
 FINISHED = ("ok", "diverged")
 
+# The results format (docs/results-format.md, "Versions"): a new number whenever results written before could no
+# longer be read as documented (a column or file removed, renamed or given another meaning, a column every reader
+# needs added). 0: no number written (normbench 0.1.x and earlier).
+RESULTS_FORMAT = 1
+FORMAT_KEY = "results_format"  # summary.json's key
+FORMAT_META = b"normbench.results_format"  # runs.parquet's schema metadata key (and b"normbench.version")
+FORMAT_WRITERS = {0: "normbench 0.1.x or earlier", 1: "normbench 0.2.0 or later"}
+# The columns each table must have in this format: those docs/results-format.md documents (runs.parquet also
+# has one column per grid key).
+COLUMNS = {
+    "runs": (
+        "run_id",
+        "status",
+        "diverged_step",
+        "steps_done",
+        *CURVE_FINALS,
+        "last_finite_train_loss",
+        "wall_time_s",
+        "dead_fraction",
+        "saturated_fraction",
+        "error",
+        *(f"engine.{k}" for k in ENGINE),
+    ),
+    "curves": ("run_id", "step", "split", "mode", "loss", "accuracy"),
+    "layers": (
+        "run_id",
+        "step",
+        "layer",
+        "dead_fraction",
+        "saturated_fraction",
+        "zero_fraction",
+        "grad_norm",
+        "backprop_norm",
+        "weight_norm",
+        "ics_l2",
+        "ics_cos",
+        *(f"sn_{s}_{n}" for s in ("mean", "var") for n in ("in", "ln", "bn")),
+        "running_mean_err",
+        "running_var_err",
+    ),
+    "histograms": (
+        "run_id",
+        "step",
+        "layer",
+        "point",
+        "counts",
+        "lo",
+        "hi",
+        "below",
+        "above",
+        "nan",
+        "inf",
+        "n",
+        "mean",
+        "std",
+        "min",
+        "max",
+    ),
+    "landscape": ("run_id", "step", "scale", "distance", "loss", "grad_change"),
+}
+
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -60,10 +124,25 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+def write_parquet_atomic(df: pd.DataFrame, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
+    """`df` to `path`, with `metadata` added to the file's schema metadata."""
     tmp = _tmp(path)
-    df.to_parquet(tmp, index=False)
+    if metadata:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp)
+    else:
+        df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
+
+
+def format_metadata() -> dict[bytes, bytes]:
+    """runs.parquet's schema metadata: the results format, and the normbench that wrote it."""
+    from normbench import __version__
+
+    return {FORMAT_META: str(RESULTS_FORMAT).encode(), b"normbench.version": __version__.encode()}
 
 
 def jsonable(obj: Any) -> Any:
@@ -117,7 +196,7 @@ class ExperimentStore:
         """Whether `run_id` needs no training: finished with its files intact, or failed (unless retry_failed).
         `summary`: its summary.json when the caller has read it already."""
         s = summary if summary is not None else self.summary(run_id)
-        if s is None:
+        if s is None or run_format(s) != RESULTS_FORMAT:  # another format's run is trained again
             return False
         if s["status"] in FINISHED:
             return not self.verify(run_id, s)
@@ -178,8 +257,20 @@ class ExperimentStore:
             if _stale_claim(claim):
                 claim.unlink(missing_ok=True)
         if not keep_config:
-            text = f"# resolved from {exp.source}\n" + yaml.safe_dump(config_dict(exp), sort_keys=False)
+            text = f"# resolved from {self._source(exp)}\n" + yaml.safe_dump(config_dict(exp), sort_keys=False)
             write_text_atomic(self.dir / "config.yaml", text)
+
+    def _source(self, exp: Experiment) -> str:
+        """Where exp's config came from; for the folder's own config.yaml (retrained with --force), the source it
+        names."""
+        path = self.dir / "config.yaml"
+        try:
+            if Path(exp.source).resolve() == path.resolve():
+                first = path.read_text().partition("\n")[0]
+                return first.removeprefix("# resolved from ") if first.startswith("# resolved from ") else exp.source
+        except OSError:
+            pass
+        return exp.source
 
     def write_run(self, run: Run, outcome: RunResult | RunFailure) -> dict[str, Any]:
         """Commit one run: a finished one (a RunResult) or a failed one (a RunFailure). Returns its summary."""
@@ -187,7 +278,7 @@ class ExperimentStore:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
-        summary = {"run_id": run.run_id, "params": run.params, "seed": run.config.seed}
+        summary = {"run_id": run.run_id, "params": run.params, "seed": run.config.seed, FORMAT_KEY: RESULTS_FORMAT}
         from normbench.engine.driver import RunFailure
 
         if isinstance(outcome, RunFailure):
@@ -219,10 +310,12 @@ class ExperimentStore:
         """runs.parquet: one row per run of the experiment's current grid, finished or not. `known`: the runs'
         summaries when the caller has them (None: not finished), instead of reading every summary.json again.
         `listed`: the runs to list as (run id, grid values) when not exp's (a grid within the folder's keeps the
-        folder's)."""
+        folder's). A run of another results format is listed `missing`: `normbench run` trains it again."""
         rows = []
         for run_id, params in listed if listed is not None else [(r.run_id, r.params) for r in exp.runs]:
-            s = (known[run_id] if known is not None else self.summary(run_id)) or {"status": "missing"}
+            s = known[run_id] if known is not None else self.summary(run_id)
+            if s is None or run_format(s) != RESULTS_FORMAT:
+                s = {"status": "missing"}
             rows.append(
                 {
                     "run_id": run_id,
@@ -245,19 +338,32 @@ class ExperimentStore:
         for col in ("engine.threads", "engine.stack"):
             df[col] = df[col].astype("Int64")
         df["engine.compiled"] = df["engine.compiled"].astype("boolean")
-        write_parquet_atomic(df, self.dir / "runs.parquet")
+        write_parquet_atomic(df, self.dir / "runs.parquet", format_metadata())
         return df
 
     # -- what a config does to the folder's runs -------------------------------------------------------------
 
-    def change(self, exp: Experiment) -> FolderChange:
+    def change(self, exp: Experiment, force: bool = False) -> FolderChange:
         """What writing `exp` into this folder does to the runs it lists (its runs.parquet; its config.yaml's grid
         when that table cannot be read), compared as sets of run ids: nothing there yet ('new'), the same runs
         ('same'), more runs ('extends': exp becomes the folder's config), fewer ('within': the folder's config and
-        list stay), or a grid that would no longer list some of them ('refused'). Reads only."""
+        list stay), or a grid that would no longer list some of them ('refused'). A folder of another results
+        format is 'refused' too, or with `force` 'retrain': every run of exp is trained again and the folder starts
+        over from exp. Reads only."""
         if not (self.dir / "runs.parquet").is_file() and not (self.dir / "config.yaml").is_file():
             return FolderChange("new", f"{self.dir}: a new experiment folder")
         new_ids = [r.run_id for r in exp.runs]
+        found = self._format_or_current()
+        if found != RESULTS_FORMAT:
+            if not force:
+                return FolderChange("refused", format_problem(str(self.dir), found, self.dir))
+            gone = len(set(self._listed_ids(quiet=True)) - set(new_ids))
+            left = f"; {gone} runs of its earlier grid are not in this one: they stay in runs/, unlisted" * bool(gone)
+            return FolderChange(
+                "retrain",
+                f"{self.dir}: results format {found} -> {RESULTS_FORMAT} (--force): every run of the grid is trained "
+                f"again and the folder's config.yaml and runs.parquet are this config's{left}",
+            )
         old_ids = self._listed_ids()
         old, new = set(old_ids), set(new_ids)
         diff = config_changes(self.dir / "config.yaml", config_dict(exp))
@@ -285,9 +391,17 @@ class ExperimentStore:
             f"{self.dir} to start over",
         )
 
-    def _listed_ids(self) -> list[str]:
+    def _format_or_current(self) -> int:
+        """The folder's results format; the current one when runs.parquet is missing or unreadable (its runs are
+        then known from config.yaml, and each run's own format decides whether it is trained again)."""
+        try:
+            return folder_format(self.dir)
+        except (OSError, DamagedResults):
+            return RESULTS_FORMAT
+
+    def _listed_ids(self, quiet: bool = False) -> list[str]:
         """The run ids runs.parquet lists; config.yaml's grid when runs.parquet cannot be read. ConfigError when
-        neither can."""
+        neither can (quiet: [])."""
         from normbench.config import ConfigError, experiment_from_dict
 
         try:
@@ -298,6 +412,8 @@ class ExperimentStore:
             raw = yaml.safe_load((self.dir / "config.yaml").read_text())
             return [r.run_id for r in experiment_from_dict(raw, str(self.dir / "config.yaml")).runs]
         except (OSError, ValueError, AttributeError):  # ConfigError and yaml's errors are ValueErrors
+            if quiet:
+                return []
             raise ConfigError(
                 f"{self.dir}: neither runs.parquet nor config.yaml can be read, so which runs it holds is unknown; "
                 "remove the folder to start over, or write to another one (--set name=NEW or --out OTHER)"
@@ -313,7 +429,7 @@ class ExperimentStore:
 @dataclass
 class FolderChange:
     """What writing an experiment into its folder does (ExperimentStore.change): `case` is 'new', 'same',
-    'extends', 'within' or 'refused'; `message` the one line that says so;
+    'extends', 'within', 'retrain' or 'refused'; `message` the one line that says so;
     `listed`: for 'within', the folder's runs, which runs.parquet goes on listing."""
 
     case: str
@@ -399,6 +515,72 @@ class DamagedResults(ValueError):
     """A results file that cannot be read; the message names the run and what to do."""
 
 
+class FormatError(DamagedResults):
+    """Results of another results format than this normbench reads; the message says which and what to do."""
+
+
+def run_format(summary: dict[str, Any]) -> int:
+    """The results format a run's summary.json says it was written in (0: none said, an older normbench)."""
+    found = summary.get(FORMAT_KEY, 0)
+    return found if isinstance(found, int) else -1
+
+
+def folder_format(exp_dir: Path) -> int:
+    """The results format of an experiment folder, from runs.parquet's schema metadata (0: none, an older
+    normbench). DamagedResults when runs.parquet cannot be read."""
+    import pyarrow.parquet as pq
+
+    path = exp_dir / "runs.parquet"
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError) as e:
+        raise DamagedResults(f"{path} cannot be read ({type(e).__name__}); `normbench run` writes it again") from None
+    try:
+        return int(meta.get(FORMAT_META, b"0"))
+    except ValueError:
+        return -1
+
+
+def format_problem(what: str, found: int, exp_dir: Path) -> str:
+    """One line: `what` (a folder, a run) is in results format `found`, which this normbench does not read, and
+    what to do about it."""
+    from normbench import __version__
+
+    upgrade = "upgrade normbench to read it, or " if found > RESULTS_FORMAT else ""
+    return (
+        f"{what} is in {_format_words(found)}; this normbench {__version__} reads format {RESULTS_FORMAT} only: "
+        f"{upgrade}retrain it with `normbench run {exp_dir / 'config.yaml'} --out {exp_dir.parent} --force` (the "
+        "config it was made with), or write new results to another folder (--out OTHER)"
+    )
+
+
+def _format_words(found: int) -> str:
+    """'results format 0 (written by normbench 0.1.x or earlier)'."""
+    written = FORMAT_WRITERS.get(found, "a newer normbench" if found > RESULTS_FORMAT else "an unknown writer")
+    return f"results format {found} (written by {written})"
+
+
+def check_format(exp_dir: Path) -> None:
+    """FormatError when the experiment folder is of another results format (DamagedResults when its runs.parquet
+    cannot be read)."""
+    found = folder_format(exp_dir)
+    if found != RESULTS_FORMAT:
+        raise FormatError(format_problem(str(exp_dir), found, exp_dir))
+
+
+def missing_columns(columns: list[str], table: str) -> list[str]:
+    """The columns `table` ('runs', 'curves', ...) must have in this results format that `columns` lacks."""
+    return [c for c in COLUMNS[table] if c not in columns]
+
+
+def _columns_problem(what: str, table: str, missing: list[str], exp_dir: Path) -> str:
+    return (
+        f"{what}: {table}.parquet lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)} that results "
+        f"format {RESULTS_FORMAT} requires; `normbench check {exp_dir}` lists such runs, and `normbench run CONFIG "
+        f"--out {exp_dir.parent} --force` retrains them"
+    )
+
+
 def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
@@ -464,13 +646,18 @@ def find_experiments(path: Path | str) -> list[Path]:
 
 def load_runs(exp_dir: Path) -> pd.DataFrame:
     """runs.parquet, with list-valued grid values (model.norm_noise, train.betas, ...) as tuples: parquet gives them
-    back as arrays, which can be neither grouped by nor compared as one value."""
+    back as arrays, which can be neither grouped by nor compared as one value. FormatError for a folder of another
+    results format, DamagedResults for a table that cannot be read or lacks a column this format requires."""
+    check_format(exp_dir)
     try:
         runs = pd.read_parquet(exp_dir / "runs.parquet")
     except (OSError, ValueError) as e:
         raise DamagedResults(
             f"{exp_dir / 'runs.parquet'} cannot be read ({type(e).__name__}); `normbench run` writes it again"
         ) from None
+    missing = missing_columns(list(runs.columns), "runs")
+    if missing:
+        raise DamagedResults(_columns_problem(str(exp_dir), "runs", missing, exp_dir))
     for col in runs.columns:
         if col not in ("dead_fraction", "saturated_fraction") and runs[col].map(_is_array).any():
             runs[col] = runs[col].map(lambda v: tuple(v.tolist()) if _is_array(v) else v)
@@ -510,8 +697,9 @@ def unlisted_note(exp_dir: Path) -> str | None:
 
 
 def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
-    """Every run folder of an experiment: its status, whether runs.parquet lists it, and what is wrong with its
-    files ([] when nothing)."""
+    """Every run folder of an experiment: its status, whether runs.parquet lists it, and what is wrong with it ([]
+    when nothing): files that changed since they were written, a table without a column this format requires, or,
+    for a listed run, another results format. The folder's own format is check_format's."""
     store = ExperimentStore(exp_dir.parent, exp_dir.name)
     try:
         listed = set(pd.read_parquet(exp_dir / "runs.parquet", columns=["run_id"]).run_id)
@@ -521,9 +709,34 @@ def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
     for run_id in run_folders(exp_dir):
         s = store.summary(run_id)
         status = s["status"] if s else "unreadable"
-        problems = store.verify(run_id, s) if s is None or status in FINISHED else []
-        rows.append({"run_id": run_id, "status": status, "listed": run_id in listed, "problems": problems})
+        found = run_format(s) if s else RESULTS_FORMAT
+        if found != RESULTS_FORMAT:
+            problems = [f"{_format_words(found)}, not format {RESULTS_FORMAT}"] if run_id in listed else []
+        elif s is None or status in FINISHED:
+            problems = store.verify(run_id, s) + _table_columns(store.runs_dir / run_id, s)
+        else:
+            problems = []
+        rows.append(
+            {"run_id": run_id, "status": status, "format": found, "listed": run_id in listed, "problems": problems}
+        )
     return rows
+
+
+def _table_columns(run_dir: Path, summary: dict[str, Any] | None) -> list[str]:
+    """What each of a finished run's tables lacks of the columns this results format requires."""
+    import pyarrow.parquet as pq
+
+    problems = []
+    files = (summary or {}).get("files")
+    for name in files if isinstance(files, dict) else {}:
+        table = name.removesuffix(".parquet")
+        try:
+            missing = missing_columns(pq.read_schema(run_dir / name).names, table) if table in COLUMNS else []
+        except (OSError, ValueError):
+            continue  # verify() names it
+        if missing:
+            problems.append(f"{name} lacks {', '.join(missing)}")
+    return problems
 
 
 def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd.DataFrame:
@@ -537,19 +750,35 @@ def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd
 
     tables = []
     for rid in run_ids:
+        _check_run_format(exp_dir, rid)
         path = exp_dir / "runs" / rid / f"{name}.parquet"
         if name in OPTIONAL_TABLES and not path.exists():
             continue
         try:
-            tables.append(pq.read_table(path))
+            table = pq.read_table(path)
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise DamagedResults(
                 f"run {rid} of {exp_dir.name}: {name}.parquet cannot be read ({type(e).__name__}); "
                 f"`normbench check {exp_dir}` lists damaged runs, `normbench run` trains them again"
             ) from None
+        missing = missing_columns(table.column_names, name)
+        if missing:
+            raise DamagedResults(_columns_problem(f"run {rid} of {exp_dir.name}", name, missing, exp_dir))
+        tables.append(table)
     tables = [t for t in tables if t.num_rows]
     # One conversion to pandas for all runs: half the time of a DataFrame per run, concatenated.
     return pa.concat_tables(tables, promote_options="default").to_pandas() if tables else pd.DataFrame()
+
+
+def _check_run_format(exp_dir: Path, run_id: str) -> None:
+    """FormatError when the run's summary.json says another results format (an unreadable one is left to the
+    table's own read)."""
+    try:
+        s = json.loads((exp_dir / "runs" / run_id / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(s, dict) and run_format(s) != RESULTS_FORMAT:
+        raise FormatError(format_problem(f"run {run_id} of {exp_dir}", run_format(s), exp_dir))
 
 
 def experiment_axes(exp_dir: Path) -> list[str]:

@@ -47,7 +47,7 @@ from normbench.engine import (
 )
 from normbench.engine.plan import memory_available, memory_needed
 from normbench.nn.models import build_model
-from normbench.store import FINISHED, ExperimentStore, show_value
+from normbench.store import FINISHED, RESULTS_FORMAT, ExperimentStore, run_format, show_value
 
 _COLUMNS = (  # the progress bars
     TextColumn("{task.description}"),
@@ -78,7 +78,8 @@ def run_experiment(
 
     The folder OUT/<name> keeps what it holds (ExperimentStore.change): a grid that extends the folder's becomes
     its config, one within it trains what is missing and leaves the folder's config and list as they are, and one
-    that would no longer list some of the folder's runs is a ConfigError before anything is written.
+    that would no longer list some of the folder's runs, or a folder of another results format (unless `force`,
+    which trains every run again in this format), is a ConfigError before anything is written.
 
     The plan (engine/plan.py) groups the runs into stacks of one structure (at most `stack` runs; 1 trains each
     run alone), each trained by one call of the driver on `kernel` ('auto': the written-out kernel where it
@@ -95,12 +96,14 @@ def run_experiment(
         raise ConfigError(str(e)) from None
     preflight(exp)
     store = ExperimentStore(out, exp.name)
-    change = store.change(exp)
+    change = store.change(exp, force)
     listed = change.listed  # the runs runs.parquet lists when not exp's (a grid within the folder's)
     ids = [r.run_id for r in exp.runs] + [rid for rid, _ in listed or []]
     found = {rid: store.summary(rid) for rid in dict.fromkeys(ids)}  # every summary.json, read once
     todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed, found[r.run_id])]
-    damaged = 0 if force else sum((found[r.run_id] or {}).get("status") in FINISHED for r in todo)
+    finished = [found[r.run_id] for r in todo if (found[r.run_id] or {}).get("status") in FINISHED and not force]
+    older = sum(run_format(s) != RESULTS_FORMAT for s in finished)  # trained again in this format
+    damaged = len(finished) - older
     steps_of = {r.run_id: total_steps(r.config, build_dataset(r.config.data)) for r in todo}
     if executor == "dask":
         workers = 1 if workers is None else workers  # the cluster decides where units run
@@ -127,13 +130,14 @@ def run_experiment(
             )
         skipped = len(exp.runs) - len(todo) - busy
         where = f" on dask at {scheduler}" if executor == "dask" else ""
-        if change.case in ("extends", "within"):
+        if change.case in ("extends", "within", "retrain"):
             console.print(change.message, markup=False, highlight=False, soft_wrap=True)
         console.print(
             f"[bold]{exp.name}[/]: {len(exp.runs)} runs, {len(todo)} to train"
             + (f", {skipped} already finished (--force to redo)" if skipped else "")
             + (f", {busy} being trained by another normbench run" if busy else "")
             + (f", {damaged} of them finished but with damaged files" if damaged else "")
+            + (f", {older} of them finished in another results format" if older else "")
             + (f": {plan.describe()}{where}, {dev}" if todo else "")
             + f" -> {store.dir}"
         )

@@ -417,3 +417,25 @@ def test_run_folders_runs_parquet_does_not_list_are_named_by_every_reading_comma
     # A run whose grid includes them lists them again.
     assert cli("run", cfg, "--out", str(out), "--set", "seeds=[1, 2]").exit_code == 0
     assert "not listed" not in cli("summary", str(out)).stderr
+
+
+def test_the_results_format_is_written_with_every_run_and_folder(done):
+    """summary.json and runs.parquet's schema metadata carry the format; the columns each table requires are the
+    documented ones; the documentation's table of versions names this one."""
+    import pyarrow.parquet as pq
+
+    from normbench import __version__
+    from normbench.store import COLUMNS, RESULTS_FORMAT
+
+    exp, exp_dir, _ = done
+    meta = pq.read_schema(exp_dir / "runs.parquet").metadata
+    assert meta[b"normbench.results_format"] == str(RESULTS_FORMAT).encode()
+    assert meta[b"normbench.version"] == __version__.encode()
+    for run in exp.runs:
+        assert json.loads((exp_dir / "runs" / run.run_id / "summary.json").read_text())["results_format"] == 1
+    assert set(COLUMNS["runs"]) == documented_columns("runs.parquet")
+    for name in ("curves", "layers", "histograms", "landscape"):
+        assert set(COLUMNS[name]) == documented_columns(f"{name}.parquet"), name
+    pyproject = (DOCS.parent.parent / "pyproject.toml").read_text()
+    assert f'version = "{__version__}"' in pyproject and __version__ == "0.2.0"
+    assert f"| {RESULTS_FORMAT} | normbench 0.2.0 and later |" in DOCS.read_text()
