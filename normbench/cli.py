@@ -67,7 +67,7 @@ app.add_typer(demo_app, name="demo")
 # tests/test_cli.py runs every one, in a folder whose results/morvan_tf23 holds a finished sweep.
 EXAMPLES = {
     "run": [
-        "normbench run morvan_tf23 --set 'seeds=[1,2]' --set train.lr=0.01 --dry-run",
+        "normbench run morvan_tf23 --set 'seeds=[1,2]' --set train.lr=0.01 --set name=morvan_tf23_lr0.01 --dry-run",
         "normbench run init_scale --set 'grid.model.weight_init.std=logspace(-4, 0, 5)' --dry-run",
     ],
     "validate": [
@@ -201,6 +201,23 @@ def _experiments(path: Path) -> list[Path]:
         raise fail(str(e)) from None
 
 
+def _readable(path: Path) -> list[Path]:
+    """The experiments under `path`, each of this results format (else one line naming it, exit 2), after a note
+    on stderr for each that holds run folders its runs.parquet does not list (which no command shows)."""
+    from normbench.store import DamagedResults, check_format, unlisted_note
+
+    exps = _experiments(path)
+    try:
+        for e in exps:
+            check_format(e)
+        notes = [unlisted_note(e) for e in exps]
+    except DamagedResults as ex:
+        raise fail(str(ex)) from None
+    for note in filter(None, notes):
+        err.print(note, markup=False, soft_wrap=True)
+    return exps
+
+
 def _select(exps: list[Path], where: list[str] | None) -> dict[Path, pd.DataFrame | None]:
     """Each experiment's runs that --where keeps (None: no --where, all of them), by store.select_runs. In a
     folder of several experiments, one whose grid lacks a key or has no matching run is left out with a note on
@@ -273,11 +290,12 @@ def run(
     device: Annotated[Device, typer.Option(help="Where runs train: auto (the GPU if any), cpu or cuda.")] = Device.auto,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
+    from normbench.store import DamagedResults
     from normbench.sweep import run_experiment
 
     exp = _load(config, set_)
     if dry_run:
-        _print_grid(exp, out_dir)
+        _print_grid(exp, out_dir, force)
         return
     if executor is Executor.dask and not scheduler:
         raise fail("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
@@ -296,7 +314,7 @@ def run(
             device=device.value,
             console=err,
         )
-    except ConfigError as e:  # data files or shapes found wrong before any training, or no scheduler
+    except (ConfigError, DamagedResults) as e:  # found wrong before any training: data, folder, scheduler
         raise fail(str(e)) from None
     counts = table.status.value_counts().to_dict()
     err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
@@ -304,19 +322,29 @@ def run(
         raise typer.Exit(code=1)
 
 
-def _print_grid(exp, out_dir: Path) -> None:
+def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
+    """The grid with run ids and what is finished, then one line on stderr saying what the run would do to the
+    folder (or the refusal the run would give, exit 2)."""
     from rich.table import Table
 
-    from normbench.store import ExperimentStore
+    from normbench.store import RESULTS_FORMAT, DamagedResults, ExperimentStore, run_format
 
     store = ExperimentStore(out_dir, exp.name)
+    try:
+        change = store.change(exp, force)
+    except (ConfigError, DamagedResults) as e:
+        raise fail(str(e)) from None
+    if change.case == "refused":
+        raise fail(change.message)
     table = Table(title=f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)", title_justify="left")
     for col in ("run id", *exp.axes, "state"):
         table.add_column(col)
     for run in exp.runs:
         s = store.summary(run.run_id)
-        table.add_row(run.run_id, *(str(v) for v in run.params.values()), s["status"] if s else "to train")
+        state = "to train" if s is None or run_format(s) != RESULTS_FORMAT else s["status"]
+        table.add_row(run.run_id, *(str(v) for v in run.params.values()), state)
     out.print(table)
+    err.print(change.message, markup=False, soft_wrap=True)
 
 
 @app.command(epilog=_examples("validate"), short_help="Check a config and print the size of its grid.")
@@ -422,7 +450,7 @@ def summary(
     for m in metric or []:
         if m not in FINALS:
             raise fail(f"--metric {m!r}: not a final number; choose from {', '.join(FINALS)}")
-    selected = _select(_experiments(results), where)
+    selected = _select(_readable(results), where)
     exps = list(selected)
     if by:
         _summary_groups(exps, [k for item in by for k in item.split(",") if k], format, selected, metric)
@@ -523,7 +551,7 @@ def plot(
     from normbench.plot import PlotError, plot_experiments, where_folder
     from normbench.store import DamagedResults
 
-    selected = _select(_experiments(results), where)
+    selected = _select(_readable(results), where)
     exps = list(selected)
     # A run id is the hash of the run's config, so one set of ids serves every experiment.
     keep = {rid for runs in selected.values() if runs is not None for rid in runs.run_id}
@@ -564,7 +592,7 @@ def report(
     from normbench.html_report import ReportError, write_report
     from normbench.store import DamagedResults
 
-    selected = _select(_experiments(results), where)  # a wrong folder or --where: one line before anything is drawn
+    selected = _select(_readable(results), where)  # a wrong folder or --where: one line before anything is drawn
     if out_file is not None and out_file.is_dir():
         raise fail(f"--out {out_file} is a folder; give the file to write, e.g. {out_file / 'report.html'}")
     try:
@@ -574,21 +602,38 @@ def report(
     err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True)
 
 
-@app.command(short_help="Verify every run's files against their checksums.")
+@app.command(short_help="Verify every run's files against their checksums, and the results format.")
 def check(results: ResultsArg) -> None:
-    """Verify every run folder against the sizes and checksums written when it was committed; exit 1 if any run
+    """Verify each experiment's results format and every run folder against the sizes and checksums written when
+    it was committed and the columns its format requires; exit 1 if an experiment is of another format or any run
     is damaged (`normbench run` trains damaged runs again)."""
-    from normbench.store import check_experiment
+    from normbench.store import RESULTS_FORMAT, DamagedResults, check_experiment, check_format
 
     damaged = 0
     for e in _experiments(results):
+        try:
+            check_format(e)
+        except DamagedResults as ex:  # another format, or runs.parquet unreadable: one line, the next experiment
+            err.print(str(ex), markup=False, soft_wrap=True)
+            damaged += 1
+            continue
         rows = check_experiment(e)
         bad = [r for r in rows if r["problems"]]
         damaged += len(bad)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in rows).items()))
-        out.print(f"{e.name}: {len(rows)} run folders ({counts}), {len(bad)} damaged")
+        out.print(f"{e.name}: results format {RESULTS_FORMAT}, {len(rows)} run folders ({counts}), {len(bad)} damaged")
         for r in bad:
             out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}")
+        unlisted = [r for r in rows if not r["listed"]]
+        if unlisted:
+            older = sum(r["format"] != RESULTS_FORMAT for r in unlisted)
+            err.print(
+                f"{e}: {len(unlisted)} of these run folders are not listed in runs.parquet (left by an earlier config "
+                f"or another normbench version{f'; {older} in another results format' if older else ''}): summary, "
+                "plot and report do not show them",
+                markup=False,
+                soft_wrap=True,
+            )
     if damaged:
         raise typer.Exit(code=1)
 
@@ -612,7 +657,11 @@ def export(
         raise fail("say what to export: --tensorboard")
     try:
         summary_writer_class()  # the missing extra is one line, before any folder is read
-        for e in _experiments(results):
+    except ExportError as ex:
+        raise fail(str(ex)) from None
+    exps = _readable(results)
+    try:
+        for e in exps:
             rep = export_tensorboard(e, logdir)
             skipped = f", {rep.missing} not trained yet" if rep.missing else ""
             failed = f", {rep.failed} failed (status text only)" if rep.failed else ""
@@ -645,10 +694,11 @@ def claims(
     yet), writes OUT/claims.md and OUT/claims.json, and draws one figure per family of claims into OUT/figures/.
     Exit 0 whatever the verdicts."""
     from normbench.claims import run_claims
+    from normbench.store import DamagedResults
 
     try:
         run_claims(out_dir, quick=quick, only=only, path=claims_file, kernel=kernel.value, console=out, progress=err)
-    except ConfigError as e:
+    except (ConfigError, DamagedResults) as e:
         raise fail(str(e)) from None
 
 
@@ -675,10 +725,11 @@ def dead_neurons(
     """The tutorial's batch-norm demonstration: ReLU/tanh, with and without BN, 20 seeds each; runs, figures, and
     the verdicts of `normbench claims` on its claims. Writes OUT/demo.json and OUT/demo.md beside the experiments."""
     from normbench.demo import run_dead_neurons
+    from normbench.store import DamagedResults
 
     try:
         run_dead_neurons(out_dir, kernel=kernel.value, force=force, console=out)
-    except ConfigError as e:
+    except (ConfigError, DamagedResults) as e:  # a folder that would lose runs, or of another results format
         raise fail(str(e)) from None
 
 

@@ -9,6 +9,9 @@
 A run folder is built under a temporary name and renamed into place whole, so a run is either finished or
 absent: a killed sweep never leaves a half-written run, and the next `normbench run` does only what is missing.
 Every file is written to a temporary file and renamed over its target (os.replace is atomic on POSIX).
+
+Every run (summary.json) and every experiment folder (runs.parquet's schema metadata) says which results format
+(RESULTS_FORMAT) wrote it; results of another format are one line naming it, never read as if they were this one's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import platform
 import re
 import shutil
 import socket
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +45,67 @@ OPTIONAL_TABLES = ("landscape",)  # written by the runs that record them
 ENGINE = ("kernel", "compiled", "device", "dtype", "threads", "torch", "stack")
 FINISHED = ("ok", "diverged")
 
+# The results format (docs/results-format.md, "Versions"): a new number whenever results written before could no
+# longer be read as documented (a column or file removed, renamed or given another meaning, a column every reader
+# needs added). 0: no number written (normbench 0.1.x and earlier).
+RESULTS_FORMAT = 1
+FORMAT_KEY = "results_format"  # summary.json's key
+FORMAT_META = b"normbench.results_format"  # runs.parquet's schema metadata key (and b"normbench.version")
+FORMAT_WRITERS = {0: "normbench 0.1.x or earlier", 1: "normbench 0.2.0 or later"}
+# The columns each table must have in this format: those docs/results-format.md documents (runs.parquet also
+# has one column per grid key).
+COLUMNS = {
+    "runs": (
+        "run_id",
+        "status",
+        "diverged_step",
+        "steps_done",
+        *CURVE_FINALS,
+        "last_finite_train_loss",
+        "wall_time_s",
+        "dead_fraction",
+        "saturated_fraction",
+        "error",
+        *(f"engine.{k}" for k in ENGINE),
+    ),
+    "curves": ("run_id", "step", "split", "mode", "loss", "accuracy"),
+    "layers": (
+        "run_id",
+        "step",
+        "layer",
+        "dead_fraction",
+        "saturated_fraction",
+        "zero_fraction",
+        "grad_norm",
+        "backprop_norm",
+        "weight_norm",
+        "ics_l2",
+        "ics_cos",
+        *(f"sn_{s}_{n}" for s in ("mean", "var") for n in ("in", "ln", "bn")),
+        "running_mean_err",
+        "running_var_err",
+    ),
+    "histograms": (
+        "run_id",
+        "step",
+        "layer",
+        "point",
+        "counts",
+        "lo",
+        "hi",
+        "below",
+        "above",
+        "nan",
+        "inf",
+        "n",
+        "mean",
+        "std",
+        "min",
+        "max",
+    ),
+    "landscape": ("run_id", "step", "scale", "distance", "loss", "grad_change"),
+}
+
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -59,10 +124,25 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+def write_parquet_atomic(df: pd.DataFrame, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
+    """`df` to `path`, with `metadata` added to the file's schema metadata."""
     tmp = _tmp(path)
-    df.to_parquet(tmp, index=False)
+    if metadata:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp)
+    else:
+        df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
+
+
+def format_metadata() -> dict[bytes, bytes]:
+    """runs.parquet's schema metadata: the results format, and the normbench that wrote it."""
+    from normbench import __version__
+
+    return {FORMAT_META: str(RESULTS_FORMAT).encode(), b"normbench.version": __version__.encode()}
 
 
 def jsonable(obj: Any) -> Any:
@@ -107,15 +187,16 @@ class ExperimentStore:
     def summary(self, run_id: str) -> dict[str, Any] | None:
         """A run's summary, or None when the run has not finished (or its folder is unreadable)."""
         try:
-            return json.loads((self.runs_dir / run_id / "summary.json").read_text())
+            s = json.loads((self.runs_dir / run_id / "summary.json").read_text())
         except (OSError, ValueError):
             return None
+        return s if isinstance(s, dict) and "status" in s else None
 
     def is_done(self, run_id: str, retry_failed: bool = False, summary: dict[str, Any] | None = None) -> bool:
         """Whether `run_id` needs no training: finished with its files intact, or failed (unless retry_failed).
         `summary`: its summary.json when the caller has read it already."""
         s = summary if summary is not None else self.summary(run_id)
-        if s is None:
+        if s is None or run_format(s) != RESULTS_FORMAT:  # another format's run is trained again
             return False
         if s["status"] in FINISHED:
             return not self.verify(run_id, s)
@@ -128,7 +209,8 @@ class ExperimentStore:
         if s is None:
             return ["summary.json missing or unreadable"]
         problems = []
-        for name, expected in (s.get("files") or {}).items():
+        files = s.get("files")
+        for name, expected in (files if isinstance(files, dict) else {}).items():
             path = self.runs_dir / run_id / name
             if not path.is_file():
                 problems.append(f"{name} missing")
@@ -166,14 +248,29 @@ class ExperimentStore:
 
     # -- writing ---------------------------------------------------------------------------------------------
 
-    def prepare(self, exp: Experiment) -> None:
+    def prepare(self, exp: Experiment, keep_config: bool = False) -> None:
+        """Make the folder ready for `exp`'s runs: stale temporary folders and claims removed, config.yaml written
+        (unless keep_config: a grid within the folder's leaves the folder's config as it is)."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         remove_stale(self.runs_dir)
         for claim in self.runs_dir.glob(".claim-*"):
             if _stale_claim(claim):
                 claim.unlink(missing_ok=True)
-        text = f"# resolved from {exp.source}\n" + yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False)
-        write_text_atomic(self.dir / "config.yaml", text)
+        if not keep_config:
+            text = f"# resolved from {self._source(exp)}\n" + yaml.safe_dump(config_dict(exp), sort_keys=False)
+            write_text_atomic(self.dir / "config.yaml", text)
+
+    def _source(self, exp: Experiment) -> str:
+        """Where exp's config came from; for the folder's own config.yaml (retrained with --force), the source it
+        names."""
+        path = self.dir / "config.yaml"
+        try:
+            if Path(exp.source).resolve() == path.resolve():
+                first = path.read_text().partition("\n")[0]
+                return first.removeprefix("# resolved from ") if first.startswith("# resolved from ") else exp.source
+        except OSError:
+            pass
+        return exp.source
 
     def write_run(self, run: Run, outcome: RunResult | RunFailure) -> dict[str, Any]:
         """Commit one run: a finished one (a RunResult) or a failed one (a RunFailure). Returns its summary."""
@@ -181,7 +278,7 @@ class ExperimentStore:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
-        summary = {"run_id": run.run_id, "params": run.params, "seed": run.config.seed}
+        summary = {"run_id": run.run_id, "params": run.params, "seed": run.config.seed, FORMAT_KEY: RESULTS_FORMAT}
         from normbench.engine.driver import RunFailure
 
         if isinstance(outcome, RunFailure):
@@ -204,16 +301,25 @@ class ExperimentStore:
         replace_dir(tmp, self.runs_dir / run.run_id)
         return summary
 
-    def write_runs_table(self, exp: Experiment, known: dict[str, dict | None] | None = None) -> pd.DataFrame:
+    def write_runs_table(
+        self,
+        exp: Experiment,
+        known: dict[str, dict | None] | None = None,
+        listed: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> pd.DataFrame:
         """runs.parquet: one row per run of the experiment's current grid, finished or not. `known`: the runs'
-        summaries when the caller has them (None: not finished), instead of reading every summary.json again."""
+        summaries when the caller has them (None: not finished), instead of reading every summary.json again.
+        `listed`: the runs to list as (run id, grid values) when not exp's (a grid within the folder's keeps the
+        folder's). A run of another results format is listed `missing`: `normbench run` trains it again."""
         rows = []
-        for run in exp.runs:
-            s = (known[run.run_id] if known is not None else self.summary(run.run_id)) or {"status": "missing"}
+        for run_id, params in listed if listed is not None else [(r.run_id, r.params) for r in exp.runs]:
+            s = known[run_id] if known is not None else self.summary(run_id)
+            if s is None or run_format(s) != RESULTS_FORMAT:
+                s = {"status": "missing"}
             rows.append(
                 {
-                    "run_id": run.run_id,
-                    **run.params,
+                    "run_id": run_id,
+                    **params,
                     "status": s["status"],
                     "diverged_step": s.get("diverged_step"),
                     "steps_done": s.get("steps_done"),
@@ -232,8 +338,162 @@ class ExperimentStore:
         for col in ("engine.threads", "engine.stack"):
             df[col] = df[col].astype("Int64")
         df["engine.compiled"] = df["engine.compiled"].astype("boolean")
-        write_parquet_atomic(df, self.dir / "runs.parquet")
+        write_parquet_atomic(df, self.dir / "runs.parquet", format_metadata())
         return df
+
+    # -- what a config does to the folder's runs -------------------------------------------------------------
+
+    def change(self, exp: Experiment, force: bool = False) -> FolderChange:
+        """What writing `exp` into this folder does to the runs it lists (its runs.parquet; its config.yaml's grid
+        when that table cannot be read), compared as sets of run ids: nothing there yet ('new'), the same runs
+        ('same'), more runs ('extends': exp becomes the folder's config), fewer ('within': the folder's config and
+        list stay), or a grid that would no longer list some of them ('refused'). A folder of another results
+        format is 'refused' too, or with `force` 'retrain': every run of exp is trained again and the folder starts
+        over from exp. Reads only."""
+        if not (self.dir / "runs.parquet").is_file() and not (self.dir / "config.yaml").is_file():
+            return FolderChange("new", f"{self.dir}: a new experiment folder")
+        new_ids = [r.run_id for r in exp.runs]
+        found = self._format_or_current()
+        if found != RESULTS_FORMAT:
+            if not force:
+                return FolderChange("refused", format_problem(str(self.dir), found, self.dir))
+            gone = len(set(self._listed_ids(quiet=True)) - set(new_ids))
+            left = f"; {gone} runs of its earlier grid are not in this one: they stay in runs/, unlisted" * bool(gone)
+            return FolderChange(
+                "retrain",
+                f"{self.dir}: results format {found} -> {RESULTS_FORMAT} (--force): every run of the grid is trained "
+                f"again and the folder's config.yaml and runs.parquet are this config's{left}",
+            )
+        old_ids = self._listed_ids()
+        old, new = set(old_ids), set(new_ids)
+        diff = config_changes(self.dir / "config.yaml", config_dict(exp))
+        diff = f" ({diff})" if diff else ""
+        if old == new:
+            return FolderChange("same", f"{self.dir}: the same {len(new)} runs as the folder lists")
+        if old <= new:
+            kept = sum((self.summary(r) or {}).get("status") in FINISHED for r in old)
+            return FolderChange(
+                "extends",
+                f"{self.dir}: extends its grid from {len(old)} to {len(new)} runs{diff}; "
+                f"its {kept} finished runs are kept",
+            )
+        if new <= old:
+            return FolderChange(
+                "within",
+                f"{self.dir}: the {len(new)} runs asked for are within its grid of {len(old)}{diff}; its config.yaml "
+                f"is kept and runs.parquet lists all {len(old)}",
+                self._listed_rows(),
+            )
+        return FolderChange(
+            "refused",
+            f"{self.dir}: this config would no longer list {len(old - new)} of the folder's {len(old)} runs{diff}; "
+            f"nothing was written. Run it into a folder of its own (--set name=NEW or --out OTHER), or remove "
+            f"{self.dir} to start over",
+        )
+
+    def _format_or_current(self) -> int:
+        """The folder's results format; the current one when runs.parquet is missing or unreadable (its runs are
+        then known from config.yaml, and each run's own format decides whether it is trained again)."""
+        try:
+            return folder_format(self.dir)
+        except (OSError, DamagedResults):
+            return RESULTS_FORMAT
+
+    def _listed_ids(self, quiet: bool = False) -> list[str]:
+        """The run ids runs.parquet lists; config.yaml's grid when runs.parquet cannot be read. ConfigError when
+        neither can (quiet: [])."""
+        from normbench.config import ConfigError, experiment_from_dict
+
+        try:
+            return pd.read_parquet(self.dir / "runs.parquet", columns=["run_id"]).run_id.tolist()
+        except (OSError, ValueError, KeyError):
+            pass
+        try:
+            raw = yaml.safe_load((self.dir / "config.yaml").read_text())
+            return [r.run_id for r in experiment_from_dict(raw, str(self.dir / "config.yaml")).runs]
+        except (OSError, ValueError, AttributeError):  # ConfigError and yaml's errors are ValueErrors
+            if quiet:
+                return []
+            raise ConfigError(
+                f"{self.dir}: neither runs.parquet nor config.yaml can be read, so which runs it holds is unknown; "
+                "remove the folder to start over, or write to another one (--set name=NEW or --out OTHER)"
+            ) from None
+
+    def _listed_rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """(run id, grid values) of each run runs.parquet lists, to list them again."""
+        runs = load_runs(self.dir)
+        axes = [a for a in experiment_axes(self.dir) if a in runs.columns]
+        return [(row["run_id"], {a: _plain(row[a]) for a in axes}) for row in runs.to_dict("records")]
+
+
+@dataclass
+class FolderChange:
+    """What writing an experiment into its folder does (ExperimentStore.change): `case` is 'new', 'same',
+    'extends', 'within', 'retrain' or 'refused'; `message` the one line that says so;
+    `listed`: for 'within', the folder's runs, which runs.parquet goes on listing."""
+
+    case: str
+    message: str = ""
+    listed: list[tuple[str, dict[str, Any]]] | None = field(default=None, repr=False)
+
+
+def config_dict(exp: Experiment) -> dict[str, Any]:
+    """The resolved experiment config as config.yaml holds it."""
+    return exp.config.model_dump(mode="json")
+
+
+def config_changes(old_path: Path, new: dict[str, Any], limit: int = 3) -> str:
+    """The keys whose values differ between the config in `old_path` (a folder's config.yaml) and `new`, as
+    'train.lr 0.001 -> 0.01; seeds [1, 2, 3] -> [1..20]': at most `limit`, values shortened; '' when the old one
+    cannot be read or nothing but the description differs."""
+    try:
+        old = yaml.safe_load(old_path.read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(old, dict):
+        return ""
+    a, b = _flatten(old), _flatten(new)
+    keys = [k for k in dict.fromkeys([*a, *b]) if k != "description" and a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+    shown = [f"{k} {_short(a.get(k, _ABSENT))} -> {_short(b.get(k, _ABSENT))}" for k in keys[:limit]]
+    more = f"; {len(keys) - limit} more keys" if len(keys) > limit else ""
+    return "; ".join(shown) + more
+
+
+_ABSENT = object()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 0.1}, 'grid': {'model.norm': [...]}} -> {'train.lr': 0.1, 'grid.model.norm': [...]}."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if k == "grid" and not prefix and v is None:
+            v = {}
+        if isinstance(v, dict):
+            flat |= _flatten(v, f"{prefix}{k}.")
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _short(v: Any, width: int = 40) -> str:
+    """A config value in a message: absent, a run of consecutive integers as [1..20], long values cut."""
+    if v is _ABSENT:
+        return "(none)"
+    if isinstance(v, list) and len(v) > 3 and all(type(x) is int for x in v) and v == list(range(v[0], v[-1] + 1)):
+        return f"[{v[0]}..{v[-1]}]"
+    text = json.dumps(v, separators=(", ", ": ")) if isinstance(v, list | dict) else str(v)
+    text = text.replace('"', "")
+    if len(text) > width:
+        count = f" ({len(v)} values)" if isinstance(v, list) else ""
+        text = text[: width - len(count) - 3] + "..." + count
+    return text
+
+
+def _plain(v: Any) -> Any:
+    """A value read back from parquet as a config holds it: tuples and arrays as lists, numpy scalars as Python's."""
+    if isinstance(v, tuple) or _is_array(v):
+        return [_plain(x) for x in v]
+    return v.item() if hasattr(v, "item") else v
 
 
 def run_summary(result: RunResult) -> dict[str, Any]:
@@ -253,6 +513,72 @@ def _fingerprint(data: bytes) -> dict[str, Any]:
 
 class DamagedResults(ValueError):
     """A results file that cannot be read; the message names the run and what to do."""
+
+
+class FormatError(DamagedResults):
+    """Results of another results format than this normbench reads; the message says which and what to do."""
+
+
+def run_format(summary: dict[str, Any]) -> int:
+    """The results format a run's summary.json says it was written in (0: none said, an older normbench)."""
+    found = summary.get(FORMAT_KEY, 0)
+    return found if isinstance(found, int) else -1
+
+
+def folder_format(exp_dir: Path) -> int:
+    """The results format of an experiment folder, from runs.parquet's schema metadata (0: none, an older
+    normbench). DamagedResults when runs.parquet cannot be read."""
+    import pyarrow.parquet as pq
+
+    path = exp_dir / "runs.parquet"
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError) as e:
+        raise DamagedResults(f"{path} cannot be read ({type(e).__name__}); `normbench run` writes it again") from None
+    try:
+        return int(meta.get(FORMAT_META, b"0"))
+    except ValueError:
+        return -1
+
+
+def format_problem(what: str, found: int, exp_dir: Path) -> str:
+    """One line: `what` (a folder, a run) is in results format `found`, which this normbench does not read, and
+    what to do about it."""
+    from normbench import __version__
+
+    upgrade = "upgrade normbench to read it, or " if found > RESULTS_FORMAT else ""
+    return (
+        f"{what} is in {_format_words(found)}; this normbench {__version__} reads format {RESULTS_FORMAT} only: "
+        f"{upgrade}retrain it with `normbench run {exp_dir / 'config.yaml'} --out {exp_dir.parent} --force` (the "
+        "config it was made with), or write new results to another folder (--out OTHER)"
+    )
+
+
+def _format_words(found: int) -> str:
+    """'results format 0 (written by normbench 0.1.x or earlier)'."""
+    written = FORMAT_WRITERS.get(found, "a newer normbench" if found > RESULTS_FORMAT else "an unknown writer")
+    return f"results format {found} (written by {written})"
+
+
+def check_format(exp_dir: Path) -> None:
+    """FormatError when the experiment folder is of another results format (DamagedResults when its runs.parquet
+    cannot be read)."""
+    found = folder_format(exp_dir)
+    if found != RESULTS_FORMAT:
+        raise FormatError(format_problem(str(exp_dir), found, exp_dir))
+
+
+def missing_columns(columns: list[str], table: str) -> list[str]:
+    """The columns `table` ('runs', 'curves', ...) must have in this results format that `columns` lacks."""
+    return [c for c in COLUMNS[table] if c not in columns]
+
+
+def _columns_problem(what: str, table: str, missing: list[str], exp_dir: Path) -> str:
+    return (
+        f"{what}: {table}.parquet lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)} that results "
+        f"format {RESULTS_FORMAT} requires; `normbench check {exp_dir}` lists such runs, and `normbench run CONFIG "
+        f"--out {exp_dir.parent} --force` retrains them"
+    )
 
 
 def _num(v: Any) -> float:
@@ -320,13 +646,18 @@ def find_experiments(path: Path | str) -> list[Path]:
 
 def load_runs(exp_dir: Path) -> pd.DataFrame:
     """runs.parquet, with list-valued grid values (model.norm_noise, train.betas, ...) as tuples: parquet gives them
-    back as arrays, which can be neither grouped by nor compared as one value."""
+    back as arrays, which can be neither grouped by nor compared as one value. FormatError for a folder of another
+    results format, DamagedResults for a table that cannot be read or lacks a column this format requires."""
+    check_format(exp_dir)
     try:
         runs = pd.read_parquet(exp_dir / "runs.parquet")
     except (OSError, ValueError) as e:
         raise DamagedResults(
             f"{exp_dir / 'runs.parquet'} cannot be read ({type(e).__name__}); `normbench run` writes it again"
         ) from None
+    missing = missing_columns(list(runs.columns), "runs")
+    if missing:
+        raise DamagedResults(_columns_problem(str(exp_dir), "runs", missing, exp_dir))
     for col in runs.columns:
         if col not in ("dead_fraction", "saturated_fraction") and runs[col].map(_is_array).any():
             runs[col] = runs[col].map(lambda v: tuple(v.tolist()) if _is_array(v) else v)
@@ -337,16 +668,75 @@ def _is_array(v: Any) -> bool:
     return getattr(v, "ndim", 0) > 0
 
 
+def run_folders(exp_dir: Path) -> list[str]:
+    """The committed run folders of an experiment (runs/<id>/, not the temporary ones), sorted."""
+    runs_dir = exp_dir / "runs"
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def unlisted_runs(exp_dir: Path) -> list[str]:
+    """The run folders in runs/ that runs.parquet does not list (left by an earlier config of the folder or by
+    another normbench version): no command shows them."""
+    listed = set(load_runs(exp_dir).run_id)
+    return [r for r in run_folders(exp_dir) if r not in listed]
+
+
+def unlisted_note(exp_dir: Path) -> str | None:
+    """One line saying how many run folders runs.parquet does not list, or None when there are none."""
+    unlisted = unlisted_runs(exp_dir)
+    if not unlisted:
+        return None
+    n = len(unlisted)
+    return (
+        f"{exp_dir}: {n} more run folder{'s' * (n > 1)} in runs/ {'are' if n > 1 else 'is'} not listed in "
+        "runs.parquet (left by an earlier config or another normbench version) and not shown; a `normbench run` "
+        "whose grid includes them lists them again"
+    )
+
+
 def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
-    """Every run folder of an experiment: its status and what is wrong with its files ([] when nothing)."""
+    """Every run folder of an experiment: its status, whether runs.parquet lists it, and what is wrong with it ([]
+    when nothing): files that changed since they were written, a table without a column this format requires, or,
+    for a listed run, another results format. The folder's own format is check_format's."""
     store = ExperimentStore(exp_dir.parent, exp_dir.name)
+    try:
+        listed = set(pd.read_parquet(exp_dir / "runs.parquet", columns=["run_id"]).run_id)
+    except (OSError, ValueError, KeyError):
+        listed = set()
     rows = []
-    for run_dir in sorted(p for p in store.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        s = store.summary(run_dir.name)
+    for run_id in run_folders(exp_dir):
+        s = store.summary(run_id)
         status = s["status"] if s else "unreadable"
-        problems = store.verify(run_dir.name, s) if s is None or status in FINISHED else []
-        rows.append({"run_id": run_dir.name, "status": status, "problems": problems})
+        found = run_format(s) if s else RESULTS_FORMAT
+        if found != RESULTS_FORMAT:
+            problems = [f"{_format_words(found)}, not format {RESULTS_FORMAT}"] if run_id in listed else []
+        elif s is None or status in FINISHED:
+            problems = store.verify(run_id, s) + _table_columns(store.runs_dir / run_id, s)
+        else:
+            problems = []
+        rows.append(
+            {"run_id": run_id, "status": status, "format": found, "listed": run_id in listed, "problems": problems}
+        )
     return rows
+
+
+def _table_columns(run_dir: Path, summary: dict[str, Any] | None) -> list[str]:
+    """What each of a finished run's tables lacks of the columns this results format requires."""
+    import pyarrow.parquet as pq
+
+    problems = []
+    files = (summary or {}).get("files")
+    for name in files if isinstance(files, dict) else {}:
+        table = name.removesuffix(".parquet")
+        try:
+            missing = missing_columns(pq.read_schema(run_dir / name).names, table) if table in COLUMNS else []
+        except (OSError, ValueError):
+            continue  # verify() names it
+        if missing:
+            problems.append(f"{name} lacks {', '.join(missing)}")
+    return problems
 
 
 def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd.DataFrame:
@@ -360,19 +750,35 @@ def load_table(exp_dir: Path, name: str, run_ids: list[str] | None = None) -> pd
 
     tables = []
     for rid in run_ids:
+        _check_run_format(exp_dir, rid)
         path = exp_dir / "runs" / rid / f"{name}.parquet"
         if name in OPTIONAL_TABLES and not path.exists():
             continue
         try:
-            tables.append(pq.read_table(path))
+            table = pq.read_table(path)
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise DamagedResults(
                 f"run {rid} of {exp_dir.name}: {name}.parquet cannot be read ({type(e).__name__}); "
                 f"`normbench check {exp_dir}` lists damaged runs, `normbench run` trains them again"
             ) from None
+        missing = missing_columns(table.column_names, name)
+        if missing:
+            raise DamagedResults(_columns_problem(f"run {rid} of {exp_dir.name}", name, missing, exp_dir))
+        tables.append(table)
     tables = [t for t in tables if t.num_rows]
     # One conversion to pandas for all runs: half the time of a DataFrame per run, concatenated.
     return pa.concat_tables(tables, promote_options="default").to_pandas() if tables else pd.DataFrame()
+
+
+def _check_run_format(exp_dir: Path, run_id: str) -> None:
+    """FormatError when the run's summary.json says another results format (an unreadable one is left to the
+    table's own read)."""
+    try:
+        s = json.loads((exp_dir / "runs" / run_id / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(s, dict) and run_format(s) != RESULTS_FORMAT:
+        raise FormatError(format_problem(f"run {run_id} of {exp_dir}", run_format(s), exp_dir))
 
 
 def experiment_axes(exp_dir: Path) -> list[str]:

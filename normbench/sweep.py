@@ -47,7 +47,7 @@ from normbench.engine import (
 )
 from normbench.engine.plan import memory_available, memory_needed
 from normbench.nn.models import build_model
-from normbench.store import FINISHED, ExperimentStore, show_value
+from normbench.store import FINISHED, RESULTS_FORMAT, ExperimentStore, run_format, show_value
 
 _COLUMNS = (  # the progress bars
     TextColumn("{task.description}"),
@@ -74,7 +74,12 @@ def run_experiment(
     device: str = "cpu",
     console: Console | None = None,
 ) -> pd.DataFrame:
-    """Train the runs of `exp` not finished yet and return runs.parquet's table.
+    """Train the runs of `exp` not finished yet and return runs.parquet's rows of exp's runs.
+
+    The folder OUT/<name> keeps what it holds (ExperimentStore.change): a grid that extends the folder's becomes
+    its config, one within it trains what is missing and leaves the folder's config and list as they are, and one
+    that would no longer list some of the folder's runs, or a folder of another results format (unless `force`,
+    which trains every run again in this format), is a ConfigError before anything is written.
 
     The plan (engine/plan.py) groups the runs into stacks of one structure (at most `stack` runs; 1 trains each
     run alone), each trained by one call of the driver on `kernel` ('auto': the written-out kernel where it
@@ -91,9 +96,14 @@ def run_experiment(
         raise ConfigError(str(e)) from None
     preflight(exp)
     store = ExperimentStore(out, exp.name)
-    found = {r.run_id: store.summary(r.run_id) for r in exp.runs}  # every summary.json, read once
+    change = store.change(exp, force)
+    listed = change.listed  # the runs runs.parquet lists when not exp's (a grid within the folder's)
+    ids = [r.run_id for r in exp.runs] + [rid for rid, _ in listed or []]
+    found = {rid: store.summary(rid) for rid in dict.fromkeys(ids)}  # every summary.json, read once
     todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed, found[r.run_id])]
-    damaged = 0 if force else sum((found[r.run_id] or {}).get("status") in FINISHED for r in todo)
+    finished = [found[r.run_id] for r in todo if (found[r.run_id] or {}).get("status") in FINISHED and not force]
+    older = sum(run_format(s) != RESULTS_FORMAT for s in finished)  # trained again in this format
+    damaged = len(finished) - older
     steps_of = {r.run_id: total_steps(r.config, build_dataset(r.config.data)) for r in todo}
     if executor == "dask":
         workers = 1 if workers is None else workers  # the cluster decides where units run
@@ -103,9 +113,11 @@ def run_experiment(
         )
     except PlanError as e:
         raise ConfigError(str(e)) from None
+    if change.case == "refused":
+        raise ConfigError(change.message)
     client = _dask_client(scheduler) if executor == "dask" and todo else None  # before anything is written
     try:
-        store.prepare(exp)
+        store.prepare(exp, keep_config=change.case == "within")
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot write the results there ({e.strerror or e})") from None
     claimed = [r for r in todo if store.claim(r.run_id)]  # runs another `normbench run` trains are left to it
@@ -118,28 +130,34 @@ def run_experiment(
             )
         skipped = len(exp.runs) - len(todo) - busy
         where = f" on dask at {scheduler}" if executor == "dask" else ""
+        if change.case in ("extends", "within", "retrain"):
+            console.print(change.message, markup=False, highlight=False, soft_wrap=True)
         console.print(
             f"[bold]{exp.name}[/]: {len(exp.runs)} runs, {len(todo)} to train"
             + (f", {skipped} already finished (--force to redo)" if skipped else "")
             + (f", {busy} being trained by another normbench run" if busy else "")
             + (f", {damaged} of them finished but with damaged files" if damaged else "")
+            + (f", {older} of them finished in another results format" if older else "")
             + (f": {plan.describe()}{where}, {dev}" if todo else "")
             + f" -> {store.dir}"
         )
         _say_other_kernels(exp.runs, todo, found, kernel, console)
-        _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console, found)
+        _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console, found, listed)
     finally:
         for run in todo:
             store.release(run.run_id)
-    return store.write_runs_table(exp)  # read back from disk: another invocation may have committed runs too
+    table = store.write_runs_table(exp, listed=listed)  # read back from disk: another invocation may have committed
+    mine = {r.run_id for r in exp.runs}
+    return table if listed is None else table[table.run_id.isin(mine)].reset_index(drop=True)
 
 
-def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, console, found: dict) -> None:
+def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, console, found: dict, listed) -> None:
     """Train the plan's units and commit each run as its outcome arrives, runs.parquet after each. `found`: the
-    runs' summaries as read when the sweep started (None: not committed)."""
+    runs' summaries as read when the sweep started (None: not committed); `listed`: the runs runs.parquet lists
+    when not exp's."""
     known = dict(found)
     try:
-        store.write_runs_table(exp, known)  # summary and plot work from the first committed run on
+        store.write_runs_table(exp, known, listed)  # summary and plot work from the first committed run on
     except OSError as e:
         raise ConfigError(f"cannot write {store.dir / 'runs.parquet'} ({e.strerror or e})") from None
     with Progress(*_COLUMNS, console=console, transient=True, disable=not todo) as bar:
@@ -151,7 +169,7 @@ def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, con
         for run, outcome in outcomes:
             try:
                 known[run.run_id] = store.write_run(run, outcome)
-                store.write_runs_table(exp, known)
+                store.write_runs_table(exp, known, listed)
             except OSError as e:
                 raise ConfigError(
                     f"cannot write run {run.run_id} under {store.dir} ({e.strerror or e}); "

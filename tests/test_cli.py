@@ -192,12 +192,67 @@ def test_readme_examples_are_found():
     assert set(README_ERRORS) <= set(readme_spans("--set "))
 
 
+@pytest.fixture(scope="module")
+def packaged_dir(tmp_path_factory):
+    """A folder whose results/<name> holds each packaged config's grid, as `normbench run NAME` (or the demo)
+    leaves it: config.yaml and runs.parquet (every run missing: whether runs are finished does not change what a
+    config does to the folder)."""
+    from normbench.config import load_experiment, packaged_configs
+    from normbench.store import ExperimentStore
+
+    root = tmp_path_factory.mktemp("packaged")
+    for name in packaged_configs():
+        exp = load_experiment(name)
+        store = ExperimentStore(root / "results", exp.name)
+        store.prepare(exp)
+        store.write_runs_table(exp)
+    return root
+
+
 @pytest.mark.parametrize("command", readme_spans("normbench "))
-def test_every_readme_command_works(examples_dir, monkeypatch, command):
+def test_every_readme_command_works(examples_dir, packaged_dir, monkeypatch, command):
+    where = examples_dir
     if command.startswith("normbench run "):
         command += " --dry-run"  # the config and options are what can be wrong; training is tested elsewhere
-    result = run_example(command, examples_dir, monkeypatch)
+        where = packaged_dir  # into results/<name> as the packaged config (or the demo) wrote it
+    result = run_example(command, where, monkeypatch)
     assert result.exit_code == 0, (command, result.output)
+
+
+def readme_run_commands() -> list[str]:
+    """Every `normbench run <packaged config> ...` of README (any section, spans over line breaks joined) that
+    writes into the default results folder."""
+    from normbench.config import packaged_configs
+
+    spans = [" ".join(s.split()) for s in re.findall(r"`(normbench run [^`]+)`", README.read_text())]
+    template = re.compile(r"\b[A-Z]{2,}\b|\[--|\.\.\.$")
+    names = set(packaged_configs())
+    return [s for s in spans if s.split()[2] in names and "--out" not in s and not template.search(s)]
+
+
+def test_readme_run_commands_are_found():
+    commands = readme_run_commands()
+    assert sum("--set" in c for c in commands) >= 3, commands
+
+
+@pytest.mark.parametrize("command", readme_run_commands())
+def test_every_readme_run_command_keeps_the_folder_it_writes_into(packaged_dir, monkeypatch, command):
+    """After `normbench run NAME` (or the demo), each of README's run commands is accepted as README says: the
+    same runs, a grid that extends or is within the folder's, or a folder of its own (`--set name=...`)."""
+    result = run_example(command + " --dry-run", packaged_dir, monkeypatch)
+    assert result.exit_code == 0, (command, result.output)
+    assert "would no longer list" not in result.output
+
+
+def test_readme_refused_example_is_refused(packaged_dir, monkeypatch):
+    """README: `--set train.lr=0.01` on the packaged folder changes every run, so it is refused."""
+    from normbench.config import load_experiment
+
+    assert "`--set train.lr=0.01` changes every run" in README.read_text()
+    n = len(load_experiment("morvan_tf23").runs)
+    result = run_example("normbench run morvan_tf23 --set train.lr=0.01 --dry-run", packaged_dir, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert f"would no longer list {n} of the folder's {n} runs" in result.output, result.output
 
 
 @pytest.mark.parametrize("option", readme_spans("--set "))

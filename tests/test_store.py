@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from rich.console import Console
 
 from normbench import sweep
@@ -242,3 +243,199 @@ def test_a_damaged_run_is_found_named_and_trained_again(done):
     assert "1 to train" in said.getvalue() and "damaged files" in said.getvalue()
     assert set(table.status) == {"ok"}
     assert runner.invoke(app, ["check", str(exp_dir)]).exit_code == 0
+
+
+# -- a folder keeps what it holds: the same runs, a grid that extends it, one within it, one that would drop runs ----
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` -> the SHA-256 of its bytes."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def cli(*args: str):
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def lines_of(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def folder(tmp_path, write_config, tiny_raw):
+    """The tiny config with seeds [1, 2] trained into tmp_path/results/tiny through the CLI: (config, results)."""
+    cfg = str(write_config(tiny_raw))
+    out = tmp_path / "results"
+    assert cli("run", cfg, "--out", str(out)).exit_code == 0
+    return cfg, out
+
+
+def listed(out: Path) -> set[str]:
+    return set(pd.read_parquet(out / "tiny" / "runs.parquet").run_id)
+
+
+def summary_times(out: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "tiny" / "runs").glob("*/summary.json")}
+
+
+def test_the_same_grid_resumes_as_before(folder):
+    cfg, out = folder
+    before, times = listed(out), summary_times(out)
+    result = cli("run", cfg, "--out", str(out))
+    assert result.exit_code == 0 and "8 already finished" in result.output, result.output
+    assert "extends" not in result.output and "within" not in result.output
+    assert listed(out) == before and summary_times(out) == times
+
+
+def test_a_grid_that_extends_the_folders_becomes_its_config_and_keeps_its_runs(folder):
+    cfg, out = folder
+    before, times = listed(out), summary_times(out)
+    result = cli("run", cfg, "--out", str(out), "--set", "seeds=range(1, 6)")
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "extends its grid" in line]
+    assert said == [
+        f"{out / 'tiny'}: extends its grid from 8 to 20 runs (seeds [1, 2] -> [1..5]); its 8 finished runs are kept"
+    ], result.stderr
+    assert len(listed(out)) == 20 and before <= listed(out)
+    assert {k: v for k, v in summary_times(out).items() if k in before} == times  # not trained again
+    assert yaml.safe_load((out / "tiny" / "config.yaml").read_text())["seeds"] == [1, 2, 3, 4, 5]
+    assert len(json.loads(cli("summary", str(out), "--format", "json").stdout)) == 20
+
+
+def test_a_grid_within_the_folders_trains_what_is_missing_and_keeps_the_folder(folder):
+    """A grid within the folder's (one seed, one norm): its missing run is trained; config.yaml stays byte for
+    byte, runs.parquet lists all of the folder's runs, and summary shows them all."""
+    import shutil
+
+    cfg, out = folder
+    exp_dir = out / "tiny"
+    config_before, before = (exp_dir / "config.yaml").read_bytes(), listed(out)
+    table = pd.read_parquet(exp_dir / "runs.parquet")
+    gone = table[(table.seed == 2) & (table["model.norm"] == "batch")].run_id.iloc[0]
+    shutil.rmtree(exp_dir / "runs" / gone)  # one run of the smaller grid is missing
+    times = summary_times(out)
+    result = cli("run", cfg, "--out", str(out), "--set", "seeds=[2]", "--set", "grid.model.norm=[batch]")
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "within its grid" in line]
+    assert said == [
+        f"{exp_dir}: the 2 runs asked for are within its grid of 8 (seeds [1, 2] -> [2]; grid.model.norm "
+        "[none, batch] -> [batch]); its config.yaml is kept and runs.parquet lists all 8"
+    ], result.stderr
+    assert "1 to train" in result.stderr and "done: 2 ok" in result.stderr
+    assert (exp_dir / "config.yaml").read_bytes() == config_before
+    assert listed(out) == before and set(pd.read_parquet(exp_dir / "runs.parquet").status) == {"ok"}
+    assert {k: v for k, v in summary_times(out).items() if k != gone} == times
+    assert gone in summary_times(out)
+    records = json.loads(cli("summary", str(out), "--format", "json").stdout)
+    assert len(records) == 8 and {r["seed"] for r in records} == {1, 2}
+
+
+@pytest.mark.parametrize(
+    ("sets", "changes", "dropped"),
+    [
+        (["--set", "train.lr=0.01"], "train.lr 0.001 -> 0.01", 8),
+        (["--set", "seeds=[2, 3]"], "seeds [1, 2] -> [2, 3]", 4),
+        (["--set", "grid.model.norm=[batch, layer]", "--set", "model.width=12"], "model.width 8 -> 12", 8),
+    ],
+)
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_grid_that_would_drop_runs_is_refused_and_changes_nothing(folder, sets, changes, dropped, dry):
+    cfg, out = folder
+    before = snapshot(out)
+    result = cli("run", cfg, "--out", str(out), *sets, *(["--dry-run"] if dry else []))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert lines_of(result.output) == lines_of(result.stderr) and len(lines_of(result.output)) == 1, result.output
+    line = result.output.strip()
+    assert line.startswith(f"error: {out / 'tiny'}: this config would no longer list {dropped} of the folder's 8 runs")
+    assert changes in line and "--set name=NEW" in line and "--out OTHER" in line, line
+    assert snapshot(out) == before
+    # its own folder, as the line says
+    assert cli("run", cfg, "--out", str(out), *sets, "--set", "name=tiny2", "--dry-run").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("sets", "says"),
+    [
+        ([], "tiny: the same 8 runs as the folder lists"),
+        (["--set", "seeds=[1, 2, 3]"], "tiny: extends its grid from 8 to 12 runs"),
+        (["--set", "seeds=[1]"], "tiny: the 4 runs asked for are within its grid of 8"),
+        (["--set", "name=other"], "other: a new experiment folder"),
+    ],
+)
+def test_a_dry_run_says_what_the_run_would_do_to_the_folder(folder, sets, says):
+    cfg, out = folder
+    before = snapshot(out)
+    result = cli("run", cfg, "--out", str(out), *sets, "--dry-run")
+    assert result.exit_code == 0 and says in result.stderr, result.output
+    assert snapshot(out) == before
+
+
+def test_the_demo_refuses_a_folder_it_would_hide_runs_of(tmp_path):
+    """`demo` (like `claims`) writes through run_experiment: the same rule, one line, nothing changed."""
+    from normbench.config import load_experiment
+
+    out = tmp_path / "results"
+    exp = load_experiment("morvan_tf23", ["train.lr=0.5"])  # the folder as a run with another lr left it
+    store = ExperimentStore(out, exp.name)
+    store.prepare(exp)
+    store.write_runs_table(exp)
+    before = snapshot(out)
+    result = cli("demo", "dead-neurons", "--out", str(out))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]  # after its progress line
+    assert len(errors) == 1 and "train.lr 0.5 -> 0.001" in errors[0], result.output
+    assert snapshot(out) == before
+
+
+def test_run_folders_runs_parquet_does_not_list_are_named_by_every_reading_command(tmp_path, write_config, tiny_raw):
+    """runs/ holding run folders of another grid (as an earlier config or normbench version left them): summary,
+    plot, report and check show what runs.parquet lists and say in one line how many more there are."""
+    import shutil
+
+    cfg = str(write_config({**tiny_raw, "seeds": [1]}))
+    out, other = tmp_path / "results", tmp_path / "other"
+    assert cli("run", cfg, "--out", str(out)).exit_code == 0
+    assert cli("run", cfg, "--out", str(other), "--set", "seeds=[2]").exit_code == 0
+    for run_dir in (other / "tiny" / "runs").iterdir():
+        shutil.copytree(run_dir, out / "tiny" / "runs" / run_dir.name)
+    note = f"{out / 'tiny'}: 4 more run folders in runs/ are not listed in runs.parquet"
+    for args in (["summary", str(out)], ["plot", str(out)], ["report", str(out / "tiny")]):
+        result = cli(*args)
+        assert result.exit_code == 0 and [line for line in result.stderr.splitlines() if note in line], result.output
+    assert len(json.loads(cli("summary", str(out), "--format", "json").stdout)) == 4
+    checked = cli("check", str(out))
+    assert checked.exit_code == 0 and "8 run folders" in checked.stdout, checked.output
+    assert "4 of these run folders are not listed in runs.parquet" in checked.stderr, checked.output
+    # A run whose grid includes them lists them again.
+    assert cli("run", cfg, "--out", str(out), "--set", "seeds=[1, 2]").exit_code == 0
+    assert "not listed" not in cli("summary", str(out)).stderr
+
+
+def test_the_results_format_is_written_with_every_run_and_folder(done):
+    """summary.json and runs.parquet's schema metadata carry the format; the columns each table requires are the
+    documented ones; the documentation's table of versions names this one."""
+    import pyarrow.parquet as pq
+
+    from normbench import __version__
+    from normbench.store import COLUMNS, RESULTS_FORMAT
+
+    exp, exp_dir, _ = done
+    meta = pq.read_schema(exp_dir / "runs.parquet").metadata
+    assert meta[b"normbench.results_format"] == str(RESULTS_FORMAT).encode()
+    assert meta[b"normbench.version"] == __version__.encode()
+    for run in exp.runs:
+        assert json.loads((exp_dir / "runs" / run.run_id / "summary.json").read_text())["results_format"] == 1
+    assert set(COLUMNS["runs"]) == documented_columns("runs.parquet")
+    for name in ("curves", "layers", "histograms", "landscape"):
+        assert set(COLUMNS[name]) == documented_columns(f"{name}.parquet"), name
+    pyproject = (DOCS.parent.parent / "pyproject.toml").read_text()
+    assert f'version = "{__version__}"' in pyproject and __version__ == "0.2.0"
+    assert f"| {RESULTS_FORMAT} | normbench 0.2.0 and later |" in DOCS.read_text()
