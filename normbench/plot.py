@@ -165,8 +165,10 @@ def load_experiment(
 
 def percentiles(hists: pd.DataFrame, qs: tuple[int, ...] = PERCENTILES) -> pd.DataFrame:
     """The q-th percentiles of the finite values of each stored histogram, by linear interpolation inside its bin
-    (exact when the values are spread evenly within each bin). Mass outside the range sits at the range's edge,
-    so a percentile that falls there is the edge (the true value lies beyond it). NaN when no value is finite."""
+    (exact when the values are spread evenly within each bin), kept within the values' recorded min and max (a
+    dead layer's zeros are 0 at every percentile, not spread over the bin that holds them). Mass outside the range
+    sits at the range's edge, so a percentile that falls there is the edge (the true value lies beyond it). NaN when
+    no value is finite."""
     sizes = hists["counts"].map(len)
     if sizes.nunique() > 1:  # rows of different bin counts: each size on its own
         return pd.concat([percentiles(hists[sizes == k], qs) for k in sizes.unique()]).loc[hists.index]
@@ -186,6 +188,8 @@ def percentiles(hists: pd.DataFrame, qs: tuple[int, ...] = PERCENTILES) -> pd.Da
             inside = (target - cum[rows, i]) / np.maximum(counts[rows, i], 1e-300)
             value = lo + (i + np.clip(inside, 0, 1)) * (hi - lo) / bins
             value = np.where(target <= cum[:, 0], lo, np.where(target >= cum[:, -1], hi, value))
+            if "min" in hists.columns and "max" in hists.columns:  # fmin/fmax: a missing bound bounds nothing
+                value = np.fmax(np.fmin(value, hists["max"].to_numpy(float)), hists["min"].to_numpy(float))
             out[f"p{q}"] = np.where(finite > 0, value, np.nan)
     return pd.DataFrame(out, index=hists.index)
 

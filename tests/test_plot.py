@@ -66,6 +66,18 @@ def test_percentiles_edge_cases():
     assert np.allclose(got.iloc[2].to_numpy(), 0.0, atol=0.2)  # inside the one bin holding all values
 
 
+def test_percentiles_stay_within_the_recorded_min_and_max():
+    """A dead layer's values are all 0: with the min and max record.py stores, every percentile is 0, not a spread
+    over the bin that holds them (which a figure with its own y range would show as a distribution)."""
+    dead = np.zeros(300)
+    row = stored(dead, 0.0, 0.05, 10) | {"min": 0.0, "max": 0.0}
+    assert (P.percentiles(pd.DataFrame([row])).iloc[0] == 0.0).all()
+    values = np.random.default_rng(3).uniform(2.0, 2.01, 1000)  # within the first of 10 bins over [2, 3]
+    row = stored(values, 2.0, 3.0, 10) | {"min": values.min(), "max": values.max()}
+    got = P.percentiles(pd.DataFrame([row])).iloc[0]
+    assert values.min() <= got.min() and got.max() <= values.max()
+
+
 @pytest.fixture
 def tiny_results(tmp_path, write_config, tiny_raw):
     tiny_raw["grid"] = {"model.norm": ["none", "batch"], "model.activation": ["relu"]}
