@@ -427,9 +427,10 @@ def _first_seed(runs: pd.DataFrame, compare: str | None = None) -> pd.DataFrame:
 def _grid(
     n: int, ncols: int, panel_h: float, top: float = 0.55, reuse: str | None = None, **kw: Any
 ) -> tuple[plt.Figure, np.ndarray]:
-    """n panels wrapped into rows of at most ncols, the figure WIDTH wide; unused panels hidden."""
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
+    """n panels in the fewest rows of at most ncols, as few columns as those rows need (4 panels of at most 3 a row:
+    2 x 2, not 3 + 1), the figure WIDTH wide; unused panels hidden."""
+    nrows = math.ceil(n / max(1, min(ncols, n)))
+    ncols = max(1, math.ceil(n / nrows))
     height = panel_h * nrows + top + 0.5
     fig, axs = _subplots(nrows, ncols, (WIDTH, height), reuse, **kw)
     for ax in axs.ravel()[n:]:

@@ -149,3 +149,10 @@ def test_where_draws_a_selection_beside_the_full_set_and_the_report_shows_only_i
     assert result.exit_code == 0, result.output
     page = (exp / "batch.html").read_text()
     assert "--where norm=batch" in page and "2 runs (2 ok)" in page
+
+
+def test_grids_of_panels_are_as_square_as_three_columns_allow():
+    for n, shape in ((1, (1, 1)), (2, (1, 2)), (3, (1, 3)), (4, (2, 2)), (5, (2, 3)), (6, (2, 3)), (7, (3, 3))):
+        fig, axs = P._grid(n, 3, 1.0)
+        assert axs.shape == shape and sum(ax.get_visible() for ax in axs.ravel()) == n
+        P._done(fig)
