@@ -40,6 +40,7 @@ import math
 import multiprocessing
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -456,34 +457,42 @@ def _same_variant(exp: Experiment, runs: pd.DataFrame, run: pd.Series) -> pd.Dat
     return next((v for _, v in _variants(exp, runs) if run.run_id in set(v.run_id)), runs.iloc[:0])
 
 
-def _seeds_note(
-    exp: Experiment, group_runs: pd.DataFrame, drawn: pd.DataFrame, spread: Callable[[str, str], str | None]
-) -> str:
+@dataclass
+class Spread:
+    """How far the seeds a figure does not draw are from the one it draws: `what` is measured (words for the figure),
+    `measure(drawn run id, other run ids)` its value for one compared value's seeds (None: nothing to compare)."""
+
+    what: str
+    measure: Callable[[str, list[str]], str | None]
+
+
+def _seeds_note(exp: Experiment, group_runs: pd.DataFrame, drawn: pd.DataFrame, spread: Spread) -> str:
     """What a figure of one seed per compared value says about the seeds it does not draw: '' with one seed, else
-    'seed s of n drawn; the others ...' with, per compared value, `spread(drawn run, other run ids)`'s words and the
-    seeds that diverged."""
+    'seed s of n drawn; the other seeds' <what>: <value> per compared value', the seeds that diverged counted."""
     n = _seed_count(group_runs, exp.compare)
     if n < 2 or drawn.empty:
         return ""
     parts = []
     for _, run in drawn.iterrows():
         seeds = _same_variant(exp, group_runs, run)
-        others = seeds[(seeds.run_id != run.run_id) & (seeds.status != "diverged")]
-        lost = int((seeds[seeds.run_id != run.run_id].status == "diverged").sum())
-        words = [w for w in (spread(run.run_id, others.run_id.tolist()) if len(others) else None,) if w]
-        if lost:
-            words.append(f"{lost} diverged")
-        name = _value_label(exp.compare, run[exp.compare]) + ": " if exp.compare else ""
-        parts.append(name + (", ".join(words) or "no other seed to compare"))
-    return f"seed {drawn.seed.iloc[0]} of {n} drawn; the other seeds at the last step: " + "; ".join(parts)
+        seeds = seeds[seeds.run_id != run.run_id]
+        others = seeds[seeds.status != "diverged"].run_id.tolist()
+        lost = int((seeds.status == "diverged").sum())
+        value = spread.measure(run.run_id, others) if others else None
+        name = _value_label(exp.compare, run[exp.compare]) if exp.compare else "all runs"
+        diverged = f"{lost} diverged" if lost else ""
+        if value is None:
+            parts.append(f"{name}: {diverged or 'nothing to compare'}")
+        else:
+            parts.append(f"{name} {value}" + (f" ({diverged})" if diverged else ""))
+    return f"seed {drawn.seed.iloc[0]} of {n} drawn; the other seeds' {spread.what}: " + "; ".join(parts)
 
 
-def _cdf_spread(table: pd.DataFrame) -> Callable[[str, list[str]], str | None]:
-    """A `spread` for _seeds_note from a histograms table: the largest Kolmogorov-Smirnov distance (the largest gap
-    between two cumulative shares of values) between an other seed's histogram of a layer and the drawn seed's, at
-    the last step."""
+def _cdf_spread(table: pd.DataFrame) -> Spread:
+    """The largest Kolmogorov-Smirnov distance (the largest gap between two cumulative shares of values) between an
+    other seed's histogram of a layer and the drawn seed's, at the last step, from a histograms table."""
 
-    def spread(drawn: str, others: list[str]) -> str | None:
+    def measure(drawn: str, others: list[str]) -> str | None:
         mine = table[table.run_id.isin([drawn, *others])]
         mine = mine[mine.step == mine.groupby("run_id").step.transform("max")]
         by_layer = {layer: d.set_index("run_id") for layer, d in mine.groupby("layer")}
@@ -497,10 +506,9 @@ def _cdf_spread(table: pd.DataFrame) -> Callable[[str, list[str]], str | None]:
         if not gaps:
             return None
         gap, layer = max(gaps)
-        where = f" ({'the input' if layer == 0 else f'layer {layer}'})" if gap > 0 else ""
-        return f"histograms up to {gap:.2f} apart in KS distance{where}"
+        return f"{gap:.2f}" + (f" ({'the input' if layer == 0 else f'layer {layer}'})" if gap > 0 else "")
 
-    return spread
+    return Spread("histograms at the last step (largest KS distance from the drawn seed's)", measure)
 
 
 def _cdf_gap(a: pd.Series, b: pd.Series) -> float:
@@ -526,26 +534,33 @@ def _cdf(h: pd.Series, x: np.ndarray) -> np.ndarray:
     return np.where(x < h["min"], 0.0, np.where(x >= h["max"], 1.0, share))
 
 
-def _ratio_spread(table: pd.DataFrame, metrics: list[str], what: str) -> Callable[[str, list[str]], str | None]:
-    """A `spread` for _seeds_note from a table of positive per-layer numbers (gradient norms, errors): the largest
-    factor between an other seed's value and the drawn seed's, over the layers and `metrics`, at the last step."""
+def _ratio_spread(table: pd.DataFrame, metrics: list[str], what: str) -> Spread:
+    """The largest factor between an other seed's value and the drawn seed's, over the layers and `metrics` (positive
+    per-layer numbers: gradient norms, errors), at the last step."""
 
-    def spread(drawn: str, others: list[str]) -> str | None:
-        factors = []
+    def measure(drawn: str, others: list[str]) -> str | None:
+        factors, zero_in_one = [], False
         for metric in metrics:
             last = _last_values(table[table.run_id.isin([drawn, *others])], metric)
             if drawn not in last.index:
                 continue
             mine = last.loc[drawn]
             for other in last.index.drop(drawn):
-                both = (mine > 0) & (last.loc[other] > 0) & np.isfinite(mine) & np.isfinite(last.loc[other])
-                ratio = (last.loc[other][both] / mine[both]).to_numpy(float)
+                theirs = last.loc[other]
+                finite = np.isfinite(mine) & np.isfinite(theirs)
+                factors += [1.0] * int((finite & (mine == 0) & (theirs == 0)).sum())  # both 0: the same
+                zero_in_one |= bool((finite & ((mine == 0) != (theirs == 0))).any())
+                both = finite & (mine > 0) & (theirs > 0)
+                ratio = (theirs[both] / mine[both]).to_numpy(float)
                 factors += list(np.maximum(ratio, 1 / ratio))
+        if zero_in_one:
+            return "0 in one seed where not in the other"
         if not factors:
             return None
-        return f"{what} within a factor {max(factors):.2g}"
+        worst = max(factors)
+        return f"{worst:.2g}" if worst < 10 else f"{worst:.0f}" if worst < 1000 else _short(worst)
 
-    return spread
+    return Spread(f"{what} at the last step (largest factor from the drawn seed's)", measure)
 
 
 def _eval_start_note(exp: Experiment, runs: pd.DataFrame, steps: Any) -> str:
@@ -638,6 +653,18 @@ def _fitted_suptitle(fig: plt.Figure, text: str, size: float | None = None, **kw
         if width <= 0.98 * fig.bbox.width or title.get_fontsize() <= 6.0:
             break
         title.set_fontsize(max(6.0, title.get_fontsize() * 0.97 * fig.bbox.width / width))
+
+
+def _notes(fig: plt.Figure, lines: list[str], x: float, y_inches: float, **kw: Any) -> int:
+    """The non-empty `lines` under a figure's title, each wrapped to the figure's width, `y_inches` below its top
+    edge (small, gray); returns how many lines of text that is."""
+    text = "\n".join(textwrap.fill(line, NOTE_WIDTH) for line in lines if line)
+    if text:
+        fig.text(x, 1 - y_inches / fig.get_figheight(), text, va="top", fontsize=7, color="#444444", **kw)
+    return text.count("\n") + 1 if text else 0
+
+
+NOTE_WIDTH = 165  # characters of a 7-point line across a WIDTH-wide figure
 
 
 def _few_ticks(ax: plt.Axes, x: int = 4, y: int = 3) -> None:
@@ -865,10 +892,7 @@ def _hist_title(fig: plt.Figure, exp: Experiment, runs: pd.DataFrame, group: Any
     h = exp.tables["histograms"]
     spread = _cdf_spread(h[h.run_id.isin(group_runs.run_id) & (h.point == point)])
     lines = [f"on the {exp.mode_text()}. {key}", _seeds_note(exp, group_runs, runs, spread)]
-    lines.append(_eval_start_note(exp, runs, steps))
-    lines = [line for line in lines if line]
-    fig.text(0.01, 1 - 0.3 / fig.get_figheight(), "\n".join(lines), fontsize=7, color="#444444", va="top")
-    return len(lines)
+    return _notes(fig, [*lines, _eval_start_note(exp, runs, steps)], 0.01, 0.3)
 
 
 def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None) -> None:
@@ -957,9 +981,9 @@ def _dist(exp: Experiment, group: Any):
     artefact = _eval_start_note(exp, runs, sorted(h.step.unique()))
     if artefact:
         lines.append(artefact)
-    fig.text(0.5, 1 - 0.27 / h_in, "\n".join(lines), ha="center", va="top", fontsize=7, color="#444444")
+    n = _notes(fig, lines, 0.5, 0.27, ha="center")
     fig.subplots_adjust(
-        left=0.08, right=0.99, bottom=0.45 / h_in, top=1 - (0.75 + 0.12 * len(lines)) / h_in, hspace=0.3, wspace=0.5
+        left=0.08, right=0.99, bottom=0.45 / h_in, top=1 - (0.75 + 0.12 * n) / h_in, hspace=0.3, wspace=0.5
     )
     return fig
 
@@ -1090,14 +1114,23 @@ def _ridge(exp: Experiment, group: Any, point: str = "post_act"):
         _seeds_note(exp, group_runs, runs, spread),
         _eval_start_note(exp, runs, steps),
     ]
-    lines = [line for line in lines if line]
     fig.suptitle(
         _title(exp, group, runs, f"histograms over training, values {POINT_TITLES.get(point, point)}"), fontsize=8.5
     )
     height = fig.get_figheight()
-    fig.text(0.5, 1 - 0.28 / height, "\n".join(lines), ha="center", va="top", fontsize=7, color="#444444")
-    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.35 / height, top=1 - (0.6 + 0.12 * len(lines)) / height)
+    n = _notes(fig, lines, 0.5, 0.28, ha="center")
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.35 / height, top=1 - (0.6 + 0.12 * n) / height)
     return fig
+
+
+HATCHES = ("////", "\\\\\\\\", "||||", "----", "xxxx")  # one direction per series: crossing bands keep both colours
+
+
+def _spread_band(ax: plt.Axes, x: Any, lo: Any, hi: Any, color: str, k: int) -> None:
+    """The band of series k (a range over seeds, or along the gradient): hatched in its colour, the hatching's
+    direction its own, nothing filled; where two series' bands cross, both colours' lines show, not a blend of the two
+    that reads as a third series."""
+    ax.fill_between(x, lo, hi, facecolor="none", edgecolor=color, hatch=HATCHES[k % len(HATCHES)], lw=0, alpha=0.45)
 
 
 def _band(ax: plt.Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any) -> None:
@@ -1181,10 +1214,9 @@ def _grad(exp: Experiment, group: Any):
         if run.status == "diverged" and not pd.isna(run.diverged_step):
             for r in range(len(metrics)):
                 _diverged_band(axs[r][c], float(run.diverged_step), span[1], f"diverged at step {run.diverged_step}", 8)
-    lines = [x for x in (seeds_note, _eval_start_note(exp, runs, sorted(layers.step.unique()))) if x]
+    n = _notes(fig, [seeds_note, _eval_start_note(exp, runs, sorted(layers.step.unique()))], 0.5, 0.3, ha="center")
     h = fig.get_figheight()
-    fig.text(0.5, 1 - 0.3 / h, "\n".join(lines), ha="center", va="top", fontsize=7, color="#444444")
-    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / h, top=1 - (0.8 + 0.12 * len(lines)) / h, hspace=0.45)
+    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / h, top=1 - (0.8 + 0.12 * n) / h, hspace=0.45)
     return fig
 
 
@@ -1205,7 +1237,7 @@ def _landscape(exp: Experiment, group: Any):
     summary = landscape_summary(table)
     fig, axs = _subplots(1, 3, (WIDTH, 3.5), "landscape")
     titles = (
-        "loss at the step (line), along the gradient (band)",
+        "loss at the step (line), along the gradient (hatched)",
         "gradient change, max ||g - g'||",
         "effective beta, max ||g - g'|| / ||d||",
     )
@@ -1217,14 +1249,8 @@ def _landscape(exp: Experiment, group: Any):
         band = mine.groupby("step").loss.agg(["min", "max"])
         band = band[np.isfinite(band["min"]) & np.isfinite(band["max"]) & (band["min"] > 0)]
         label = _value_label(exp.compare, value) if exp.compare else run.run_id
-        _band(
-            axs[0][0],
-            band.index.to_numpy(float),
-            band["min"].to_numpy(),
-            band["max"].to_numpy(),
-            color=color,
-            alpha=0.35,
-        )
+        x = band.index.to_numpy(float)
+        _spread_band(axs[0][0], x, band["min"].to_numpy(), band["max"].to_numpy(), color, k)
         start = mine[mine.scale == 0].set_index("step").loss.reindex(band.index)
         axs[0][0].plot(band.index, start, color=color, lw=1.0, label=label)
         mine_summary = summary[summary.run_id == run.run_id]
@@ -1248,11 +1274,11 @@ def _landscape(exp: Experiment, group: Any):
     steps = ", ".join(f"{s:g}" for s in scales if s > 0)
     fig.suptitle(
         _title(exp, group, runs, "loss landscape along the gradient")
-        + f"\nfrom each measured step to theta - k lr g, k in {{{steps}}}, on the step's batch (batch statistics)"
-        + (f"\n{seeds_note}" if seeds_note else ""),
+        + f"\nfrom each measured step to theta - k lr g, k in {{{steps}}}, on the step's batch (batch statistics)",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.24, top=0.76 if seeds_note else 0.8, wspace=0.28)
+    n = _notes(fig, [seeds_note], 0.5, 0.45, ha="center")
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.24, top=1 - (0.7 + 0.12 * n) / 3.5, wspace=0.28)
     return fig
 
 
@@ -1331,11 +1357,11 @@ def _running(exp: Experiment, group: Any):
     axs[2][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(
         _title(exp, group, runs, "running statistics against the training set's")
-        + "\n(each layer's input over the training set, the network in eval mode)"
-        + (f"\n{seeds_note}" if seeds_note else ""),
+        + "\n(each layer's input over the training set, the network in eval mode)",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.08, right=0.8, bottom=0.07, top=0.83 if seeds_note else 0.85, hspace=0.45)
+    n = _notes(fig, [seeds_note], 0.5, 0.45, ha="center")
+    fig.subplots_adjust(left=0.08, right=0.8, bottom=0.07, top=1 - (1.08 + 0.12 * n) / 7.2, hspace=0.45)
     return fig
 
 
@@ -1377,7 +1403,7 @@ def _cost(exp: Experiment):
     for c in drawn:
         c.ax.plot(c.steps, c.mean, c.style, color=c.color, lw=1.5 if c.run is None else 0.8)
         if c.run is None and np.any(c.lo != c.hi):
-            c.ax.fill_between(c.steps, c.lo, c.hi, color=c.color, alpha=0.2, lw=0)
+            _spread_band(c.ax, c.steps, c.lo, c.hi, c.color, COLORS.index(c.color))
     limits = _margins(finite, ylog)
     for ax in axs.ravel():
         if ylog:
@@ -1493,7 +1519,8 @@ def _cost_legend(fig: plt.Figure, exp: Experiment, drawn: list[_Curve]) -> None:
         handles.append(matplotlib.lines.Line2D([], [], color="black", ls="--", label="test set, eval mode"))
     nseeds = _seed_count(exp.runs, exp.compare)
     if nseeds > 1:
-        handles.append(matplotlib.patches.Patch(color="gray", alpha=0.3, label="band: min-max over the seeds"))
+        band = {"facecolor": "none", "edgecolor": "gray", "hatch": HATCHES[0], "lw": 0}
+        handles.append(matplotlib.patches.Patch(**band, label="hatched: min-max over the seeds"))
     if any(c.run is not None for c in drawn):
         handles.append(
             matplotlib.lines.Line2D(
@@ -1548,7 +1575,7 @@ def _final_vs(exp: Experiment, key: str):
                 color = COLORS[i % len(COLORS)]
                 label = _value_label(exp.compare, value) + (f" ({lost} diverged/failed)" if lost else "")
                 ax.plot(stats.index, stats["mean"], "o-", color=color, ms=3, label=label)
-                ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
+                _spread_band(ax, stats.index, stats["min"], stats["max"], color, i)
             xs = runs[key].astype(float)
             if xs.min() > 0 and xs.max() / xs.min() >= 8:
                 ax.set_xscale("log", base=2 if key.endswith("batch_size") else 10)
@@ -1560,7 +1587,7 @@ def _final_vs(exp: Experiment, key: str):
             ax.grid(alpha=0.3)
             ax.legend()
     nseeds = runs.seed.nunique() if "seed" in runs.columns else 1
-    band = f" (line: mean over {nseeds} seeds, band: min-max)" if nseeds > 1 else ""
+    band = f" (line: mean over {nseeds} seeds, hatched: min-max)" if nseeds > 1 else ""
     fig.suptitle(f"{exp.name}: final numbers against {key}{band}", fontsize=9.5)
     fig.tight_layout()
     return fig
@@ -1621,8 +1648,8 @@ def _units(exp: Experiment, group: Any):
     if artefact:
         below.append(artefact)
     h = fig.get_figheight()
-    fig.text(0.5, 1 - 0.27 / h, "\n".join(below), ha="center", va="top", fontsize=7, color="#444444")
-    fig.subplots_adjust(left=0.08, right=0.93, bottom=0.45 / h, top=1 - (0.6 + 0.12 * len(below)) / h)
+    n = _notes(fig, below, 0.5, 0.27, ha="center")
+    fig.subplots_adjust(left=0.08, right=0.93, bottom=0.45 / h, top=1 - (0.6 + 0.12 * n) / h)
     return fig
 
 

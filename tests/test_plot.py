@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -404,6 +405,21 @@ def test_a_blown_up_run_does_not_set_the_cost_axis_and_4_panels_are_2x2(tmp_path
     assert "diverged at step 4" in notes and "1e21" in notes
 
 
+def test_the_seeds_bands_of_two_series_cross_without_blending(tmp_path):
+    runs = [{"run_id": f"{n}{s}", "norm": n, "seed": s, "status": "ok"} for n in ("none", "batch") for s in (1, 2)]
+    curves = [
+        {"run_id": r["run_id"], "step": step, "split": "train", "mode": "train", "loss": 1.0 + 0.1 * r["seed"] + step}
+        for r in runs
+        for step in range(5)
+    ]  # both compared values' bands cover the same losses
+    fig = P._cost(made_experiment(tmp_path, runs, curves=curves))
+    bands = fig.axes[0].collections
+    assert len(bands) == 2
+    assert all((band.get_facecolor()[:, 3] == 0).all() for band in bands)  # nothing translucent to blend
+    assert bands[0].get_hatch() != bands[1].get_hatch()
+    assert [matplotlib.colors.to_hex(b.get_edgecolor()[0]) for b in bands] == [c.lower() for c in P.COLORS[:2]]
+
+
 def test_grids_of_panels_are_as_square_as_three_columns_allow():
     for n, shape in ((1, (1, 1)), (2, (1, 2)), (3, (1, 3)), (4, (2, 2)), (5, (2, 3)), (6, (2, 3)), (7, (3, 3))):
         fig, axs = P._grid(n, 3, 1.0)
@@ -428,7 +444,8 @@ def test_figures_of_one_seed_show_or_state_how_far_the_other_seeds_are(tmp_path)
     fig = P._hist(exp, ("relu",), "post_act")
     text = " ".join(t.get_text() for t in fig.texts)
     assert "seed 1 of 3 drawn" in text
-    assert "norm=batch: histograms up to 0.50 apart in KS distance" in text
+    assert "histograms at the last step (largest KS distance from the drawn seed's): " in text
+    assert "norm=batch 0.50 (layer 1)" in text
     assert "norm=none: 2 diverged" in text
     # Shown: the units figure's column of every seed's last values, from the lowest to the highest.
     fig = P._units(exp, ("relu",))
