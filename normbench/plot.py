@@ -473,8 +473,12 @@ def _seeds_note(exp: Experiment, group_runs: pd.DataFrame, drawn: pd.DataFrame, 
     if n < 2 or drawn.empty:
         return ""
     parts = []
-    for _, run in drawn.iterrows():
-        seeds = _same_variant(exp, group_runs, run)
+    drawn_ids = set(drawn.run_id)
+    for _, seeds in _variants(exp, group_runs):
+        run = seeds[seeds.run_id.isin(drawn_ids)]
+        if run.empty:
+            continue
+        run = run.iloc[0]
         seeds = seeds[seeds.run_id != run.run_id]
         others = seeds[seeds.status != "diverged"].run_id.tolist()
         lost = int((seeds.status == "diverged").sum())
@@ -492,16 +496,16 @@ def _cdf_spread(table: pd.DataFrame) -> Spread:
     """The largest Kolmogorov-Smirnov distance (the largest gap between two cumulative shares of values) between an
     other seed's histogram of a layer and the drawn seed's, at the last step, from a histograms table."""
 
+    last = table[table.step == table.groupby("run_id").step.transform("max")] if len(table) else table
+    rows = {(r["run_id"], r["layer"]): r for r in last.to_dict("records")}  # each run's last histograms
+
     def measure(drawn: str, others: list[str]) -> str | None:
-        mine = table[table.run_id.isin([drawn, *others])]
-        mine = mine[mine.step == mine.groupby("run_id").step.transform("max")]
-        by_layer = {layer: d.set_index("run_id") for layer, d in mine.groupby("layer")}
         gaps = [
-            (_cdf_gap(d.loc[drawn], d.loc[o]), layer)
-            for layer, d in by_layer.items()
-            if drawn in d.index
+            (_cdf_gap(rows[drawn, layer], rows[o, layer]), layer)
+            for (rid, layer) in rows
+            if rid == drawn
             for o in others
-            if o in d.index
+            if (o, layer) in rows
         ]
         if not gaps:
             return None
@@ -511,7 +515,7 @@ def _cdf_spread(table: pd.DataFrame) -> Spread:
     return Spread("histograms at the last step (largest KS distance from the drawn seed's)", measure)
 
 
-def _cdf_gap(a: pd.Series, b: pd.Series) -> float:
+def _cdf_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
     """The Kolmogorov-Smirnov distance between two stored histograms: the largest difference of their cumulative
     shares of finite values, each linear within its bins and bounded by its recorded min and max."""
     grid = np.unique(np.r_[_bin_edges(a), _bin_edges(b), a["min"], a["max"], b["min"], b["max"]])
@@ -519,11 +523,11 @@ def _cdf_gap(a: pd.Series, b: pd.Series) -> float:
     return float(np.max(np.abs(_cdf(a, grid) - _cdf(b, grid)), initial=0.0))
 
 
-def _bin_edges(h: pd.Series) -> np.ndarray:
+def _bin_edges(h: dict[str, Any]) -> np.ndarray:
     return np.linspace(float(h["lo"]), float(h["hi"]), len(h["counts"]) + 1)
 
 
-def _cdf(h: pd.Series, x: np.ndarray) -> np.ndarray:
+def _cdf(h: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """A stored histogram's share of finite values <= x (values below its range at its lower edge)."""
     counts = np.asarray(h["counts"], dtype=float)
     finite = float(h["below"]) + counts.sum() + float(h["above"])
@@ -538,21 +542,21 @@ def _ratio_spread(table: pd.DataFrame, metrics: list[str], what: str) -> Spread:
     """The largest factor between an other seed's value and the drawn seed's, over the layers and `metrics` (positive
     per-layer numbers: gradient norms, errors), at the last step."""
 
+    lasts = [_last_values(table, metric) for metric in metrics]  # runs x layers each
+
     def measure(drawn: str, others: list[str]) -> str | None:
         factors, zero_in_one = [], False
-        for metric in metrics:
-            last = _last_values(table[table.run_id.isin([drawn, *others])], metric)
+        for last in lasts:
             if drawn not in last.index:
                 continue
-            mine = last.loc[drawn]
-            for other in last.index.drop(drawn):
-                theirs = last.loc[other]
-                finite = np.isfinite(mine) & np.isfinite(theirs)
-                factors += [1.0] * int((finite & (mine == 0) & (theirs == 0)).sum())  # both 0: the same
-                zero_in_one |= bool((finite & ((mine == 0) != (theirs == 0))).any())
-                both = finite & (mine > 0) & (theirs > 0)
-                ratio = (theirs[both] / mine[both]).to_numpy(float)
-                factors += list(np.maximum(ratio, 1 / ratio))
+            mine = last.loc[drawn].to_numpy(float)
+            theirs = last.loc[last.index.intersection(others)].to_numpy(float)  # other seeds x layers
+            finite = np.isfinite(mine) & np.isfinite(theirs)
+            zero_in_one |= bool((finite & ((mine == 0) != (theirs == 0))).any())
+            factors += [1.0] * int((finite & (mine == 0) & (theirs == 0)).sum())  # both 0: the same
+            both = finite & (mine > 0) & (theirs > 0)
+            ratio = theirs[both] / np.broadcast_to(mine, theirs.shape)[both]
+            factors += list(np.maximum(ratio, 1 / ratio))
         if zero_in_one:
             return "0 in one seed where not in the other"
         if not factors:
@@ -1725,8 +1729,8 @@ def _last_values(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     table = table[table[metric].notna()]
     if table.empty:
         return pd.DataFrame()
-    last = table[table.step == table.groupby("run_id").step.transform("max")]
-    return last.pivot_table(index="run_id", columns="layer", values=metric, aggfunc="first")
+    last = table[table.step == table.groupby("run_id").step.transform("max")].drop_duplicates(["run_id", "layer"])
+    return last.pivot(index="run_id", columns="layer", values=metric)
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
