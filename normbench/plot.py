@@ -671,12 +671,6 @@ def _notes(fig: plt.Figure, lines: list[str], x: float, y_inches: float, **kw: A
 NOTE_WIDTH = 165  # characters of a 7-point line across a WIDTH-wide figure
 
 
-def _few_ticks(ax: plt.Axes, x: int = 4, y: int = 3) -> None:
-    """At most about x and y ticks: small panels read better, and every tick costs drawing time."""
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(x))
-    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(y))
-
-
 class _FewLogTicks(matplotlib.ticker.LogLocator):
     """Log ticks at 1, 2 and 5 of each decade over a short range (so that a range within one decade still has
     labelled ticks), at 1 and 3 over up to three decades, at powers of ten beyond: about six ticks at most."""
@@ -1135,12 +1129,6 @@ def _spread_band(ax: plt.Axes, x: Any, lo: Any, hi: Any, color: str, k: int) -> 
     direction its own, nothing filled; where two series' bands cross, both colours' lines show, not a blend of the two
     that reads as a third series."""
     ax.fill_between(x, lo, hi, facecolor="none", edgecolor=color, hatch=HATCHES[k % len(HATCHES)], lw=0, alpha=0.45)
-
-
-def _band(ax: plt.Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any) -> None:
-    """The area between two curves as one polygon (fill_between's general machinery costs 5x more here)."""
-    if len(x):
-        ax.fill(np.r_[x, x[::-1]], np.r_[lo, hi[::-1]], lw=0, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------------------
