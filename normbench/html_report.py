@@ -125,7 +125,7 @@ def experiment_figures(
 # than the compared one and seed ('activation-relu', 'all'). Figures of the whole experiment come first, then each
 # group's, kinds in this order; kinds not listed follow in name order.
 EXPERIMENT_KINDS = ("cost", "final_vs")
-GROUP_KINDS = ("hist", "ridge", "dist", "grad", "units", "landscape", "running")
+GROUP_KINDS = ("hist", "overlay", "ridge", "dist", "grad", "units", "landscape", "running")
 POINT_NAME = re.compile(r"(.+?)_(pre_norm|post_norm|post_act|grad_pre_norm|grad_weight)")
 STEP = re.compile(r"_step0*(\d+)$")
 
@@ -176,8 +176,9 @@ def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str,
     if name.kind == "cost":
         return "Cost curves", (
             "Cost curves: the loss against the training step, one colour per compared value (model.norm by "
-            "default), one panel per group of the other grid keys; seeds as their mean with a min-max band. "
-            "A diverged run is marked where its loss stopped being finite."
+            "default), one panel per group of the other grid keys; the seeds that did not diverge as their mean with "
+            "a min-max band, which set the y range. A diverged seed is a thin line up to its last finite loss, marked "
+            "there (at the axis's edge, with its value, when it lies beyond the range)."
         )
     if name.kind == "final_vs":
         key = path.stem.removeprefix("final_vs_")
@@ -189,7 +190,14 @@ def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str,
     if name.kind == "hist":
         return f"Histograms {where} {when}, {group}", (
             f"Histograms of the values {where} {when}: one row per compared value, one column per layer (layer 0: "
-            f"the input), one seed; {group}. Values outside a panel's range and NaN/inf values are shown, not dropped."
+            f"the input), one seed (the figure says how far the other seeds' histograms are from it); {group}. "
+            "Values outside a panel's range and NaN/inf values are shown, not dropped."
+        )
+    if name.kind == "overlay":
+        return f"Histograms {where} {when}, compared runs overlaid, {group}", (
+            f"Histograms of the values {where} {when} with the compared runs on the same axes (--overlay), each an "
+            f"outline in its colour over the union of their ranges: one row per step, one column per layer, one "
+            f"seed; {group}. The grid with one run per row is drawn beside it."
         )
     if name.kind == "ridge":
         return f"Histograms {where} at every recorded step, {group}", (
@@ -198,8 +206,9 @@ def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str,
         )
     if name.kind == "dist":
         return f"Distributions over training, {group}", (
-            f"Distributions over training: percentiles of each layer's values against the step, the compared runs "
-            f"overlaid; {group}."
+            f"Distributions over training: the 1st, 20th, 50th, 80th and 99th percentiles of each layer's values "
+            f"against the step, one row per point and compared value, every panel with its own y range; one seed, "
+            f"with the median's range over the seeds dotted; {group}."
         )
     if name.kind == "grad":
         return f"Gradient norms, {group}", (
@@ -209,7 +218,8 @@ def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str,
         )
     if name.kind == "units":
         return f"Dead and saturated units, {group}", (
-            f"Dead units and saturated values of each hidden layer against the step, one row per run; {group}."
+            f"Dead units and saturated values of each hidden layer against the step, one row per compared value "
+            f"(one seed), and beside it every seed's values at the end (their range); {group}."
         )
     if name.kind == "landscape":
         return f"Loss landscape along the gradient, {group}", (

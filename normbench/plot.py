@@ -5,16 +5,19 @@
 Runs are grouped by every grid key except the compared one and `seed`: one figure set per group (e.g. per
 activation). Per experiment:
 
-    cost.png               loss curves, one panel per group (wrapped into a grid), seeds as mean and min-max band
+    cost.png               loss curves, one panel per group (as square a grid as 3 columns allow), the seeds that
+                           did not diverge as mean and min-max band (they set the y range), diverged seeds apart
     final_vs_<key>.png     final numbers against each numeric grid key (batch size, weight scale, lr)
 Per group:
     hist_<point>_<g>.png   the histogram grid of one seed at the first and the last recorded step: rows = compared
-                           runs x {first, last}, columns = layers (--overlay: compared runs on the same axes)
+                           runs x {first, last}, columns = layers
+    overlay_<point>_<g>.png  (--overlay) the same with the compared runs on the same axes, as outlines
     ridge_<point>_<g>.png  (--ridge) the histograms of one seed at every recorded step, offset upwards
-    dist_<g>.png           distributions over training: per layer and point, the 1/20/50/80/99th percentiles of
-                           the stored histograms against the step, compared runs overlaid (Glorot & Bengio 2010)
+    dist_<g>.png           distributions over training: the 1/20/50/80/99th percentiles of the stored histograms
+                           against the step, columns = layers, rows = points x compared runs, each panel its own
+                           y range (Glorot & Bengio 2010)
     grad_<g>.png           per-layer gradient norms over training (backpropagated dL/dz and weight gradient)
-    units_<g>.png          dead units and saturated values, layer x step
+    units_<g>.png          dead units and saturated values, layer x step, and every seed's values at the end
     landscape_<g>.png      (record.landscape_every) the loss range, gradient change and beta-smoothness along the
                            gradient against the step (Santurkar et al. 2018, fig. 4)
     running_<g>.png        (record.running_stats) the running statistics' error per layer, and the training-set
@@ -22,8 +25,11 @@ Per group:
     anim_<point>_<g>.gif   (--animate) the histogram grid at every recorded step, one frame each
 
 Nothing is left out silently: values outside a histogram's range and NaN/inf are drawn as bars at the panel's
-edges, a diverged run is a "diverged at step k" panel (never drawn as data), and every histogram figure says on
-which split and in which mode (batch or running statistics) its values were taken.
+edges; what a diverged run recorded at its divergence step and later is never drawn as data (before_divergence):
+its panels or steps from there on say "diverged at step k"; every figure of one seed per compared value says how
+far the other seeds are from it (or draws their range); every histogram figure says on which split and in which
+mode (batch or running statistics) its values were taken, and, in eval mode, that at step 0 batch norm's running
+statistics are still their initial values.
 
 Figures of several experiments render in parallel worker processes (fork: the tables are loaded once, before).
 """
@@ -34,6 +40,7 @@ import math
 import multiprocessing
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -156,17 +163,32 @@ def load_experiment(
     tied = experiment_axis_groups(exp_dir)
     exp = Experiment(exp_dir, runs, all_runs, axes, tied, compare, group_keys(axes, tied, compare), config)
     ids = runs.run_id.tolist()
-    exp.tables = {name: load_table(exp_dir, name, ids) for name in ("curves", "histograms", "layers", "landscape")}
+    exp.tables = {
+        name: before_divergence(load_table(exp_dir, name, ids), runs)
+        for name in ("curves", "histograms", "layers", "landscape")
+    }
     hists = exp.tables["histograms"]
     if not hists.empty:
         exp.tables["histograms"] = hists.join(percentiles(hists))
     return exp
 
 
+def before_divergence(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a run's table recorded before its divergence step: what a diverged run recorded at that step
+    and later (NaN/inf, or the finite values of the step that blew up) is never drawn as data."""
+    diverged = runs[runs.status == "diverged"]
+    if table.empty or diverged.empty:
+        return table
+    limit = table.run_id.map(diverged.set_index("run_id").diverged_step.astype(float))
+    return table[~(table.step.to_numpy(float) >= limit.to_numpy(float))]
+
+
 def percentiles(hists: pd.DataFrame, qs: tuple[int, ...] = PERCENTILES) -> pd.DataFrame:
     """The q-th percentiles of the finite values of each stored histogram, by linear interpolation inside its bin
-    (exact when the values are spread evenly within each bin). Mass outside the range sits at the range's edge,
-    so a percentile that falls there is the edge (the true value lies beyond it). NaN when no value is finite."""
+    (exact when the values are spread evenly within each bin), kept within the values' recorded min and max (a
+    dead layer's zeros are 0 at every percentile, not spread over the bin that holds them). Mass outside the range
+    sits at the range's edge, so a percentile that falls there is the edge (the true value lies beyond it). NaN when
+    no value is finite."""
     sizes = hists["counts"].map(len)
     if sizes.nunique() > 1:  # rows of different bin counts: each size on its own
         return pd.concat([percentiles(hists[sizes == k], qs) for k in sizes.unique()]).loc[hists.index]
@@ -186,6 +208,8 @@ def percentiles(hists: pd.DataFrame, qs: tuple[int, ...] = PERCENTILES) -> pd.Da
             inside = (target - cum[rows, i]) / np.maximum(counts[rows, i], 1e-300)
             value = lo + (i + np.clip(inside, 0, 1)) * (hi - lo) / bins
             value = np.where(target <= cum[:, 0], lo, np.where(target >= cum[:, -1], hi, value))
+            if "min" in hists.columns and "max" in hists.columns:  # fmin/fmax: a missing bound bounds nothing
+                value = np.fmax(np.fmin(value, hists["max"].to_numpy(float)), hists["min"].to_numpy(float))
             out[f"p{q}"] = np.where(finite > 0, value, np.nan)
     return pd.DataFrame(out, index=hists.index)
 
@@ -210,6 +234,7 @@ DRAW_ORDER = {
     "animation": 0,
     "ridge": 1,
     "hist": 2,
+    "overlay": 2,
     "dist": 3,
     "grad": 4,
     "running": 5,
@@ -332,7 +357,9 @@ def _jobs(
         g = {"group": key}
         if not hists.empty:
             for p in points:
-                jobs.append(Job("hist", i, out / f"hist_{p}_{slug}.{fmt}", g | {"point": p, "overlay": overlay}))
+                jobs.append(Job("hist", i, out / f"hist_{p}_{slug}.{fmt}", g | {"point": p}))
+                if overlay:  # beside the grid of one run per row, never instead of it
+                    jobs.append(Job("overlay", i, out / f"overlay_{p}_{slug}.{fmt}", g | {"point": p}))
                 if ridge:
                     jobs.append(Job("ridge", i, out / f"ridge_{p}_{slug}.{fmt}", g | {"point": p}))
                 if animate:
@@ -420,12 +447,147 @@ def _first_seed(runs: pd.DataFrame, compare: str | None = None) -> pd.DataFrame:
     return runs[runs.seed == runs.seed.min()]
 
 
+def _seed_count(runs: pd.DataFrame, compare: str | None) -> int:
+    """How many seeds each compared value has in `runs` (1 when the seeds are what is compared)."""
+    return 1 if compare == "seed" or "seed" not in runs.columns else int(runs.seed.nunique())
+
+
+def _same_variant(exp: Experiment, runs: pd.DataFrame, run: pd.Series) -> pd.DataFrame:
+    """The runs of `runs` with `run`'s compared value: its seeds."""
+    return next((v for _, v in _variants(exp, runs) if run.run_id in set(v.run_id)), runs.iloc[:0])
+
+
+@dataclass
+class Spread:
+    """How far the seeds a figure does not draw are from the one it draws: `what` is measured (words for the figure),
+    `measure(drawn run id, other run ids)` its value for one compared value's seeds (None: nothing to compare)."""
+
+    what: str
+    measure: Callable[[str, list[str]], str | None]
+
+
+def _seeds_note(exp: Experiment, group_runs: pd.DataFrame, drawn: pd.DataFrame, spread: Spread) -> str:
+    """What a figure of one seed per compared value says about the seeds it does not draw: '' with one seed, else
+    'seed s of n drawn; the other seeds' <what>: <value> per compared value', the seeds that diverged counted."""
+    n = _seed_count(group_runs, exp.compare)
+    if n < 2 or drawn.empty:
+        return ""
+    parts = []
+    drawn_ids = set(drawn.run_id)
+    for _, seeds in _variants(exp, group_runs):
+        run = seeds[seeds.run_id.isin(drawn_ids)]
+        if run.empty:
+            continue
+        run = run.iloc[0]
+        seeds = seeds[seeds.run_id != run.run_id]
+        others = seeds[seeds.status != "diverged"].run_id.tolist()
+        lost = int((seeds.status == "diverged").sum())
+        value = spread.measure(run.run_id, others) if others else None
+        name = _value_label(exp.compare, run[exp.compare]) if exp.compare else "all runs"
+        diverged = f"{lost} diverged" if lost else ""
+        if value is None:
+            parts.append(f"{name}: {diverged or 'nothing to compare'}")
+        else:
+            parts.append(f"{name} {value}" + (f" ({diverged})" if diverged else ""))
+    return f"seed {drawn.seed.iloc[0]} of {n} drawn; the other seeds' {spread.what}: " + "; ".join(parts)
+
+
+def _cdf_spread(table: pd.DataFrame) -> Spread:
+    """The largest Kolmogorov-Smirnov distance (the largest gap between two cumulative shares of values) between an
+    other seed's histogram of a layer and the drawn seed's, at the last step, from a histograms table."""
+
+    last = table[table.step == table.groupby("run_id").step.transform("max")] if len(table) else table
+    rows = {(r["run_id"], r["layer"]): r for r in last.to_dict("records")}  # each run's last histograms
+
+    def measure(drawn: str, others: list[str]) -> str | None:
+        gaps = [
+            (_cdf_gap(rows[drawn, layer], rows[o, layer]), layer)
+            for (rid, layer) in rows
+            if rid == drawn
+            for o in others
+            if (o, layer) in rows
+        ]
+        if not gaps:
+            return None
+        gap, layer = max(gaps)
+        return f"{gap:.2f}" + (f" ({'the input' if layer == 0 else f'layer {layer}'})" if gap > 0 else "")
+
+    return Spread("histograms at the last step (largest KS distance from the drawn seed's)", measure)
+
+
+def _cdf_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The Kolmogorov-Smirnov distance between two stored histograms: the largest difference of their cumulative
+    shares of finite values, each linear within its bins and bounded by its recorded min and max."""
+    grid = np.unique(np.r_[_bin_edges(a), _bin_edges(b), a["min"], a["max"], b["min"], b["max"]])
+    grid = grid[np.isfinite(grid)]
+    return float(np.max(np.abs(_cdf(a, grid) - _cdf(b, grid)), initial=0.0))
+
+
+def _bin_edges(h: dict[str, Any]) -> np.ndarray:
+    return np.linspace(float(h["lo"]), float(h["hi"]), len(h["counts"]) + 1)
+
+
+def _cdf(h: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """A stored histogram's share of finite values <= x (values below its range at its lower edge)."""
+    counts = np.asarray(h["counts"], dtype=float)
+    finite = float(h["below"]) + counts.sum() + float(h["above"])
+    if finite <= 0:
+        return np.zeros_like(x)
+    cum = (float(h["below"]) + np.r_[0.0, np.cumsum(counts)]) / finite
+    share = np.interp(x, _bin_edges(h), cum, left=0.0, right=1.0)
+    return np.where(x < h["min"], 0.0, np.where(x >= h["max"], 1.0, share))
+
+
+def _ratio_spread(table: pd.DataFrame, metrics: list[str], what: str) -> Spread:
+    """The largest factor between an other seed's value and the drawn seed's, over the layers and `metrics` (positive
+    per-layer numbers: gradient norms, errors), at the last step."""
+
+    lasts = [_last_values(table, metric) for metric in metrics]  # runs x layers each
+
+    def measure(drawn: str, others: list[str]) -> str | None:
+        factors, zero_in_one = [], False
+        for last in lasts:
+            if drawn not in last.index:
+                continue
+            mine = last.loc[drawn].to_numpy(float)
+            theirs = last.loc[last.index.intersection(others)].to_numpy(float)  # other seeds x layers
+            finite = np.isfinite(mine) & np.isfinite(theirs)
+            zero_in_one |= bool((finite & ((mine == 0) != (theirs == 0))).any())
+            factors += [1.0] * int((finite & (mine == 0) & (theirs == 0)).sum())  # both 0: the same
+            both = finite & (mine > 0) & (theirs > 0)
+            ratio = theirs[both] / np.broadcast_to(mine, theirs.shape)[both]
+            factors += list(np.maximum(ratio, 1 / ratio))
+        if zero_in_one:
+            return "0 in one seed where not in the other"
+        if not factors:
+            return None
+        worst = max(factors)
+        return f"{worst:.2g}" if worst < 10 else f"{worst:.0f}" if worst < 1000 else _short(worst)
+
+    return Spread(f"{what} at the last step (largest factor from the drawn seed's)", measure)
+
+
+def _eval_start_note(exp: Experiment, runs: pd.DataFrame, steps: Any) -> str:
+    """What a figure of values recorded in eval mode must say when it shows step 0 of a run with a norm: batch
+    norm's running statistics are still their initial values then, not its data's. '' otherwise."""
+    if exp.config.get("record", {}).get("eval_mode", "train") != "eval" or not len(steps) or min(steps) > 0:
+        return ""
+    norms = runs["model.norm"] if "model.norm" in runs.columns else [exp.config.get("model", {}).get("norm")]
+    if all(n in (None, "none", "identity") for n in norms):
+        return ""
+    return (
+        "step 0 in eval mode: batch norm's running statistics are still their initial mean 0, variance 1, so step 0 "
+        "is not the net with its data's statistics"
+    )
+
+
 def _grid(
     n: int, ncols: int, panel_h: float, top: float = 0.55, reuse: str | None = None, **kw: Any
 ) -> tuple[plt.Figure, np.ndarray]:
-    """n panels wrapped into rows of at most ncols, the figure WIDTH wide; unused panels hidden."""
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
+    """n panels in the fewest rows of at most ncols, as few columns as those rows need (4 panels of at most 3 a row:
+    2 x 2, not 3 + 1), the figure WIDTH wide; unused panels hidden."""
+    nrows = math.ceil(n / max(1, min(ncols, n)))
+    ncols = max(1, math.ceil(n / nrows))
     height = panel_h * nrows + top + 0.5
     fig, axs = _subplots(nrows, ncols, (WIDTH, height), reuse, **kw)
     for ax in axs.ravel()[n:]:
@@ -433,7 +595,7 @@ def _grid(
     return fig, axs
 
 
-_REUSABLE: dict[tuple, tuple[plt.Figure, np.ndarray]] = {}  # per process: a worker draws many alike figures
+_REUSABLE: dict[tuple, tuple[plt.Figure, Any]] = {}  # per process: a worker draws many alike figures
 
 
 def _subplots(
@@ -497,10 +659,16 @@ def _fitted_suptitle(fig: plt.Figure, text: str, size: float | None = None, **kw
         title.set_fontsize(max(6.0, title.get_fontsize() * 0.97 * fig.bbox.width / width))
 
 
-def _few_ticks(ax: plt.Axes, x: int = 4, y: int = 3) -> None:
-    """At most about x and y ticks: small panels read better, and every tick costs drawing time."""
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(x))
-    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(y))
+def _notes(fig: plt.Figure, lines: list[str], x: float, y_inches: float, **kw: Any) -> int:
+    """The non-empty `lines` under a figure's title, each wrapped to the figure's width, `y_inches` below its top
+    edge (small, gray); returns how many lines of text that is."""
+    text = "\n".join(textwrap.fill(line, NOTE_WIDTH) for line in lines if line)
+    if text:
+        fig.text(x, 1 - y_inches / fig.get_figheight(), text, va="top", fontsize=7, color="#444444", **kw)
+    return text.count("\n") + 1 if text else 0
+
+
+NOTE_WIDTH = 165  # characters of a 7-point line across a WIDTH-wide figure
 
 
 class _FewLogTicks(matplotlib.ticker.LogLocator):
@@ -574,16 +742,24 @@ def _hist_panel(ax: plt.Axes, h: pd.Series | None, run: pd.Series, step: int, co
     lo, hi = float(h["lo"]), float(h["hi"])
     w = (hi - lo) / len(counts)
     ax.stairs(counts / n, np.linspace(lo, hi, len(counts) + 1), fill=True, color=color, alpha=0.85)
-    for share, x in ((h["below"] / n, lo - 1.5 * w), (h["above"] / n, hi + 0.5 * w)):
-        if share > 0:
-            ax.bar(x, share, width=w, align="edge", color=OUT_OF_RANGE, hatch="///", edgecolor="white", lw=0)
-            if share >= 0.05:  # smaller shares (automatic ranges leave out at most 1%) are the bar alone
-                ax.annotate(_pct(share), (x + w / 2, share), ha="center", va="bottom", fontsize=6.5, color="#555555")
+    _outside_bars(ax, h, w, "white")
     ax.set_xlim(lo - 2 * w, hi + 2 * w)
     ax.set_xticks(_edge_ticks(lo, hi))
     ax.tick_params(labelsize=7, length=2, pad=1)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
+
+
+def _outside_bars(ax: plt.Axes, h: pd.Series, w: float, edge: str) -> None:
+    """The shares of a histogram's values below and above its range, as gray hatched bars (hatched in `edge`'s
+    colour) one bin beyond its edges, each share written above its bar from 5% on."""
+    n = float(h["n"])
+    lo, hi = float(h["lo"]), float(h["hi"])
+    for share, x in ((h["below"] / n, lo - 1.5 * w), (h["above"] / n, hi + 0.5 * w)):
+        if share > 0:
+            ax.bar(x, share, width=w, align="edge", color=OUT_OF_RANGE, hatch="///", edgecolor=edge, lw=0)
+            if share >= 0.05:  # smaller shares (automatic ranges leave out at most 1%) are the bar alone
+                ax.annotate(_pct(share), (x + w / 2, share), ha="center", va="bottom", fontsize=6.5, color="#555555")
 
 
 def _edge_ticks(lo: float, hi: float) -> list[float]:
@@ -592,30 +768,69 @@ def _edge_ticks(lo: float, hi: float) -> list[float]:
     return sorted({float(f"{t:.2g}") for t in ticks})
 
 
-def _hist(exp: Experiment, group: Any, point: str, overlay: bool = False, steps: list[int] | None = None):
+def _hist(exp: Experiment, group: Any, point: str, steps: list[int] | None = None):
+    """The histogram grid of one seed: a row per compared run and step (the first and the last recorded one unless
+    `steps` says), a column per layer."""
+    runs, hists, steps = _hist_data(exp, group, point, steps)
+    rows = [(s, [r]) for s in steps for _, r in runs.iterrows()]
+    return _hist_grid(exp, group, point, runs, hists, rows)
+
+
+def _overlay(exp: Experiment, group: Any, point: str):
+    """The histogram grid with the compared runs on the same axes (--overlay): a row per step, a column per layer;
+    each run's histogram an outline in its colour (translucent fills would blend into a colour of no run), over the
+    union of their ranges."""
+    runs, hists, steps = _hist_data(exp, group, point, None)
+    fig = _hist_grid(exp, group, point, runs, hists, [(s, [r for _, r in runs.iterrows()]) for s in steps])
+    handles = [
+        matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=1.5, label=_value_label(exp.compare, v))
+        for i, v in enumerate(runs[exp.compare] if exp.compare else [""])
+    ]
+    fig.legend(handles=handles, loc="upper right", ncols=len(handles), frameon=False)
+    return fig
+
+
+def _hist_data(
+    exp: Experiment, group: Any, point: str, steps: list[int] | None
+) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
+    """The runs a histogram grid draws (the first seed of each compared value), their histograms of `point`, and
+    its steps: the given ones, else the first and the last recorded step."""
     runs = _first_seed(_group(exp, group), exp.compare)
     hists = _hist_rows(exp, runs.run_id.tolist(), point)
     all_steps = _shown_steps(hists, runs)
     steps = steps or ([all_steps[0], all_steps[-1]] if len(all_steps) > 1 else all_steps)
+    return runs, hists, steps
+
+
+def _hist_grid(
+    exp: Experiment,
+    group: Any,
+    point: str,
+    runs: pd.DataFrame,
+    hists: pd.DataFrame,
+    rows: list[tuple[int, list[pd.Series]]],
+):
+    """A row of histograms per (step, runs): one run's filled, several runs' as outlines on the same axes."""
     layers = sorted(hists.layer.unique())
-    rows = [(s, None) for s in steps] if overlay else [(s, r) for s in steps for _, r in runs.iterrows()]
     fig, axs = _grid(len(rows) * len(layers), len(layers), 1.15 if len(layers) > 4 else 1.6, top=0.8, reuse="hist")
     index = {(r.run_id, int(r.step), int(r.layer)): r for r in hists.itertuples()}
     colors = {rid: COLORS[i % len(COLORS)] for i, rid in enumerate(runs.run_id)}
-    for r, (step, run) in enumerate(rows):
+    for r, (step, shown) in enumerate(rows):
         for c, layer in enumerate(layers):
             ax = axs[r][c]
-            shown = [run] if run is not None else [row for _, row in runs.iterrows()]
+            records = []
             for one in shown:
                 rec = index.get((one.run_id, step, layer))
-                h = pd.Series(rec._asdict()) if rec is not None else None
-                _hist_panel(ax, h, one, step, colors[one.run_id])
-                if overlay and h is not None and not _diverged_before(one, step):
-                    ax.patches[-1].set_alpha(0.45) if ax.patches else None
+                records.append((pd.Series(rec._asdict()) if rec is not None else None, one, colors[one.run_id]))
+            if len(records) == 1:
+                _hist_panel(ax, records[0][0], records[0][1], step, records[0][2])
+            else:
+                _outline_panel(ax, records, step)
             if r == 0:
                 ax.set_title("input" if layer == 0 else f"layer {layer}")
             if c == 0:
-                who = "" if run is None else _value_label(exp.compare, run[exp.compare]) + "\n" if exp.compare else ""
+                one = shown[0]
+                who = _value_label(exp.compare, one[exp.compare]) + "\n" if exp.compare and len(shown) == 1 else ""
                 ax.set_ylabel(f"{who}step {step}", fontsize=7.5)
         # One y scale per row, labelled once: the panels of a row compare at a glance (and unlabelled axes
         # without ticks draw several times faster than shared ones).
@@ -624,18 +839,46 @@ def _hist(exp: Experiment, group: Any, point: str, overlay: bool = False, steps:
             ax.set_ylim(0, top)
             if c:
                 ax.yaxis.set_major_locator(matplotlib.ticker.NullLocator())
-    if overlay:
-        handles = [
-            matplotlib.patches.Patch(color=colors[r.run_id], alpha=0.6, label=_value_label(exp.compare, r[exp.compare]))
-            for _, r in runs.iterrows()
-        ]
-        fig.legend(handles=handles, loc="upper right", ncols=len(handles), frameon=False)
-    _hist_title(fig, exp, runs, group, point, overlay)
-    fig.subplots_adjust(left=0.09, right=0.99, bottom=0.04, top=1 - 0.75 / fig.get_figheight(), hspace=0.45)
+    lines = _hist_title(fig, exp, runs, group, point, [s for s, _ in rows])
+    top = 1 - (0.6 + 0.13 * lines) / fig.get_figheight()
+    fig.subplots_adjust(left=0.09, right=0.99, bottom=0.04, top=top, hspace=0.45)
     return fig
 
 
-def _hist_title(fig: plt.Figure, exp: Experiment, runs: pd.DataFrame, group: Any, point: str, overlay: bool) -> None:
+def _outline_panel(ax: plt.Axes, records: list[tuple[pd.Series | None, pd.Series, str]], step: int) -> None:
+    """Several runs' histograms of one layer and step on the same axes, each an outline in its colour over the union
+    of their ranges; a run with nothing to draw at this step (diverged, NaN/inf, not recorded) is a line of text."""
+    drawn, missing = [], []
+    for h, run, color in records:
+        if h is None or _diverged_before(run, step) or h["nan"] or h["inf"]:
+            missing.append((run, color))
+        else:
+            drawn.append((h, color))
+    for k, (run, color) in enumerate(missing):
+        why = f"diverged\nat step {run.diverged_step}" if run.status == "diverged" else "NaN/inf or\nnot recorded"
+        _note(ax, 0.97, 0.95 - 0.22 * k, why, ha="right", va="top", color=color, fontsize=6.5)
+    if not drawn:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    lo = min(float(h["lo"]) for h, _ in drawn)
+    hi = max(float(h["hi"]) for h, _ in drawn)
+    w = (hi - lo) / len(drawn[0][0]["counts"])
+    for k, (h, color) in enumerate(drawn):  # each outline thinner than the one before: equal ones both show
+        counts = np.asarray(h["counts"], dtype=float)
+        edges = np.linspace(float(h["lo"]), float(h["hi"]), len(counts) + 1)
+        ax.stairs(counts / float(h["n"]), edges, color=color, lw=max(2.0 - 0.7 * k, 0.7))
+        _outside_bars(ax, h, (float(h["hi"]) - float(h["lo"])) / len(counts), color)
+    ax.set_xlim(lo - 2 * w, hi + 2 * w)
+    ax.set_xticks(_edge_ticks(lo, hi))
+    ax.tick_params(labelsize=7, length=2, pad=1)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
+
+
+def _hist_title(fig: plt.Figure, exp: Experiment, runs: pd.DataFrame, group: Any, point: str, steps: list[int]) -> int:
+    """The histogram grid's title and the lines under it (split and mode, the key, the seeds not drawn, what step 0
+    in eval mode is); returns how many lines there are under it."""
     fig.suptitle(
         _title(exp, group, runs, f"values {POINT_TITLES.get(point, point)}"),
         x=0.01,
@@ -643,7 +886,11 @@ def _hist_title(fig: plt.Figure, exp: Experiment, runs: pd.DataFrame, group: Any
         fontsize=9.5,
     )
     key = "gray hatched bars beyond the edges: values outside the range; y: share of values per bin"
-    fig.text(0.01, 1 - 0.42 / fig.get_figheight(), f"on the {exp.mode_text()}. {key}", fontsize=7, color="#444444")
+    group_runs = _group(exp, group)
+    h = exp.tables["histograms"]
+    spread = _cdf_spread(h[h.run_id.isin(group_runs.run_id) & (h.point == point)])
+    lines = [f"on the {exp.mode_text()}. {key}", _seeds_note(exp, group_runs, runs, spread)]
+    return _notes(fig, [*lines, _eval_start_note(exp, runs, steps)], 0.01, 0.3)
 
 
 def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None) -> None:
@@ -653,10 +900,10 @@ def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None
     runs = _first_seed(_group(exp, group), exp.compare)
     steps = _shown_steps(_hist_rows(exp, runs.run_id.tolist(), point), runs)
     writer = PillowWriter(fps=2)
-    fig = _hist(exp, group, point, overlay=False, steps=[steps[0]])
+    fig = _hist(exp, group, point, steps=[steps[0]])
     with writer.saving(fig, str(path), dpi=80):
         for step in steps:  # one layout: every frame is the same (reused) figure, drawn again
-            fig = _hist(exp, group, point, overlay=False, steps=[step])
+            fig = _hist(exp, group, point, steps=[step])
             writer.grab_frame()
     _done(fig)
 
@@ -665,87 +912,150 @@ def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None
 # Distributions over training: percentile bands per layer and point
 
 
+POINT_SHORT = {"pre_norm": "before the norm", "post_norm": "after the norm", "post_act": "after the activation"}
+
+
 def _dist(exp: Experiment, group: Any):
-    runs = _first_seed(_group(exp, group), exp.compare)
+    """Distributions over training (Glorot & Bengio 2010): the 1/20/50/80/99th percentiles of each layer's values
+    against the step, one column per layer, one row per point and compared run (its first seed), every panel with
+    its own y range: no series hides under another or shrinks to a line on another's scale. Dotted: the median's
+    range over the seeds that did not diverge. A diverged run's steps from its divergence on are a band saying so."""
+    group_runs = _group(exp, group)
+    runs = _first_seed(group_runs, exp.compare)
     h = exp.tables["histograms"]
-    h = h[h.run_id.isin(runs.run_id) & (h.layer > 0)]
+    h = h[h.run_id.isin(group_runs.run_id) & (h.layer > 0) & (h.nan == 0) & (h.inf == 0)]
     points = [p for p in FORWARD_POINTS if p in set(h.point)]
     layers = sorted(h.layer.unique())
-    fig, axs = _subplots(len(layers), len(points), (WIDTH, 1.05 * len(layers) + 1.1), reuse="dist")
-    panels = dict(list(h.sort_values("step").groupby(["run_id", "layer", "point"])))
-    shown = {}  # compared value -> what its legend entry says
-    marked = False
     variants = _variants(exp, runs)
-    lines = len(runs) > 2  # three or more overlaid bands blur into one colour: percentiles as lines instead
-    for i, (value, vruns) in enumerate(variants):
-        color = COLORS[i % len(COLORS)]
-        for _, run in vruns.iterrows():
-            shown[value] = _value_label(exp.compare, value)
-            steps = h.loc[h.run_id == run.run_id, "step"]
-            if run.status == "diverged" and steps[steps < run.diverged_step].nunique() < 2:
-                # Diverged before a second record: nothing over time to draw, and its values at step 0 would
-                # set every axis's scale.
-                shown[value] += f" (diverged at step {run.diverged_step}: not drawn)"
-                continue
-            for r, layer in enumerate(layers):
-                for c, point in enumerate(points):
-                    d = panels.get((run.run_id, layer, point), h.iloc[:0])
-                    d = d[(d.nan == 0) & (d.inf == 0)]
-                    if run.status == "diverged":
-                        d = d[d.step < run.diverged_step]
-                    ax = axs[r][c]
-                    x = d.step.to_numpy()
-                    if lines:
-                        for q, style in (("p1", ":"), ("p20", "--"), ("p80", "--"), ("p99", ":")):
-                            ax.plot(x, d[q], color=color, lw=0.9, ls=style)
-                    else:
-                        _band(ax, x, d.p1.to_numpy(), d.p99.to_numpy(), color=color, alpha=0.15)
-                        _band(ax, x, d.p20.to_numpy(), d.p80.to_numpy(), color=color, alpha=0.35)
-                    ax.plot(x, d.p50, color=color, lw=1.2)
-                    if run.status == "diverged" and len(x):
-                        ax.plot([x[-1]], [d.p50.iloc[-1]], "x", color=BROKEN, ms=6, mew=2)
-                        marked = True
-    span = (h.step.min(), h.step.max())
-    for r, layer in enumerate(layers):
-        axs[r][0].set_ylabel(f"layer {layer}")
-        for c, point in enumerate(points):
-            ax = axs[r][c]
-            ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=7)
-            _few_ticks(ax)
-            ax.set_xlim(*span)
-            if r < len(layers) - 1:  # one step axis, at the bottom (a shared axis costs ticks in every panel)
-                ax.xaxis.set_major_locator(matplotlib.ticker.NullLocator())
-            if r == 0:
-                ax.set_title(POINT_TITLES[point])
+    nrows = len(points) * (len(variants) + 1) - 1  # a thin spacer row between the points' blocks
+    ratios = tuple(([1.0] * len(variants) + [0.32]) * len(points))[:nrows]
+    fig, axs = _subplots(
+        nrows, len(layers), (WIDTH, 0.92 * len(points) * len(variants) + 1.7), "dist", height_ratios=ratios
+    )
+    panels = dict(list(h.sort_values("step").groupby(["run_id", "layer", "point"])))
+    span = _step_span(exp, exp.tables["histograms"].step)
+    seeds = _seed_count(group_runs, exp.compare)
+    medians = _median_ranges(exp, h, group_runs) if seeds > 1 else {}
+    for b, point in enumerate(points):
+        for v, (value, vruns) in enumerate(variants):
+            r = b * (len(variants) + 1) + v
+            run = vruns.iloc[0]
+            for c, layer in enumerate(layers):
+                ax = axs[r][c]
+                d = panels.get((run.run_id, layer, point), h.iloc[:0])
+                _dist_panel(ax, d, run, COLORS[v % len(COLORS)], span, bottom=r == nrows - 1)
+                m = medians.get((value, layer, point))
+                if m is not None:  # min and max over the seeds, one line broken between them
+                    x = m.index.to_numpy(float)
+                    ax.plot(np.r_[x, np.nan, x], np.r_[m["min"], np.nan, m["max"]], color="black", lw=0.7, ls=":")
+                if b == 0 and v == 0:
+                    ax.set_title(f"layer {layer}")
+            name = _value_label(exp.compare, value) if exp.compare else ""
+            axs[r][0].set_ylabel(name, fontsize=7)
+        if b < len(points) - 1:
+            for ax in axs[r + 1]:
+                ax.set_visible(False)
+        top = axs[b * (len(variants) + 1)][0]
+        top.annotate(
+            POINT_SHORT[point],
+            (0.0, 1.0),
+            xycoords="axes fraction",
+            xytext=(-38, 3 if b else 14),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+            fontsize=8,
+            fontweight="bold",
+        )
     for ax in axs[-1]:
         ax.set_xlabel("step")
-    handles = [
-        matplotlib.patches.Patch(color=COLORS[i % len(COLORS)], alpha=0.5 if not lines else 1.0, label=label)
-        for i, label in enumerate(shown.values())
-    ]
-    if lines:
-        handles += [
-            matplotlib.lines.Line2D([], [], color="gray", lw=1.2, label="median"),
-            matplotlib.lines.Line2D([], [], color="gray", lw=0.9, ls="--", label="20th, 80th percentile"),
-            matplotlib.lines.Line2D([], [], color="gray", lw=0.9, ls=":", label="1st, 99th percentile"),
-        ]
-    else:
-        handles += [
-            matplotlib.lines.Line2D([], [], color="gray", lw=1.2, label="median"),
-            matplotlib.patches.Patch(color="gray", alpha=0.5, label="20-80th percentile"),
-            matplotlib.patches.Patch(color="gray", alpha=0.2, label="1-99th percentile"),
-        ]
-    if marked:
-        handles.append(matplotlib.lines.Line2D([], [], ls="", marker="x", color=BROKEN, label="diverged after"))
-    h = fig.get_figheight()
-    ncols = min(len(handles), 4)
-    fig.legend(handles=handles, loc="upper center", ncols=ncols, frameon=False, bbox_to_anchor=(0.5, 1 - 0.25 / h))
+    h_in = fig.get_figheight()
     title = _title(exp, group, runs, "distributions over training") + f" ({exp.mode_text()})"
-    _fitted_suptitle(fig, title, y=1 - 0.05 / h)
-    rows = math.ceil(len(handles) / ncols)
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.45 / h, top=1 - (0.45 + 0.2 * rows) / h)
+    _fitted_suptitle(fig, title, y=1 - 0.05 / h_in)
+    key = "band: 1st-99th percentile (light), 20th-80th (dark); line: median; each panel has its own y range"
+    if seeds > 1:
+        key += f"; dotted: the median's range over the {seeds} seeds (those that did not diverge)"
+    lines = [key]
+    artefact = _eval_start_note(exp, runs, sorted(h.step.unique()))
+    if artefact:
+        lines.append(artefact)
+    n = _notes(fig, lines, 0.5, 0.27, ha="center")
+    fig.subplots_adjust(
+        left=0.08, right=0.99, bottom=0.45 / h_in, top=1 - (0.75 + 0.12 * n) / h_in, hspace=0.3, wspace=0.5
+    )
     return fig
+
+
+def _step_span(exp: Experiment, steps: pd.Series) -> tuple[float, float]:
+    """A figure's step axis: from the first to the last step of `steps` (a table's steps over the experiment's runs),
+    to the training's last step where that is one step (every run diverged after its first record)."""
+    lo, hi = (float(steps.min()), float(steps.max())) if len(steps) else (0.0, 0.0)
+    if hi <= lo:
+        hi = max(lo + 1.0, float(exp.config.get("train", {}).get("steps") or 0))
+    return lo, hi
+
+
+def _padded(span: tuple[float, float]) -> tuple[float, float]:
+    """A step axis's limits with 2% room on the left, so that what is drawn at the first step is not on the spine."""
+    return span[0] - 0.02 * (span[1] - span[0]), span[1]
+
+
+def _dist_panel(
+    ax: plt.Axes, d: pd.DataFrame, run: pd.Series, color: str, span: tuple[float, float], bottom: bool
+) -> None:
+    """One run's percentiles of one layer and point against the step; a single step before a divergence as a
+    percentile bar; the steps from the divergence on as a band saying so. Step ticks on the `bottom` row only."""
+    x = d.step.to_numpy(float)
+    if len(x) > 1:  # both bands as one artist: a tenth of the cost of two fills
+        rgb = matplotlib.colors.to_rgb(color)
+        bands = [np.c_[np.r_[x, x[::-1]], np.r_[d[a].to_numpy(), d[b].to_numpy()[::-1]]] for a, b in BANDS]
+        ax.add_collection(matplotlib.collections.PolyCollection(bands, facecolors=[(*rgb, 0.2), (*rgb, 0.45)], lw=0))
+        ax.plot(x, d.p50, color=color, lw=1.2)
+    elif len(x) == 1:
+        ax.plot([x[0]] * 2, [d.p1.iloc[0], d.p99.iloc[0]], color=color, alpha=0.5, lw=2)
+        ax.plot([x[0]] * 2, [d.p20.iloc[0], d.p80.iloc[0]], color=color, lw=4)
+        ax.plot(x, d.p50, "o", color="black", ms=2.5)
+    if run.status == "diverged" and not pd.isna(run.diverged_step):
+        _diverged_band(ax, float(run.diverged_step), span[1], f"diverged\nat step {run.diverged_step}", 6.5)
+    ax.set_xlim(*_padded(span))
+    ax.grid(axis="y", alpha=0.3)  # a grid line at every step tick of every panel costs more than it says
+    ax.tick_params(labelsize=6.5, length=2, pad=1, labelbottom=bottom)
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
+    ax.yaxis.set_major_formatter(PLAIN)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3) if bottom else matplotlib.ticker.NullLocator())
+
+
+BANDS = (("p1", "p99"), ("p20", "p80"))  # the percentile bands of the distribution figure, light then dark
+
+
+def _diverged_band(ax: plt.Axes, start: float, end: float, text: str, size: float) -> None:
+    """The steps from a run's divergence to the end of the step axis: a hatched band with `text` in it."""
+    ax.axvspan(start, end, facecolor="#fbe9e1", edgecolor="#efb9a3", hatch="///", lw=0)
+    ax.text(
+        (start + end) / 2,
+        0.5,
+        text,
+        transform=ax.get_xaxis_transform(),
+        ha="center",
+        va="center",
+        fontsize=size,
+        color=BROKEN,
+        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1},
+    )
+
+
+def _median_ranges(exp: Experiment, h: pd.DataFrame, runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """(compared value, layer, point) -> the min and max per step of the median over that value's seeds that did not
+    diverge, where there are two or more of them."""
+    out = {}
+    for value, vruns in _variants(exp, runs):
+        ok = vruns[vruns.status != "diverged"].run_id
+        if len(ok) < 2:
+            continue
+        ranges = h[h.run_id.isin(ok)].groupby(["layer", "point", "step"]).p50.agg(["min", "max"])
+        for (layer, point), d in ranges.groupby(level=["layer", "point"]):
+            out[(value, layer, point)] = d.droplevel(["layer", "point"])
+    return out
 
 
 def _ridge(exp: Experiment, group: Any, point: str = "post_act"):
@@ -757,17 +1067,14 @@ def _ridge(exp: Experiment, group: Any, point: str = "post_act"):
     hists = hists[hists.layer > 0]
     layers = sorted(hists.layer.unique())
     steps = _shown_steps(hists, runs)
-    fig, axs = plt.subplots(len(runs), len(layers), figsize=(WIDTH, 2.0 * len(runs) + 0.9), squeeze=False, sharey=True)
+    fig, axs = plt.subplots(len(runs), len(layers), figsize=(WIDTH, 2.0 * len(runs) + 1.2), squeeze=False, sharey=True)
     cmap = plt.get_cmap("viridis")
     for r, (_, run) in enumerate(runs.iterrows()):
         mine = hists[hists.run_id == run.run_id]
         for c, layer in enumerate(layers):
             ax = axs[r][c]
             rows = mine[(mine.layer == layer) & mine.step.isin(steps)].sort_values("step", ascending=False)
-            broken = rows[(rows.nan > 0) | (rows.inf > 0)]
-            if run.status == "diverged":
-                broken = rows[rows.step >= run.diverged_step]
-            rows = rows.drop(broken.index)
+            rows = rows[(rows.nan == 0) & (rows.inf == 0)]
             for h in rows.itertuples():
                 k = steps.index(int(h.step))
                 counts = np.asarray(h.counts, dtype=float)
@@ -775,8 +1082,20 @@ def _ridge(exp: Experiment, group: Any, point: str = "post_act"):
                 edges = np.linspace(h.lo, h.hi, len(counts) + 1)
                 color = cmap(k / max(len(steps) - 1, 1))
                 ax.stairs(k + 0.9 * counts / top, edges, baseline=k, fill=True, color=color, ec="white", lw=0.5)
-            if len(broken):
-                _note(ax, 0.5, 0.98, f"diverged at step {run.diverged_step}", ha="center", va="top", fontsize=6.5)
+            if run.status == "diverged" and not pd.isna(run.diverged_step):  # its steps from there on: a band
+                first = sum(st < run.diverged_step for st in steps)
+                ax.axhspan(first - 0.1, len(steps), facecolor="#fbe9e1", edgecolor="#efb9a3", hatch="///", lw=0)
+                ax.text(
+                    0.5,
+                    (first + len(steps)) / 2,
+                    f"diverged\nat step {run.diverged_step}",
+                    transform=ax.get_yaxis_transform(),
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color=BROKEN,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1},
+                )
             ax.tick_params(labelsize=6.5, length=2, labelleft=c == 0)
             if len(rows):
                 ax.set_xticks(_edge_ticks(rows.lo.min(), rows.hi.max()))
@@ -785,19 +1104,31 @@ def _ridge(exp: Experiment, group: Any, point: str = "post_act"):
         every = math.ceil(len(steps) / 7)  # at most 7 labelled steps
         axs[r][0].set_yticks(range(0, len(steps), every), [str(s) for s in steps[::every]])
         axs[r][0].set_ylabel((_value_label(exp.compare, run[exp.compare]) + "\n" if exp.compare else "") + "step")
+    group_runs = _group(exp, group)
+    h = exp.tables["histograms"]
+    spread = _cdf_spread(h[h.run_id.isin(group_runs.run_id) & (h.point == point)])
+    lines = [
+        f"on the {exp.mode_text()}; each histogram scaled to its tallest bin, later steps higher",
+        _seeds_note(exp, group_runs, runs, spread),
+        _eval_start_note(exp, runs, steps),
+    ]
     fig.suptitle(
-        _title(exp, group, runs, f"histograms over training, values {POINT_TITLES.get(point, point)}")
-        + f"\non the {exp.mode_text()}; each histogram scaled to its tallest bin, later steps higher",
-        fontsize=8.5,
+        _title(exp, group, runs, f"histograms over training, values {POINT_TITLES.get(point, point)}"), fontsize=8.5
     )
-    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.35 / fig.get_figheight(), top=1 - 0.6 / fig.get_figheight())
+    height = fig.get_figheight()
+    n = _notes(fig, lines, 0.5, 0.28, ha="center")
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.35 / height, top=1 - (0.6 + 0.12 * n) / height)
     return fig
 
 
-def _band(ax: plt.Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any) -> None:
-    """The area between two curves as one polygon (fill_between's general machinery costs 5x more here)."""
-    if len(x):
-        ax.fill(np.r_[x, x[::-1]], np.r_[lo, hi[::-1]], lw=0, **kw)
+HATCHES = ("////", "\\\\\\\\", "||||", "----", "xxxx")  # one direction per series: crossing bands keep both colours
+
+
+def _spread_band(ax: plt.Axes, x: Any, lo: Any, hi: Any, color: str, k: int) -> None:
+    """The band of series k (a range over seeds, or along the gradient): hatched in its colour, the hatching's
+    direction its own, nothing filled; where two series' bands cross, both colours' lines show, not a blend of the two
+    that reads as a third series."""
+    ax.fill_between(x, lo, hi, facecolor="none", edgecolor=color, hatch=HATCHES[k % len(HATCHES)], lw=0, alpha=0.45)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -807,8 +1138,15 @@ def _band(ax: plt.Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any
 def _grad(exp: Experiment, group: Any):
     """Per layer against the step: the norms of the backpropagated and the weight gradient (log scale), and, where
     recorded (record.ics_every), internal covariate shift as cos(G, G') (Santurkar et al. 2018)."""
-    runs = _first_seed(_group(exp, group), exp.compare)
+    group_runs = _group(exp, group)
+    runs = _first_seed(group_runs, exp.compare)
     layers = exp.tables["layers"]
+    seeds_note = _seeds_note(
+        exp,
+        group_runs,
+        runs,
+        _ratio_spread(layers[layers.run_id.isin(group_runs.run_id)], ["backprop_norm", "grad_norm"], "gradient norms"),
+    )
     layers = layers[layers.run_id.isin(runs.run_id)]
     metrics = [
         (m, t)
@@ -832,7 +1170,8 @@ def _grad(exp: Experiment, group: Any):
                 d = d.sort_values("step")
                 y = d[metric].to_numpy(float)
                 ok = np.isfinite(y) & ((y > 0) if log else True)
-                ax.plot(d.step[ok], y[ok], color=_layer_color(layer, depth), lw=1.2, label=f"layer {layer}")
+                one = "o" if ok.sum() == 1 else None  # a run that diverged after its first record: a point
+                ax.plot(d.step[ok], y[ok], color=_layer_color(layer, depth), lw=1.2, marker=one, ms=3)
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
             if log:
@@ -845,23 +1184,31 @@ def _grad(exp: Experiment, group: Any):
                 why = "0 in every layer at every step:\nno gradient flows" if zero else "no finite values"
                 _note(ax, 0.5, 0.5, why, ha="center", va="center", fontsize=8)
                 ax.set_xlim(mine.step.min(), mine.step.max())
-            if run.status == "diverged":
-                _note(ax, 0.98, 0.04, f"diverged at step {run.diverged_step}", ha="right", fontsize=7.5)
             head = _value_label(exp.compare, value) if exp.compare and r == 0 else ""
             ax.set_title(f"{head}\n{title}" if head else title)
             if r == len(metrics) - 1:
                 ax.set_xlabel("step")
-    axs[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    depth_handles = [
+        matplotlib.lines.Line2D([], [], color=_layer_color(layer, depth), lw=1.2, label=f"layer {layer}")
+        for layer in sorted(layers.layer.unique())
+    ]
+    axs[0][-1].legend(handles=depth_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     title = _title(
         exp, group, runs, "gradients per layer" + (" and internal covariate shift" if len(metrics) == 3 else "")
     )
     title += f" ({exp.mode_text()})"
     _fitted_suptitle(fig, title, 9)
-    span = (layers.step.min(), layers.step.max())  # ICS is measured at fewer steps: one step axis for every row
+    span = _step_span(exp, exp.tables["layers"].step)  # ICS is measured at fewer steps: one step axis for every row
     for ax in axs.ravel():
-        ax.set_xlim(*span)
+        ax.set_xlim(*_padded(span))
+    for c, (_, vruns) in enumerate(variants):
+        run = vruns.iloc[0]
+        if run.status == "diverged" and not pd.isna(run.diverged_step):
+            for r in range(len(metrics)):
+                _diverged_band(axs[r][c], float(run.diverged_step), span[1], f"diverged at step {run.diverged_step}", 8)
+    n = _notes(fig, [seeds_note, _eval_start_note(exp, runs, sorted(layers.step.unique()))], 0.5, 0.3, ha="center")
     h = fig.get_figheight()
-    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / h, top=1 - 0.8 / h, hspace=0.45)
+    fig.subplots_adjust(left=0.08, right=0.88, bottom=0.5 / h, top=1 - (0.8 + 0.12 * n) / h, hspace=0.45)
     return fig
 
 
@@ -873,13 +1220,16 @@ def _landscape(exp: Experiment, group: Any):
     """Santurkar et al. (2018, fig. 4)'s three panels against the step, compared runs overlaid: the range of the loss
     along the gradient (a band from its min to its max), the largest change of the gradient there, and the effective
     beta-smoothness. Narrower and lower is smoother."""
-    runs = _first_seed(_group(exp, group), exp.compare)
+    group_runs = _group(exp, group)
+    runs = _first_seed(group_runs, exp.compare)
     table = exp.tables["landscape"]
+    every = landscape_summary(table[table.run_id.isin(group_runs.run_id)]).assign(layer=0)
+    seeds_note = _seeds_note(exp, group_runs, runs, _ratio_spread(every, ["beta"], "effective beta"))
     table = table[table.run_id.isin(runs.run_id)]
     summary = landscape_summary(table)
     fig, axs = _subplots(1, 3, (WIDTH, 3.5), "landscape")
     titles = (
-        "loss at the step (line), along the gradient (band)",
+        "loss at the step (line), along the gradient (hatched)",
         "gradient change, max ||g - g'||",
         "effective beta, max ||g - g'|| / ||d||",
     )
@@ -891,14 +1241,8 @@ def _landscape(exp: Experiment, group: Any):
         band = mine.groupby("step").loss.agg(["min", "max"])
         band = band[np.isfinite(band["min"]) & np.isfinite(band["max"]) & (band["min"] > 0)]
         label = _value_label(exp.compare, value) if exp.compare else run.run_id
-        _band(
-            axs[0][0],
-            band.index.to_numpy(float),
-            band["min"].to_numpy(),
-            band["max"].to_numpy(),
-            color=color,
-            alpha=0.35,
-        )
+        x = band.index.to_numpy(float)
+        _spread_band(axs[0][0], x, band["min"].to_numpy(), band["max"].to_numpy(), color, k)
         start = mine[mine.scale == 0].set_index("step").loss.reindex(band.index)
         axs[0][0].plot(band.index, start, color=color, lw=1.0, label=label)
         mine_summary = summary[summary.run_id == run.run_id]
@@ -925,7 +1269,8 @@ def _landscape(exp: Experiment, group: Any):
         + f"\nfrom each measured step to theta - k lr g, k in {{{steps}}}, on the step's batch (batch statistics)",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.24, top=0.8, wspace=0.28)
+    n = _notes(fig, [seeds_note], 0.5, 0.45, ha="center")
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.24, top=1 - (0.7 + 0.12 * n) / 3.5, wspace=0.28)
     return fig
 
 
@@ -939,8 +1284,11 @@ def _running(exp: Experiment, group: Any):
     statistics (eval mode) and, at the end, with recomputed ones (precise BN's, and the population's): the gap between
     train and eval mode is what deploying the model costs; precise BN's loss shows the moving averages' share of it,
     the population's what is left of mini-batch statistics."""
-    runs = _first_seed(_group(exp, group), exp.compare)
+    group_runs = _group(exp, group)
+    runs = _first_seed(group_runs, exp.compare)
     layers, curves = exp.tables["layers"], exp.tables["curves"]
+    errors = _ratio_spread(layers, ["running_mean_err", "running_var_err"], "running statistics' errors")
+    seeds_note = _seeds_note(exp, group_runs, runs[runs.run_id.isin(layers.run_id)], errors)
     with_stats = layers[layers.run_id.isin(runs.run_id) & layers.running_mean_err.notna()].run_id.unique()
     variants = [(v, r) for v, r in _variants(exp, runs) if r.run_id.iloc[0] in with_stats]
     if not variants:  # the first seed's runs have none (plot schedules the figure for groups with some)
@@ -993,8 +1341,10 @@ def _running(exp: Experiment, group: Any):
         ax.grid(alpha=0.3)
         ax.set_title("training-set loss")
         ax.set_xlabel("step")
-        if run.status == "diverged":
-            _note(ax, 0.98, 0.04, f"diverged at step {run.diverged_step}", ha="right")
+        if run.status == "diverged" and not pd.isna(run.diverged_step):
+            end = float(layers.step.max())
+            for r in range(3):
+                _diverged_band(axs[r][c], float(run.diverged_step), end, f"diverged at step {run.diverged_step}", 7.5)
     axs[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axs[2][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(
@@ -1002,7 +1352,8 @@ def _running(exp: Experiment, group: Any):
         + "\n(each layer's input over the training set, the network in eval mode)",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.08, right=0.8, bottom=0.07, top=0.85, hspace=0.45)
+    n = _notes(fig, [seeds_note], 0.5, 0.45, ha="center")
+    fig.subplots_adjust(left=0.08, right=0.8, bottom=0.07, top=1 - (1.08 + 0.12 * n) / 7.2, hspace=0.45)
     return fig
 
 
@@ -1010,52 +1361,145 @@ def _running(exp: Experiment, group: Any):
 # Cost curves: one panel per group, one line per compared value, seeds as mean and min-max band
 
 
+@dataclass
+class _Curve:
+    """One line of a cost panel: the mean of the seeds that did not diverge (with their min-max band), or one
+    diverged seed's losses before its divergence."""
+
+    ax: plt.Axes
+    color: str
+    style: str
+    steps: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    run: pd.Series | None = None  # the diverged seed
+
+
 def _cost(exp: Experiment):
+    """Loss curves, one panel per group. The seeds that did not diverge are a mean with a min-max band and set the
+    y range; a diverged seed is a thin line up to its last finite loss, marked there (at the axis's edge, with its
+    value, when that loss lies beyond the range): a run that blew up cannot flatten the others' curves."""
     groups = exp.groups()
-    curves = exp.tables["curves"]
     fig, axs = _grid(len(groups), 3, 2.6, top=0.9, sharey=True)
-    finite_all: list[float] = []
-    has_test = False
-    nseeds = 1
+    drawn: list[_Curve] = []
     for ax, (key, grp) in zip(axs.ravel(), groups, strict=False):
-        marks = []
         for i, (_, runs) in enumerate(_variants(exp, grp)):
-            color = COLORS[i % len(COLORS)]
-            for split, mode, style in (("train", "train", "-"), ("test", "eval", "--")):
-                c = curves[curves.run_id.isin(runs.run_id) & (curves.split == split) & (curves["mode"] == mode)]
-                if c.empty:
-                    continue
-                wide = c.pivot_table(index="step", columns="run_id", values="loss", aggfunc="first", dropna=False)
-                vals = wide.to_numpy(dtype=float, copy=True)
-                vals[~np.isfinite(vals)] = np.nan  # a diverged seed leaves the aggregate at its divergence step
-                with np.errstate(all="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
-                    mean, lo, hi = np.nanmean(vals, 1), np.nanmin(vals, 1), np.nanmax(vals, 1)
-                steps = wide.index.to_numpy()
-                ok = np.isfinite(mean)
-                finite_all += list(mean[ok]) + list(lo[ok]) + list(hi[ok])
-                nseeds = max(nseeds, vals.shape[1])
-                has_test |= split == "test"
-                ax.plot(steps[ok], mean[ok], style, color=color, lw=1.5)
-                if vals.shape[1] > 1:
-                    ax.fill_between(steps[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
-                if split == "train":
-                    for _, run in runs[runs.status == "diverged"].iterrows():
-                        col = wide[run.run_id].to_numpy(dtype=float)
-                        fin = np.isfinite(col)
-                        last = (steps[fin][-1], col[fin][-1]) if fin.any() else (steps[0], np.nan)
-                        marks.append((color, int(run.diverged_step), last))
-        _divergence_marks(ax, marks, finite_all)
+            drawn += _cost_curves(exp, ax, runs, COLORS[i % len(COLORS)])
         ax.set_title(_label(exp.group_keys, key) or exp.name)
         ax.grid(alpha=0.3)
-    ylog = _wide(finite_all)
+    healthy = [c for c in drawn if c.run is None] or drawn  # all diverged: their losses are the data
+    finite = np.concatenate([np.r_[c.mean, c.lo, c.hi] for c in healthy] or [np.array([])])
+    finite = finite[np.isfinite(finite)]
+    ylog = _wide(finite)
+    for c in drawn:
+        c.ax.plot(c.steps, c.mean, c.style, color=c.color, lw=1.5 if c.run is None else 0.8)
+        if c.run is None and np.any(c.lo != c.hi):
+            _spread_band(c.ax, c.steps, c.lo, c.hi, c.color, COLORS.index(c.color))
+    limits = _margins(finite, ylog)
     for ax in axs.ravel():
         if ylog:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(PLAIN)
+            _log_y(ax)
+        if limits is not None:
+            ax.set_ylim(*limits)
+    for ax in axs.ravel():
+        _divergence_marks(ax, [c for c in drawn if c.ax is ax and c.run is not None and c.style == "-"])
     for ax in axs[-1]:
         ax.set_xlabel("step (parameter updates)")
     for ax in axs[:, 0]:
         ax.set_ylabel("loss" + (" (log scale)" if ylog else ""))
+    _cost_legend(fig, exp, drawn)
+    return fig
+
+
+def _cost_curves(exp: Experiment, ax: plt.Axes, runs: pd.DataFrame, color: str) -> list[_Curve]:
+    """The curves of one compared value's seeds in one panel: per split, the mean of the seeds that did not diverge,
+    and each diverged seed apart (never averaged in)."""
+    curves = exp.tables["curves"]
+    out = []
+    for split, mode, style in (("train", "train", "-"), ("test", "eval", "--")):
+        c = curves[curves.run_id.isin(runs.run_id) & (curves.split == split) & (curves["mode"] == mode)]
+        if c.empty:
+            continue
+        wide = c.pivot_table(index="step", columns="run_id", values="loss", aggfunc="first", dropna=False)
+        vals = wide.to_numpy(dtype=float, copy=True)
+        vals[~np.isfinite(vals)] = np.nan
+        steps = wide.index.to_numpy(float)
+        diverged = wide.columns.isin(runs[runs.status == "diverged"].run_id)
+        if (~diverged).any():
+            ok = vals[:, ~diverged]
+            with np.errstate(all="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+                mean, lo, hi = np.nanmean(ok, 1), np.nanmin(ok, 1), np.nanmax(ok, 1)
+            keep = np.isfinite(mean)
+            out.append(_Curve(ax, color, style, steps[keep], mean[keep], lo[keep], hi[keep]))
+        for k in np.flatnonzero(diverged):
+            keep = np.isfinite(vals[:, k])
+            y = vals[keep, k]
+            run = runs[runs.run_id == wide.columns[k]].iloc[0]
+            out.append(_Curve(ax, color, style, steps[keep], y, y, y, run))
+    return out
+
+
+def _margins(values: np.ndarray, log: bool) -> tuple[float, float] | None:
+    """The axis range of `values` with matplotlib's default margins, 5% of the span on each side (in log space on a
+    log axis); None when there is nothing to range."""
+    if log:
+        values = values[values > 0]
+    if not len(values):
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    if log:
+        lo, hi = math.log10(lo), math.log10(hi)
+    pad = 0.05 * (hi - lo) if hi > lo else (0.5 if log else max(abs(hi), 1.0) * 0.05)
+    lo, hi = lo - pad, hi + pad
+    return (10**lo, 10**hi) if log else (lo, hi)
+
+
+def _divergence_marks(ax: plt.Axes, diverged: list[_Curve]) -> None:
+    """Each diverged seed's last finite loss (x; an arrowhead at the axis's edge when it lies beyond the range, its
+    value written there), its divergence step (dotted), and a note per compared value."""
+    lo, hi = ax.get_ylim()
+    by_color: dict[str, list[_Curve]] = {}
+    for c in diverged:
+        by_color.setdefault(c.color, []).append(c)
+        ax.axvline(c.run.diverged_step, color=c.color, ls=":", lw=1)
+        if not len(c.steps):
+            continue
+        s, v = c.steps[-1], c.mean[-1]
+        if lo <= v <= hi:
+            ax.plot([s], [v], "x", color=c.color, ms=9, mew=2.5)
+        else:
+            edge, marker = (hi, "^") if v > hi else (lo, "v")
+            ax.plot([s], [edge], marker, color=c.color, ms=8, clip_on=False)
+    lines = []
+    for color, cs in by_color.items():
+        steps = [int(c.run.diverged_step) for c in cs]
+        last = [c.mean[-1] for c in cs if len(c.mean)]
+        beyond = [v for v in last if not lo <= v <= hi]
+        text = f"{len(cs)} run(s) diverged at step {_span(steps)}"
+        if beyond:
+            where = "above" if max(beyond) > hi else "below"
+            text += f"\nlast finite loss {_span(beyond)}:\n{where} the axis (arrowhead at its edge)"
+        lines.append((color, text))
+    for k, (color, text) in enumerate(lines):
+        _note(ax, 0.98, 0.95 - 0.2 * k, text, ha="right", va="top", fontsize=7, color=color)
+
+
+def _span(values: list[float]) -> str:
+    """'35', '4-5', '1.7e9' or '1.8e8-1.7e9': the range of a few numbers (steps, losses), short."""
+    lo, hi = _short(min(values)), _short(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _short(v: float) -> str:
+    """A whole number below 100000 as it is, any other in two digits: 0.31, 1.7e9, 2e-5."""
+    if float(v).is_integer() and abs(v) < 1e5:
+        return str(int(v))
+    return re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", f"{v:.2g}")
+
+
+def _cost_legend(fig: plt.Figure, exp: Experiment, drawn: list[_Curve]) -> None:
+    """The cost figure's legend, headed by its title, above the panels."""
     handles = [
         matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=2, label=_value_label(exp.compare, v))
         for i, (v, _) in enumerate(_variants(exp, exp.runs))
@@ -1063,11 +1507,20 @@ def _cost(exp: Experiment):
     handles.append(
         matplotlib.lines.Line2D([], [], color="black", label=f"training set, train mode{exp.dropout_text()}")
     )
-    if has_test:
+    if any(c.style == "--" for c in drawn):
         handles.append(matplotlib.lines.Line2D([], [], color="black", ls="--", label="test set, eval mode"))
+    nseeds = _seed_count(exp.runs, exp.compare)
     if nseeds > 1:
-        handles.append(matplotlib.patches.Patch(color="gray", alpha=0.3, label=f"band: min-max over {nseeds} seeds"))
-    title = f"{exp.name}: cost curves" + (f" (line: mean over {nseeds} seeds)" if nseeds > 1 else "")
+        band = {"facecolor": "none", "edgecolor": "gray", "hatch": HATCHES[0], "lw": 0}
+        handles.append(matplotlib.patches.Patch(**band, label="hatched: min-max over the seeds"))
+    if any(c.run is not None for c in drawn):
+        handles.append(
+            matplotlib.lines.Line2D(
+                [], [], color="gray", lw=0.8, marker="x", label="a diverged seed (not in the mean), x: last finite loss"
+            )
+        )
+    mean = f" ({nseeds} seeds; line: the mean of those that did not diverge)"
+    title = f"{exp.name}: cost curves" + (mean if nseeds > 1 else "")
     # The title heads the legend, so that the two never overlap whatever the number of entries.
     legend = fig.legend(
         handles=handles, loc="upper center", ncols=min(len(handles), 3), frameon=False, bbox_to_anchor=(0.5, 1.0)
@@ -1077,23 +1530,6 @@ def _cost(exp: Experiment):
     rows = math.ceil(len(handles) / 3)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.45 / h, top=1 - (0.35 + 0.17 * rows + 0.25) / h)
     fig.subplots_adjust(hspace=0.45)
-    return fig
-
-
-def _divergence_marks(ax: plt.Axes, marks: list, finite_all: list[float]) -> None:
-    for color, dstep, (s, v) in marks:
-        y = v if np.isfinite(v) else (max(finite_all) if finite_all else 1.0)
-        ax.plot([s], [y], "x", color=color, ms=9, mew=2.5)
-        ax.axvline(dstep, color=color, ls=":", lw=1)
-    if marks:
-        by_color: dict[str, list[int]] = {}
-        for color, dstep, _ in marks:
-            by_color.setdefault(color, []).append(dstep)
-        text = "\n".join(
-            f"{len(v)} run(s) diverged at step {min(v)}" + (f"-{max(v)}" if max(v) != min(v) else "")
-            for v in by_color.values()
-        )
-        _note(ax, 0.98, 0.97, text + "\n(x: last finite loss)", ha="right", va="top", fontsize=7)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1131,7 +1567,7 @@ def _final_vs(exp: Experiment, key: str):
                 color = COLORS[i % len(COLORS)]
                 label = _value_label(exp.compare, value) + (f" ({lost} diverged/failed)" if lost else "")
                 ax.plot(stats.index, stats["mean"], "o-", color=color, ms=3, label=label)
-                ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
+                _spread_band(ax, stats.index, stats["min"], stats["max"], color, i)
             xs = runs[key].astype(float)
             if xs.min() > 0 and xs.max() / xs.min() >= 8:
                 ax.set_xscale("log", base=2 if key.endswith("batch_size") else 10)
@@ -1143,7 +1579,7 @@ def _final_vs(exp: Experiment, key: str):
             ax.grid(alpha=0.3)
             ax.legend()
     nseeds = runs.seed.nunique() if "seed" in runs.columns else 1
-    band = f" (line: mean over {nseeds} seeds, band: min-max)" if nseeds > 1 else ""
+    band = f" (line: mean over {nseeds} seeds, hatched: min-max)" if nseeds > 1 else ""
     fig.suptitle(f"{exp.name}: final numbers against {key}{band}", fontsize=9.5)
     fig.tight_layout()
     return fig
@@ -1154,9 +1590,12 @@ def _final_vs(exp: Experiment, key: str):
 
 
 def _units(exp: Experiment, group: Any):
-    runs = _first_seed(_group(exp, group), exp.compare)
+    """Dead units and saturated values, layer x step, one row per compared run (its first seed), all rows on one
+    step axis; beside each heatmap, every seed's last values per layer (their range and the drawn seed)."""
+    group_runs = _group(exp, group)
+    runs = _first_seed(group_runs, exp.compare)
     layers = exp.tables["layers"]
-    layers = layers[layers.run_id.isin(runs.run_id)]
+    layers = layers[layers.run_id.isin(group_runs.run_id)]
     titles = {"dead_fraction": "dead units (output 0 for every sample)", "saturated_fraction": "saturated values"}
     # A metric is shown when it says something: saturation only for activations with a saturating region,
     # dead units when some unit of some run died (an all-zero panel is a sentence, not a picture).
@@ -1168,44 +1607,118 @@ def _units(exp: Experiment, group: Any):
         notes.append("the activation has no saturating region")
     if not shown:
         shown = ["dead_fraction"]
-    fig, axs = plt.subplots(len(runs), len(shown), figsize=(WIDTH, 1.3 * len(runs) + 1.0), squeeze=False)
-    image = None
+    # The steps of the units' schedule (rows of other measurements only, record.ics_every, are not unit rows).
+    layers = layers[layers[["dead_fraction", "saturated_fraction"]].notna().any(axis=1)]
+    every = exp.tables["layers"]
+    every = every[every[["dead_fraction", "saturated_fraction"]].notna().any(axis=1)].step
+    steps = np.sort(every.unique()).astype(float) if len(every) else np.array([0.0])
+    end = max(_edges(steps)[-1], _step_span(exp, every)[1])  # every row on the experiment's step axis
+    spread = _seed_count(group_runs, exp.compare) > 1
+    fig, heat_axs, seed_axs, bar_ax = _units_axes(len(runs), len(shown), spread)
     cmap = plt.get_cmap("magma_r").with_extremes(bad="lightgray")
     for r, (_, run) in enumerate(runs.iterrows()):
         data = layers[layers.run_id == run.run_id]
-        if run.status != "diverged":  # rows of other measurements only (record.ics_every) are not unit rows
-            data = data[data.dead_fraction.notna()]
         for c, metric in enumerate(shown):
-            ax = axs[r][c]
-            wide = data.pivot_table(index="layer", columns="step", values=metric, aggfunc="first", dropna=False)
+            ax = heat_axs[r][c]
+            _units_heatmap(ax, data, metric, run, steps, end, cmap)
             if r == 0:
                 ax.set_title(titles[metric])
             ax.set_ylabel((_value_label(exp.compare, run[exp.compare]) + "\n" if exp.compare else "") + "layer")
-            if wide.empty:
-                continue
-            steps = wide.columns.to_numpy(float)
-            image = ax.pcolormesh(
-                _edges(steps),
-                _edges(wide.index.to_numpy(float)),
-                np.ma.masked_invalid(wide.to_numpy(dtype=float)),
-                cmap=cmap,
-                vmin=0,
-                vmax=1,
-            )
-            ax.set_yticks(list(wide.index))
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
-            ax.tick_params(labelsize=7)
-            if run.status == "diverged":
-                _note(ax, 0.99, 0.03, f"diverged at step {run.diverged_step} (gray: NaN/inf)", ha="right")
-    for ax in axs[-1]:
+            if r < len(runs) - 1:  # one step axis, at the bottom: every row's steps line up
+                ax.tick_params(labelbottom=False)
+            if spread:
+                _seed_strip(seed_axs[r][c], layers, _same_variant(exp, group_runs, run), run, metric, r == 0)
+                seed_axs[r][c].set_ylim(ax.get_ylim())
+    for ax in heat_axs[-1]:
         ax.set_xlabel("step")
-    if image is not None:
-        fig.colorbar(image, ax=axs.ravel().tolist(), fraction=0.025, pad=0.01, label="fraction")
-    fig.suptitle(
-        _title(exp, group, runs, "dead and saturated units") + (f" ({'; '.join(notes)})" if notes else ""),
-        fontsize=9,
-    )
+    bar = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), cmap)
+    fig.colorbar(bar, cax=bar_ax, label="fraction")
+    title = _title(exp, group, runs, "dead and saturated units") + (f" ({'; '.join(notes)})" if notes else "")
+    _fitted_suptitle(fig, title, 9, y=1 - 0.05 / fig.get_figheight())
+    below = [f"on the {exp.mode_text()}"]
+    artefact = _eval_start_note(exp, runs, steps)
+    if artefact:
+        below.append(artefact)
+    h = fig.get_figheight()
+    n = _notes(fig, below, 0.5, 0.27, ha="center")
+    fig.subplots_adjust(left=0.08, right=0.93, bottom=0.45 / h, top=1 - (0.6 + 0.12 * n) / h)
     return fig
+
+
+def _units_axes(nrows: int, nmetrics: int, spread: bool) -> tuple[plt.Figure, list, list, plt.Axes]:
+    """The units figure's axes: per metric a heatmap column and (with several seeds) a narrow column of every seed's
+    last values, one row per compared run; a colour bar at the right. The figure of an earlier call with the same
+    layout, emptied, when there is one (as _subplots)."""
+    key = ("units", nrows, nmetrics, spread)
+    if key in _REUSABLE:
+        fig, axes = _REUSABLE[key]
+        _empty(fig)
+        return (fig, *axes)
+    fig = plt.figure(figsize=(WIDTH, 1.3 * nrows + 1.3))
+    per_metric = [6.0, 1.3] if spread else [6.0]
+    ratios = per_metric * nmetrics + [0.18]
+    gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.12 if spread else 0.25, hspace=0.25)
+    step = len(per_metric)
+    heat = [[fig.add_subplot(gs[r, step * c]) for c in range(nmetrics)] for r in range(nrows)]
+    seeds = [[fig.add_subplot(gs[r, step * c + 1]) for c in range(nmetrics)] for r in range(nrows)] if spread else []
+    bar = fig.add_subplot(gs[:, -1])
+    _REUSABLE[key] = (fig, (heat, seeds, bar))
+    return fig, heat, seeds, bar
+
+
+def _units_heatmap(
+    ax: plt.Axes, data: pd.DataFrame, metric: str, run: pd.Series, steps: np.ndarray, axis_end: float, cmap: Any
+) -> None:
+    """One run's layer x step heatmap on the cells of the shared step schedule `steps`, the step axis up to
+    `axis_end`. A diverged run's cells stop at its divergence step; the steps from there on are a 'diverged at
+    step k' band, not values."""
+    edges = _edges(steps)
+    diverged = run.status == "diverged" and not pd.isna(run.diverged_step)
+    end = float(run.diverged_step) if diverged else edges[-1]
+    before = steps[steps < end]
+    wide = data.pivot_table(index="layer", columns="step", values=metric, aggfunc="first", dropna=False)
+    if len(before) and not wide.empty:
+        values = wide.reindex(columns=before).to_numpy(dtype=float)
+        x = edges[: len(before) + 1].copy()
+        x[-1] = min(x[-1], end)
+        ax.pcolormesh(x, _edges(wide.index.to_numpy(float)), np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1)
+        ax.set_yticks(list(wide.index))
+        if np.isnan(values).any():
+            _note(ax, 0.0, 1.01, "gray: NaN/inf", va="bottom", color="#555555")
+    if diverged:
+        _diverged_band(ax, end, axis_end, f"diverged at step {run.diverged_step}", 8)
+    ax.set_xlim(edges[0], axis_end)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
+    ax.tick_params(labelsize=7)
+
+
+def _seed_strip(ax: plt.Axes, layers: pd.DataFrame, seeds: pd.DataFrame, drawn: pd.Series, metric: str, head: bool):
+    """Every seed's value of `metric` per layer at its last recorded step: the range over the seeds that did not
+    diverge (a bar) and the drawn seed (a dot); the diverged seeds are counted."""
+    ok = seeds[seeds.status != "diverged"]
+    last = _last_values(layers[layers.run_id.isin(ok.run_id)], metric)  # seeds x layers
+    if len(last):
+        ax.hlines(last.columns, last.min(), last.max(), color="#777777", lw=3.5, alpha=0.6)
+        if drawn.run_id in last.index:
+            ax.plot(last.loc[drawn.run_id], last.columns, "o", color="black", ms=3)
+    lost = len(seeds) - len(ok)
+    if lost:
+        _note(ax, 0.5, 0.5, f"{lost} of {len(seeds)}\ndiverged", ha="center", va="center")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_xticks([0, 0.5, 1], ["0", ".5", "1"])
+    ax.tick_params(labelsize=6.5, labelleft=False, length=2)
+    ax.grid(axis="x", alpha=0.3)
+    if head:
+        ax.set_title(f"at the end, {len(seeds)} seeds\n(bar: range, dot: seed {drawn.seed})", fontsize=6.5)
+
+
+def _last_values(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each run's values of `metric` per layer at its last step with a value: runs x layers."""
+    table = table[table[metric].notna()]
+    if table.empty:
+        return pd.DataFrame()
+    last = table[table.step == table.groupby("run_id").step.transform("max")].drop_duplicates(["run_id", "layer"])
+    return last.pivot(index="run_id", columns="layer", values=metric)
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
@@ -1220,6 +1733,7 @@ DRAW: dict[str, Callable[..., Any]] = {
     "cost": _cost,
     "final_vs": _final_vs,
     "hist": _hist,
+    "overlay": _overlay,
     "dist": _dist,
     "ridge": _ridge,
     "grad": _grad,
