@@ -534,7 +534,10 @@ def plot(
     ] = None,
     point: Annotated[Point, typer.Option(help="Which values the histogram grids show.")] = Point.post_act,
     overlay: Annotated[
-        bool, typer.Option("--overlay", help="Draw the compared runs on the same axes in the histogram grids.")
+        bool,
+        typer.Option(
+            "--overlay", help="Also draw the compared runs on the same axes (overlay_<point>_<group>, beside grids)."
+        ),
     ] = False,
     animate: Annotated[
         bool, typer.Option("--animate", help="Also write the histogram grid over training as a GIF.")
