@@ -978,7 +978,7 @@ def counts(rows: list[Row]) -> str:
     return ", ".join(f"{k} {v}" for k, v in n.items() if v)
 
 
-def markdown(rows: list[Row], quick: bool, seconds: float | None = None) -> str:
+def markdown(rows: list[Row], quick: bool, seconds: float | None = None, kernel: str = "auto") -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -1008,20 +1008,24 @@ def markdown(rows: list[Row], quick: bool, seconds: float | None = None) -> str:
         )
     mode = "quick" if quick else "full"
     took = f" in {seconds / 60:.1f} min" if seconds is not None else ""
-    head = f"`normbench claims{' --quick' if quick else ''}` ({mode} mode{took}): {counts(rows)}.\n\n"
+    options = (" --quick" if quick else "") + (f" --kernel {kernel}" if kernel != "auto" else "")
+    head = f"`normbench claims{options}` ({mode} mode{took}): {counts(rows)}.\n\n"
     return head + "\n".join(lines) + "\n"
 
 
-def write_report(rows: list[Row], out: Path, quick: bool, seconds: float | None = None) -> list[Path]:
+def write_report(
+    rows: list[Row], out: Path, quick: bool, seconds: float | None = None, kernel: str = "auto"
+) -> list[Path]:
     """OUT/claims.md and OUT/claims.json."""
     from normbench import __version__
     from normbench.store import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "claims.md", out / "claims.json"
-    write_text_atomic(md, markdown(rows, quick, seconds))
+    write_text_atomic(md, markdown(rows, quick, seconds, kernel))
     doc = {
         "mode": "quick" if quick else "full",
+        "kernel": kernel,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": seconds,
         "normbench": __version__,
@@ -1076,7 +1080,7 @@ def run_claims(
     rows = check_claims(book, out, quick=quick, only=only, kernel=kernel, console=progress)
     seconds = time.monotonic() - start
     console.print(claims_table(rows, title=f"claims ({'quick' if quick else 'full'} mode): {counts(rows)}"))
-    for p in write_report(rows, Path(out), quick, seconds):
+    for p in write_report(rows, Path(out), quick, seconds, kernel):
         progress.print(f"-> {p}", highlight=False)
     checked = {s.experiment for c in book.select(only) for s in c.settings}
     draw_figures(book, Path(out), quick, checked, progress, kernel)

@@ -28,7 +28,7 @@ def render(file: str) -> str:
         return demo_markdown(doc)
     if name == "claims.json":
         rows = [Row(**r) for r in doc["claims"]]
-        return markdown(rows, doc["mode"] == "quick", doc["seconds"])
+        return markdown(rows, doc["mode"] == "quick", doc["seconds"], doc.get("kernel", "auto"))
     return aggregate_markdown(doc)
 
 
