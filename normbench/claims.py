@@ -12,8 +12,9 @@ quantities and seven kinds of criterion; every verdict is computed from the resu
 How a verdict is decided (docs/claims.md says it for readers):
 - Each seed gives one number (a run's quantity, or, with `over`, one number from the runs along a grid axis).
   A setting needs MIN_SEEDS seeds with a number on each side it compares; fewer: inconclusive.
-- threshold: supported when every seed passes, not supported when none does, else inconclusive. A seed without a
-  number (a diverged run's dead fraction) does not pass.
+- threshold: the CONFIDENCE interval of the mean over seeds (Student's t): supported when it lies entirely on the
+  passing side, not supported when entirely on the other, else inconclusive. A seed without a number (a diverged
+  run's dead fraction) does not pass; infinite values have no mean, and then every seed must pass (or none).
 - less_than / greater_than / equal_within: the 95% confidence interval of the difference of the two means
   (Welch's t). Supported when it lies entirely beyond `margin` in the claimed direction (for equal_within:
   entirely inside +-margin), not supported when it lies entirely on the other side, else inconclusive: an effect
@@ -23,6 +24,8 @@ How a verdict is decided (docs/claims.md says it for readers):
   when every seed of one side beats every seed of the other.
 - flat: the largest minus the smallest mean along the axis, with the 95% interval from those two points'
   standard errors: supported when the interval lies below `below`, not supported when above it.
+- with --kernel both, a setting judged on the runs of both kernels (two float32 roundings of the same runs) whose
+  verdicts differ is 'depends on rounding', with both.
 """
 
 from __future__ import annotations

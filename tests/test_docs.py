@@ -58,10 +58,30 @@ def test_readme_counts_of_verdicts_are_the_claims_results():
     assert f"({counts(rows)})" in readme
 
 
+def test_the_demo_and_the_claims_check_state_the_same_verdicts():
+    """One truth: each verdict the README's demo section states is the claims table's for that claim and setting."""
+    demo = json.loads((ROOT / "docs" / "demo.json").read_text())
+    claims = json.loads((ROOT / "docs" / "claims.json").read_text())
+    table = {(r["claim_id"], r["experiment"], r["setting"]): r["verdict"] for r in claims["claims"]}
+    stated = [
+        (r["claim_id"], r["experiment"], r["setting"], r["verdict"]) for e in demo["experiments"] for r in e["claims"]
+    ]
+    assert len(stated) >= 15
+    for claim, experiment, setting, verdict in stated:
+        assert table[claim, experiment, setting] == verdict, (claim, experiment)
+
+
+def _written(m: re.Match) -> str:
+    if not (ROOT / m["file"]).is_file():
+        print(f"{m['file']}: not there, its block left as it is")
+        return m[0]
+    return f"<!-- begin: {m['file']} -->\n{render(m['file'])}<!-- end: {m['file']} -->"
+
+
 if __name__ == "__main__":  # python tests/test_docs.py: write every block again from its committed result
     for document in DOCUMENTS:
         text = document.read_text()
-        new = BLOCK.sub(lambda m: f"<!-- begin: {m['file']} -->\n{render(m['file'])}<!-- end: {m['file']} -->", text)
+        new = BLOCK.sub(_written, text)
         if new != text:
             document.write_text(new)
             print(f"{document.relative_to(ROOT)}: blocks written")
