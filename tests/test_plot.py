@@ -86,7 +86,7 @@ def tiny_results(tmp_path, write_config, tiny_raw):
     tiny_raw["train"]["lr"] = 0.01
     out = tmp_path / "results"
     result = runner.invoke(app, ["run", str(write_config(tiny_raw)), "--out", str(out)])
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == 0, result.output  # diverged runs are results; a failed run is exit 1
     return out / "tiny"
 
 

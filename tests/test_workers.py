@@ -43,21 +43,22 @@ def start_sweep(tmp_path, write_config, tiny_raw, steps: int) -> tuple[subproces
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log), cmd, out
 
 
-def wait_for_workers(proc: subprocess.Popen, count: int) -> list[int]:
-    """The sweep's worker processes, once `count` of them run training (the resource tracker is not one)."""
-    deadline = time.monotonic() + 120
+def wait_for_workers(proc: subprocess.Popen, count: int, out: Path) -> list[int]:
+    """The sweep's worker processes (the resource tracker is not one), once `count` of them are up and a first run
+    is committed: the pool is training, whatever the machine's load."""
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
+        assert proc.poll() is None, "the sweep ended before its workers were seen training"
         workers = [p for p in children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
-        if len(workers) >= count:
-            time.sleep(3)  # they have imported torch and taken a unit
+        if len(workers) >= count and list(out.glob("tiny/runs/*/summary.json")):
             return workers
         time.sleep(0.1)
-    raise AssertionError("the workers did not start")
+    raise AssertionError("the workers did not start training")
 
 
 def test_a_killed_worker_is_replaced_and_its_runs_trained_again(tmp_path, write_config, tiny_raw):
     proc, _, out = start_sweep(tmp_path, write_config, tiny_raw, steps=600)
-    workers = wait_for_workers(proc, 2)
+    workers = wait_for_workers(proc, 2, out)
     os.kill(workers[0], signal.SIGKILL)  # as the out-of-memory killer would
     proc.wait(timeout=600)
     assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()
@@ -66,8 +67,8 @@ def test_a_killed_worker_is_replaced_and_its_runs_trained_again(tmp_path, write_
 
 
 def test_workers_end_when_the_sweep_is_killed(tmp_path, write_config, tiny_raw):
-    proc, _, _ = start_sweep(tmp_path, write_config, tiny_raw, steps=3000)
-    workers = wait_for_workers(proc, 2)
+    proc, _, out = start_sweep(tmp_path, write_config, tiny_raw, steps=3000)
+    workers = wait_for_workers(proc, 2, out)
     tracker = [p for p in children(proc.pid) if p not in workers]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
