@@ -387,7 +387,7 @@ def list_() -> None:
     for name in packaged_configs():
         try:
             raw = yaml.safe_load(resolve_config_path(name).read_text())
-        except (OSError, ValueError, ConfigError):  # yaml.YAMLError is a ValueError
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):  # listed without a description
             raw = None
         configs.append((name, str(raw.get("description") or "") if isinstance(raw, dict) else ""))
     sections.append(("configs (run by name, e.g. `normbench run morvan_tf23`)", configs))
