@@ -24,7 +24,7 @@ import json
 import math
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,19 +57,6 @@ class Dataset:
     @property
     def out_features(self) -> int:
         return self.n_classes if self.task == "classification" else self.y_train.shape[1]
-
-    def to(self, device: torch.device) -> Dataset:
-        """This data set on `device` (a copy; the cached CPU one stays as it is)."""
-        if device.type == "cpu":
-            return self
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(
-            self,
-            x_train=move(self.x_train),
-            y_train=move(self.y_train),
-            x_test=move(self.x_test),
-            y_test=move(self.y_test),
-        )
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name == "train":

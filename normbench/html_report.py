@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.metadata
 import json
 import os
 import platform
@@ -28,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 from rich.console import Console
 
@@ -127,7 +127,6 @@ def experiment_figures(
 EXPERIMENT_KINDS = ("cost", "final_vs")
 GROUP_KINDS = ("hist", "overlay", "ridge", "dist", "grad", "units", "landscape", "running")
 POINT_NAME = re.compile(r"(.+?)_(pre_norm|post_norm|post_act|grad_pre_norm|grad_weight)")
-STEP = re.compile(r"_step0*(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -135,19 +134,17 @@ class FigureName:
     kind: str
     point: str | None
     group: str | None  # the group's slug; None: a figure of the whole experiment
-    step: str | None
 
     @classmethod
     def parse(cls, path: Path, groups: list[str]) -> FigureName:
-        step = STEP.search(path.stem)
-        base = STEP.sub("", path.stem)
+        base = path.stem
         group = next((g for g in sorted(groups, key=len, reverse=True) if base.endswith("_" + g)), None)
         head = base[: -len(group) - 1] if group else base
         m = POINT_NAME.fullmatch(head)
         kind, point = (m[1], m[2]) if m else (head, None)
         if group is None and kind.startswith("final_vs_"):
             kind = "final_vs"
-        return cls(kind, point, group, step[1] if step else None)
+        return cls(kind, point, group)
 
     def order(self) -> int:
         kinds = (*EXPERIMENT_KINDS, *GROUP_KINDS)
@@ -172,7 +169,7 @@ def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str,
     """(alt text, caption) of a figure of `normbench plot`, from its file name."""
     group = labels.get(name.group, name.group) if name.group else ""
     where = POINT_WORDS.get(name.point, (name.point or "").replace("_", " "))
-    when = f"at step {name.step}" if name.step else "at the first and the last recorded step"
+    when = "at the first and the last recorded step"
     if name.kind == "cost":
         return "Cost curves", (
             "Cost curves: the loss against the training step, one colour per compared value (model.norm by "
@@ -510,12 +507,20 @@ def project_commit() -> str | None:
     return head + (" + uncommitted changes" if dirty else "")
 
 
+def _version_of(package: str) -> str:
+    """An installed package's version, read from its metadata: the report imports no torch to say which it is."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def _meta_html(path: Path) -> str:
     rows = [
         ("made", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("from", path.resolve().name or str(path)),
         ("normbench", normbench.__version__),
-        ("torch", torch.__version__),
+        ("torch", _version_of("torch")),
         ("python", platform.python_version()),
         ("numpy", np.__version__),
         ("platform", platform.platform()),
@@ -579,11 +584,6 @@ def _page(title: str, path: Path, exps: list[Path], sections: list[str]) -> str:
         f"<h1>normbench report: {_e(title)}</h1>{_meta_html(path)}{toc}{''.join(sections)}"
         "</body></html>\n"
     )
-
-
-def _thead(cells: list[str]) -> str:
-    """A header row of cells already escaped."""
-    return "<thead><tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr></thead>"
 
 
 def _anchor(name: str) -> str:
