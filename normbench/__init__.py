@@ -1,3 +1,17 @@
-"""normbench: train grids of small networks and see what normalization layers do inside them."""
+"""normbench: train grids of small networks and see what normalization layers do inside them.
+
+From Python (normbench/api.py): normbench.run, normbench.open_results, normbench.plot, normbench.check_claims,
+normbench.load_config. Importing normbench imports none of them until one is used.
+"""
 
 __version__ = "0.2.0"
+
+__all__ = ["check_claims", "load_config", "open_results", "plot", "run"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from normbench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'normbench' has no attribute {name!r}")

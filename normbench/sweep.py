@@ -14,11 +14,13 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -317,9 +319,10 @@ def _pool_round(units, indices, workers, device, attempts):
     lost: list[int] = []
     try:
         futures = {}
-        for i in indices:
-            attempts[i] += 1
-            futures[pool.submit(train_unit, *_payload(units[i]), device=device)] = i
+        with _callers_main_hidden():  # the workers start as the units are submitted
+            for i in indices:
+                attempts[i] += 1
+                futures[pool.submit(train_unit, *_payload(units[i]), device=device)] = i
         for future in concurrent.futures.as_completed(futures):
             try:
                 outcomes = future.result()
@@ -332,6 +335,26 @@ def _pool_round(units, indices, workers, device, attempts):
         raise
     pool.shutdown(wait=True)
     return lost
+
+
+@contextmanager
+def _callers_main_hidden() -> Iterator[None]:
+    """Spawned workers run normbench's own functions, so they need not import the caller's __main__ again, and
+    must not: `python -` has no file to import, and a script or notebook that calls normbench.run without an
+    `if __name__ == "__main__":` guard would run again in every worker. Spawn prepares a worker from __main__'s
+    __spec__ or __file__; while the workers start, __main__ has neither."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    spec, file = getattr(main, "__spec__", None), main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__spec__ = spec
+        if file is not None:
+            main.__file__ = file
 
 
 def _exit_with(parent: int) -> None:
