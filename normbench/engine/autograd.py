@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from normbench.engine.base import accuracies, losses, targets
+from normbench.engine.base import IMPORTANCE, Probe, accuracies, losses, targets
 from normbench.nn.models import recorded_layers
-from normbench.record import IMPORTANCE, Probe
 
 if TYPE_CHECKING:
     from normbench.config import RunConfig

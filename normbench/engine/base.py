@@ -23,17 +23,32 @@ happens over time. Data reach a kernel as `columns(x, y)` has laid them out: x (
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
 from normbench.nn.models import build_model
-from normbench.record import Probe
 
 if TYPE_CHECKING:
     from normbench.config import RunConfig
     from normbench.data import Dataset
+
+
+# Switchable norm's importance weights, recorded per layer (NaN for every other norm).
+IMPORTANCE = tuple(f"sn_{what}_{kind}" for what in ("mean", "var") for kind in ("in", "ln", "bn"))
+
+
+@dataclass
+class Probe:
+    """What a kernel's recording pass sees, for all M models at once."""
+
+    # (layer, point) -> (M, C, K): channels by values, for every point of POINTS in every recorded layer and
+    # 'grad_pre_norm' (d(loss)/d(pre_norm), laid out as pre_norm) in every hidden layer
+    points: dict[tuple[int, str], torch.Tensor]
+    grad: torch.Tensor  # (M, P) gradient of each model's loss (a mean over the probe's samples) on those samples
+    importance: dict[int, torch.Tensor]  # hidden layer -> (M, len(IMPORTANCE)), NaN without switchable norm
 
 
 class Kernel(Protocol):

@@ -34,7 +34,7 @@ from normbench.data import Dataset, batches, build_dataset, steps_per_epoch
 from normbench.engine.base import Kernel, reference_models
 from normbench.engine.optim import FlatOptimizer
 from normbench.engine.plan import KERNELS, kernel_for
-from normbench.record import Recorder
+from normbench.engine.recorder import Recorder
 
 if TYPE_CHECKING:
     from normbench.config import RunConfig

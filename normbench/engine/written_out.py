@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
-from normbench.engine.base import accuracies, losses, targets
+from normbench.engine.base import IMPORTANCE, Probe, accuracies, losses, targets
 from normbench.nn.activations import Activation
-from normbench.record import IMPORTANCE, Probe
 from normbench.registry import ACTIVATIONS
 
 if TYPE_CHECKING:
