@@ -1,0 +1,76 @@
+"""The layout docs/architecture.md describes: every module named there, imports in one direction only, and the
+light modules light (checking a config brings no kernel, reading results no torch)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "normbench"
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's modules `path` imports, anywhere in it (inside functions and under TYPE_CHECKING too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n in known}
+    return out
+
+
+def test_architecture_names_every_module():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    skip = {"__init__.py", "__main__.py"}
+    missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name not in skip and p.name not in text]
+    assert not missing, f"docs/architecture.md does not name {missing}"
+
+
+def test_no_module_imports_in_a_circle():
+    """Not even for type checking, nor inside a function: the package's root is a facade that imports its
+    modules on first use, and none of them imports it (the version is normbench.version's)."""
+    known = modules()
+    graph = {name: imports(path, known) - {name} for name, path in known.items()}
+    graph["normbench"] = set()  # the facade: its names come from api.py, loaded on first use
+    circles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt == path[0]:
+                circles.append(" -> ".join([*path, nxt]))
+            elif nxt not in path and nxt > path[0]:
+                visit(nxt, [*path, nxt])
+
+    for name in sorted(graph):
+        visit(name, [name])
+    assert not circles, "\n".join(circles)
+
+
+def loaded_after(code: str) -> set[str]:
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return set(out.split())
+
+
+def test_checking_a_config_loads_no_kernel_and_reading_results_no_torch():
+    loaded = loaded_after("from normbench.config import load_experiment\nload_experiment('morvan_tf23')")
+    assert not {m for m in loaded if m.startswith("normbench.engine.") and m != "normbench.engine.optim"}, loaded
+    loaded = loaded_after("import normbench.api, normbench.store, normbench.report, normbench.plot")
+    assert "torch" not in loaded
+    assert "torch" not in loaded_after("import normbench.html_report, normbench.finals, normbench.export")
