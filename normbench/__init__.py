@@ -4,13 +4,13 @@ From Python (normbench/api.py): normbench.run, normbench.open_results, normbench
 normbench.load_config. Importing normbench imports none of them until one is used.
 """
 
-__version__ = "0.2.0"
+from normbench.version import __version__
 
-__all__ = ["check_claims", "load_config", "open_results", "plot", "run"]
+__all__ = ["__version__", "check_claims", "load_config", "open_results", "plot", "run"]
 
 
 def __getattr__(name: str):
-    if name in __all__:
+    if name in __all__[1:]:
         from normbench import api
 
         return getattr(api, name)

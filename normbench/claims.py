@@ -1020,8 +1020,8 @@ def write_report(
     rows: list[Row], out: Path, quick: bool, seconds: float | None = None, kernel: str = "auto"
 ) -> list[Path]:
     """OUT/claims.md and OUT/claims.json."""
-    from normbench import __version__
     from normbench.store import write_text_atomic
+    from normbench.version import __version__
 
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "claims.md", out / "claims.json"

@@ -78,7 +78,7 @@ def document(dirs: list[Path], rows: list, kernel: str) -> dict[str, Any]:
     """Everything the demo prints, as demo.json holds it."""
     import torch
 
-    from normbench import __version__
+    from normbench.version import __version__
 
     experiments = []
     for exp_dir in dirs:

@@ -32,7 +32,6 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
-import normbench
 from normbench.report import (
     METRICS,
     aggregate_note,
@@ -57,6 +56,7 @@ from normbench.store import (
     show_value,
     write_text_atomic,
 )
+from normbench.version import __version__
 
 POINT_WORDS = {
     "pre_norm": "before the norm",
@@ -487,7 +487,7 @@ def _no_paths(text: str) -> str:
 def project_commit() -> str | None:
     """The git commit of the normbench source in use, '+ uncommitted changes' when its files differ from it;
     None when the package is not a git checkout (an installed wheel) or git is not there."""
-    src = Path(normbench.__file__).resolve().parent
+    src = Path(__file__).resolve().parent
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # reading only: git status must not rewrite the index
 
     def git(*args: str) -> str | None:
@@ -519,7 +519,7 @@ def _meta_html(path: Path) -> str:
     rows = [
         ("made", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("from", path.resolve().name or str(path)),
-        ("normbench", normbench.__version__),
+        ("normbench", __version__),
         ("torch", _version_of("torch")),
         ("python", platform.python_version()),
         ("numpy", np.__version__),

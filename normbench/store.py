@@ -140,7 +140,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path, metadata: dict[bytes, byt
 
 def format_metadata() -> dict[bytes, bytes]:
     """runs.parquet's schema metadata: the results format, and the normbench that wrote it."""
-    from normbench import __version__
+    from normbench.version import __version__
 
     return {FORMAT_META: str(RESULTS_FORMAT).encode(), b"normbench.version": __version__.encode()}
 
@@ -167,7 +167,7 @@ def to_json(obj: Any) -> str:
 def environment() -> dict[str, str]:
     import torch  # here, not at the top: reading results (summary, plot, report) needs no torch
 
-    from normbench import __version__
+    from normbench.version import __version__
 
     return {
         "normbench": __version__,
@@ -544,7 +544,7 @@ def folder_format(exp_dir: Path) -> int:
 def format_problem(what: str, found: int, exp_dir: Path) -> str:
     """One line: `what` (a folder, a run) is in results format `found`, which this normbench does not read, and
     what to do about it."""
-    from normbench import __version__
+    from normbench.version import __version__
 
     upgrade = "upgrade normbench to read it, or " if found > RESULTS_FORMAT else ""
     return (
