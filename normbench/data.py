@@ -169,10 +169,19 @@ def cifar10(cfg: DataConfig) -> Dataset:
             raise DataError(f"data.path {folder}: missing CIFAR-10 batch {name}")
         try:
             with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
+                d = _BatchUnpickler(f, encoding="bytes").load()
+        except ForbiddenGlobal as e:
+            raise DataError(
+                f"{path}: refused: the file asks to load {e} (a CIFAR-10 batch needs only numpy arrays)"
+            ) from None
+        except Exception as e:  # unpickling errors come in many types
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {short(str(e))})") from None
+        try:  # a dict of arrays, lists, bytes: nothing here runs code
+            if not isinstance(d, dict):
+                raise TypeError(f"a {type(d).__name__}, not a dict")
             data, labels = np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], dtype=np.int64)
         except Exception as e:  # unpickling errors come in many types
-            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {short(str(e))})") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
             raise DataError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
         return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
@@ -182,6 +191,40 @@ def cifar10(cfg: DataConfig) -> Dataset:
         raise DataError(f"data.path {folder}: no CIFAR-10 training batch (data_batch_1 ... data_batch_5)")
     x_test, y_test = load("test_batch")
     return _images(cfg, np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), x_test, y_test)
+
+
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global (a class or function) that a data file has no need of."""
+
+
+# What the python batches of CIFAR-10 may ask for: numpy's array and number reconstruction, nothing else. Dicts, lists,
+# bytes, str and ints need no global at all. Any other global could run code (os.system, eval, ...).
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),  # a numpy number (labels written as numpy ints)
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # bytes pickled by Python 3 with protocol 2: encode(str, 'latin1'), data only
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that builds plain containers and numpy arrays only: a file is data, never code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise ForbiddenGlobal(f"{module}.{name}"[:120])
+        return super().find_class(module, name)
+
+
+def short(text: str, limit: int = 60) -> str:
+    """At most `limit` characters of text a user or a file supplied, for an error message."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _data_path(cfg: DataConfig) -> Path:
