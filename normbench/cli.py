@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from normbench.config import ConfigError, load_experiment, packaged_configs
+from normbench.config import MAX_AXIS_VALUES, MAX_RUNS, ConfigError, load_experiment, packaged_configs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,9 +185,23 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(config: str, overrides: list[str] | None):
+MaxRunsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-runs",
+        metavar="N",
+        help=f"Refuse a grid of more than N runs, counted before any run is made (default {MAX_RUNS}; each axis "
+        f"may have at most {MAX_AXIS_VALUES} values).",
+        show_default=False,
+    ),
+]
+
+
+def _load(config: str, overrides: list[str] | None, max_runs: int | None = None):
+    if max_runs is not None and max_runs < 1:
+        raise fail(f"--max-runs {max_runs}: give a number of runs of at least 1")
     try:
-        return load_experiment(config, overrides or [])
+        return load_experiment(config, overrides or [], max_runs=max_runs)
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -288,12 +302,13 @@ def run(
         ),
     ] = None,
     device: Annotated[Device, typer.Option(help="Where runs train: auto (the GPU if any), cpu or cuda.")] = Device.auto,
+    max_runs: MaxRunsOpt = None,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
     from normbench.store import DamagedResults
     from normbench.sweep import run_experiment
 
-    exp = _load(config, set_)
+    exp = _load(config, set_, max_runs)
     if dry_run:
         _print_grid(exp, out_dir, force)
         return
@@ -348,9 +363,9 @@ def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
 
 
 @app.command(epilog=_examples("validate"), short_help="Check a config and print the size of its grid.")
-def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+def validate(config: ConfigArg, set_: SetOpt = None, max_runs: MaxRunsOpt = None) -> None:
     """Check CONFIG, load its data and build its models; print the size of its grid."""
-    exp = _load(config, set_)
+    exp = _load(config, set_, max_runs)
     from normbench.sweep import preflight
 
     try:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from normbench.registry import DATASETS
+from normbench.safe import short
 
 if TYPE_CHECKING:
     from normbench.config import DataConfig
@@ -219,12 +220,6 @@ class _BatchUnpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise ForbiddenGlobal(f"{module}.{name}"[:120])
         return super().find_class(module, name)
-
-
-def short(text: str, limit: int = 60) -> str:
-    """At most `limit` characters of text a user or a file supplied, for an error message."""
-    text = str(text)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _data_path(cfg: DataConfig) -> Path:

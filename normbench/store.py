@@ -34,6 +34,7 @@ import yaml
 
 from normbench.finals import CURVE_FINALS, from_tables
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
+from normbench.safe import quoted
 
 if TYPE_CHECKING:
     from normbench.config import Experiment, Run
@@ -851,7 +852,7 @@ def resolve_axis(key: str, axes: list[str], option: str, experiment: str) -> str
         return found[0]
     what = "matches several grid keys" if found else "is not a grid key"
     valid = ", ".join(found or axes) or "none (the experiment has no grid)"
-    raise SelectionError(f"{option} {key!r} {what} of {experiment}; grid keys: {valid}")
+    raise SelectionError(f"{option} {quoted(key)} {what} of {experiment}; grid keys: {valid}")
 
 
 def parse_where(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any, str]]:
@@ -862,11 +863,11 @@ def parse_where(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any, str]
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or not text.strip():
-            raise SelectionError(f"--where {item!r}: expected KEY=VALUE, e.g. --where model.norm=batch")
+            raise SelectionError(f"--where {quoted(item)}: expected KEY=VALUE, e.g. --where model.norm=batch")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
-            raise SelectionError(f"--where {item!r}: the value is not valid YAML") from None
+            raise SelectionError(f"--where {quoted(item)}: the value is not valid YAML") from None
         parsed.append((key, value, item))
     return parsed
 
