@@ -22,6 +22,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from normbench.config import MAX_AXIS_VALUES, MAX_RUNS, ConfigError, load_experiment, packaged_configs
+from normbench.safe import load_yaml
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -254,7 +255,7 @@ def _select(exps: list[Path], where: list[str] | None) -> dict[Path, pd.DataFram
     if not kept:
         raise fail(reasons[0] if len(exps) == 1 else f"no experiment has a run matching --where: {'; '.join(reasons)}")
     for reason in reasons:
-        err.print(f"left out: {reason}", soft_wrap=True)
+        err.print(f"left out: {reason}", soft_wrap=True, markup=False)
     return kept
 
 
@@ -332,7 +333,7 @@ def run(
     except (ConfigError, DamagedResults) as e:  # found wrong before any training: data, folder, scheduler
         raise fail(str(e)) from None
     counts = table.status.value_counts().to_dict()
-    err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
+    err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}", markup=False)
     if counts.get("failed"):  # diverged is a result; failed is an error (see its summary.json), and scripts should know
         raise typer.Exit(code=1)
 
@@ -341,6 +342,7 @@ def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
     """The grid with run ids and what is finished, then one line on stderr saying what the run would do to the
     folder (or the refusal the run would give, exit 2)."""
     from rich.table import Table
+    from rich.text import Text
 
     from normbench.store import RESULTS_FORMAT, DamagedResults, ExperimentStore, run_format
 
@@ -351,13 +353,14 @@ def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
         raise fail(str(e)) from None
     if change.case == "refused":
         raise fail(change.message)
-    table = Table(title=f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)", title_justify="left")
+    title = Text(f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)")
+    table = Table(title=title, title_justify="left")
     for col in ("run id", *exp.axes, "state"):
-        table.add_column(col)
+        table.add_column(Text(col))
     for run in exp.runs:
         s = store.summary(run.run_id)
         state = "to train" if s is None or run_format(s) != RESULTS_FORMAT else s["status"]
-        table.add_row(run.run_id, *(str(v) for v in run.params.values()), state)
+        table.add_row(run.run_id, *(Text(str(v)) for v in run.params.values()), Text(str(state)))
     out.print(table)
     err.print(change.message, markup=False, soft_wrap=True)
 
@@ -372,7 +375,11 @@ def validate(config: ConfigArg, set_: SetOpt = None, max_runs: MaxRunsOpt = None
         preflight(exp)
     except ConfigError as e:
         raise fail(str(e)) from None
-    out.print(f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {exp.config.shape()}")
+    out.print(
+        f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {exp.config.shape()}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _also(aliases: tuple[str, ...]) -> str:
@@ -382,7 +389,6 @@ def _also(aliases: tuple[str, ...]) -> str:
 @app.command("list", short_help="The registries and the packaged configs, with their descriptions.")
 def list_() -> None:
     """What the registries hold and the packaged configs, each with its description."""
-    import yaml
 
     from normbench.config import resolve_config_path
     from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS
@@ -401,7 +407,7 @@ def list_() -> None:
     configs = []
     for name in packaged_configs():
         try:
-            raw = yaml.safe_load(resolve_config_path(name).read_text())
+            raw = load_yaml(resolve_config_path(name).read_text())
         except (OSError, ValueError, ConfigError):  # yaml.YAMLError is a ValueError
             raw = None
         configs.append((name, str(raw.get("description") or "") if isinstance(raw, dict) else ""))
@@ -486,7 +492,9 @@ def summary(
         missing = sum(r["status"] == "missing" for r in records if r["experiment"] == e.name)
         if missing:
             total = sum(r["experiment"] == e.name for r in records)
-            err.print(f"{e.name}: {missing} of {total} runs not finished yet (`normbench run` trains them)")
+            err.print(
+                f"{e.name}: {missing} of {total} runs not finished yet (`normbench run` trains them)", markup=False
+            )
 
 
 def _summary_groups(
@@ -518,7 +526,9 @@ def _summary_groups(
     for e, k in zip(exps, keys, strict=True):
         if len(k) < len(by):
             keys_text = ", ".join(k) or "nothing (all runs)"
-            err.print(f"{e.name}: grouped by {keys_text}: the other keys are not its grid keys", soft_wrap=True)
+            err.print(
+                f"{e.name}: grouped by {keys_text}: the other keys are not its grid keys", soft_wrap=True, markup=False
+            )
     if metrics:
         tables = [
             t[[c for c in t.columns if "." not in c or c.rsplit(".", 1)[0] in metrics or c in k]]
@@ -592,7 +602,7 @@ def plot(
             raise fail(str(ex)) from None
     for e in exps:
         mine = [p for p in paths if e in p.parents]
-        err.print(f"{e.name}: {len(mine)} figures -> {mine[0].parent if mine else e / 'figures'}")
+        err.print(f"{e.name}: {len(mine)} figures -> {mine[0].parent if mine else e / 'figures'}", markup=False)
 
 
 @app.command(short_help="One self-contained HTML page of an experiment's results.")
@@ -617,7 +627,7 @@ def report(
         path = write_report(results, out_file, console=err, where=where, selected=selected)
     except (ReportError, DamagedResults) as ex:
         raise fail(str(ex)) from None
-    err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True)
+    err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True, markup=False)
 
 
 @app.command(short_help="Verify every run's files against their checksums, and the results format.")
@@ -639,9 +649,12 @@ def check(results: ResultsArg) -> None:
         bad = [r for r in rows if r["problems"]]
         damaged += len(bad)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in rows).items()))
-        out.print(f"{e.name}: results format {RESULTS_FORMAT}, {len(rows)} run folders ({counts}), {len(bad)} damaged")
+        out.print(
+            f"{e.name}: results format {RESULTS_FORMAT}, {len(rows)} run folders ({counts}), {len(bad)} damaged",
+            markup=False,
+        )
         for r in bad:
-            out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}")
+            out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}", markup=False)
         unlisted = [r for r in rows if not r["listed"]]
         if unlisted:
             older = sum(r["format"] != RESULTS_FORMAT for r in unlisted)
@@ -684,10 +697,10 @@ def export(
             skipped = f", {rep.missing} not trained yet" if rep.missing else ""
             failed = f", {rep.failed} failed (status text only)" if rep.failed else ""
             runs = f"{rep.exported} run{'s' if rep.exported != 1 else ''}"
-            err.print(f"{e.name}: {runs}{failed}{skipped} -> {rep.path}", soft_wrap=True)
+            err.print(f"{e.name}: {runs}{failed}{skipped} -> {rep.path}", soft_wrap=True, markup=False)
     except (ExportError, DamagedResults) as ex:
         raise fail(str(ex)) from None
-    err.print(f"view: tensorboard --logdir {logdir}", soft_wrap=True)
+    err.print(f"view: tensorboard --logdir {logdir}", soft_wrap=True, markup=False)
 
 
 @app.command(short_help="Check the source articles' claims against measured numbers.")

@@ -472,7 +472,11 @@ def expand_values(text: str, where: str) -> list[Any]:
 
 
 class ExperimentConfig(RunConfig):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the results folder's name")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=100,
+        description="the results folder's name: ASCII letters, digits and _.- (no path separators, no leading dot)",
+    )
     description: str = ""
     seeds: list[int] | None = Field(
         None, min_length=1, max_length=MAX_AXIS_VALUES, description="shorthand for a grid axis `seed`"

@@ -22,8 +22,15 @@ MAX_YAML_CHARS = 10_000_000  # characters of all scalars, aliases expanded
 MAX_YAML_DEPTH = 100  # nested lists and mappings
 
 
-class YAMLLimit(yaml.YAMLError):
+class YAMLLimit(yaml.YAMLError, ValueError):
     """A YAML document that stands for more than normbench reads."""
+
+
+def esc(value: Any) -> str:
+    """A value as literal text inside rich markup: `[old]` and `a[/]b` print as written."""
+    from rich.markup import escape
+
+    return escape(str(value))
 
 
 def short(value: Any, limit: int = 60) -> str:

@@ -34,7 +34,7 @@ import yaml
 
 from normbench.finals import CURVE_FINALS, from_tables
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
-from normbench.safe import quoted
+from normbench.safe import load_yaml, quoted
 
 if TYPE_CHECKING:
     from normbench.config import Experiment, Run
@@ -410,7 +410,7 @@ class ExperimentStore:
         except (OSError, ValueError, KeyError):
             pass
         try:
-            raw = yaml.safe_load((self.dir / "config.yaml").read_text())
+            raw = load_yaml((self.dir / "config.yaml").read_text())
             return [r.run_id for r in experiment_from_dict(raw, str(self.dir / "config.yaml")).runs]
         except (OSError, ValueError, AttributeError):  # ConfigError and yaml's errors are ValueErrors
             if quiet:
@@ -448,7 +448,7 @@ def config_changes(old_path: Path, new: dict[str, Any], limit: int = 3) -> str:
     'train.lr 0.001 -> 0.01; seeds [1, 2, 3] -> [1..20]': at most `limit`, values shortened; '' when the old one
     cannot be read or nothing but the description differs."""
     try:
-        old = yaml.safe_load(old_path.read_text())
+        old = load_yaml(old_path.read_text())
     except (OSError, ValueError):
         return ""
     if not isinstance(old, dict):
@@ -787,7 +787,7 @@ def experiment_axes(exp_dir: Path) -> list[str]:
     (a column of runs.parquet), then `seed` when the config has `seeds:`."""
     from normbench.config import grid_keys
 
-    cfg = yaml.safe_load((exp_dir / "config.yaml").read_text())
+    cfg = load_yaml((exp_dir / "config.yaml").read_text())
     axes = grid_keys(cfg.get("grid"))
     if cfg.get("seeds") is not None:
         axes.append("seed")
@@ -799,7 +799,7 @@ def experiment_axis_groups(exp_dir: Path) -> list[list[str]]:
     against one of them must not hold the others fixed), in grid order, `seed` last when given by `seeds:`."""
     from normbench.config import grid_keys, is_zip_key
 
-    cfg = yaml.safe_load((exp_dir / "config.yaml").read_text())
+    cfg = load_yaml((exp_dir / "config.yaml").read_text())
     grid = cfg.get("grid") or {}
     groups = [grid_keys({k: v}) if is_zip_key(k) else [k] for k, v in grid.items()]
     return groups + ([["seed"]] if cfg.get("seeds") is not None else [])
@@ -827,7 +827,10 @@ def group_slug(keys: list[str], values: Any) -> str:
     """A figure group's part of a file name: ('model.activation',), ('relu',) -> 'activation-relu'; 'all'."""
     values = values if isinstance(values, tuple) else (values,)
     parts = [f"{k.split('.')[-1]}-{_slug_value(v)}" for k, v in zip(keys, values, strict=True)]
-    return "_".join(parts) or "all"
+    slug = "_".join(parts) or "all"
+    if len(slug) > 120:  # a file name has at most 255 bytes: a long value is cut, its hash keeps names apart
+        slug = slug[:100] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:10]
+    return slug
 
 
 def _slug_value(v: Any) -> str:
@@ -865,7 +868,7 @@ def parse_where(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any, str]
         if not sep or not key or not text.strip():
             raise SelectionError(f"--where {quoted(item)}: expected KEY=VALUE, e.g. --where model.norm=batch")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
             raise SelectionError(f"--where {quoted(item)}: the value is not valid YAML") from None
         parsed.append((key, value, item))
