@@ -272,9 +272,7 @@ def run(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run runs recorded as failed.")] = False,
     workers: Annotated[
         int | None,
-        typer.Option(
-            min=1, help="Local worker processes of one thread each (default: one per core when the grid is large)."
-        ),
+        typer.Option(help="Local worker processes of one thread each (default: one per core when the grid is large)."),
     ] = None,
     executor: Annotated[Executor, typer.Option(help="local, or dask (needs --scheduler).")] = Executor.local,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://HOST:8786.")] = None,
@@ -290,9 +288,7 @@ def run(
     ] = KernelName.auto,
     stack: Annotated[
         int | None,
-        typer.Option(
-            min=1, help="At most this many runs of one structure train together (1: each alone; default: 16)."
-        ),
+        typer.Option(help="At most this many runs of one structure train together (1: each alone; default: 16)."),
     ] = None,
     compile_: Annotated[
         bool | None,
@@ -309,6 +305,9 @@ def run(
     from normbench.store import DamagedResults
     from normbench.sweep import run_experiment
 
+    for option, value in (("--workers", workers), ("--stack", stack)):
+        if value is not None and value < 1:
+            raise fail(f"{option} {value}: give a whole number of at least 1")
     exp = _load(config, set_, max_runs)
     if dry_run:
         _print_grid(exp, out_dir, force)

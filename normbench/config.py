@@ -64,6 +64,9 @@ def _numeric(annotation: Any) -> bool:
     return annotation in (int, float)
 
 
+MAX_INT = 2**53  # larger whole numbers are no setting's value: float64 and parquet's int64 hold them exactly
+
+
 class Strict(BaseModel):
     # inf and NaN are not numbers a config means (lr: .inf would make every run diverge at step 1)
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -74,6 +77,8 @@ class Strict(BaseModel):
         """YAML's true/false are not numbers: `lr: true` would otherwise train with lr 1.0."""
         if isinstance(v, bool) and _numeric(cls.model_fields[info.field_name].annotation):
             raise ValueError(f"expected a number, got {str(v).lower()}")
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+            raise ValueError(f"{quoted(v, 20)} is larger than any setting can use (at most 2**53)")
         return v
 
 
@@ -334,6 +339,11 @@ class RunConfig(Strict):
             return self
         if self.record.eval_split == "test" and self.data.name == "quadratic" and not self.data.n_test:
             raise ValueError("record.eval_split is 'test' but data.n_test is 0 (no test split)")
+        if self.model.name == "cnn" and self.data.name == "quadratic":
+            raise ValueError(
+                "model cnn needs images, but data quadratic gives single numbers: use model.name mlp, or image data "
+                "(digits, mnist, fashion_mnist, cifar10)"
+            )
         if self.data.preprocess == "pca" and self.model.name == "cnn":
             raise ValueError("data.preprocess pca gives flat vectors, not images: use zca with a cnn")
         if self.train.batch_size == 1 and getattr(NORMS.get(self.model.norm), "batch_statistics", False):

@@ -20,6 +20,7 @@ result is a flat vector, so an MLP only) | zca (ZCA whitening: PCA whitening rot
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import pickle
@@ -227,7 +228,11 @@ def _data_path(cfg: DataConfig) -> Path:
         raise DataError(f"data.path: dataset {cfg.name!r} reads local files; give the folder that holds them")
     folder = Path(cfg.path).expanduser()
     if not folder.is_dir():
-        raise DataError(f"data.path {folder}: no such folder")
+        try:
+            folder.stat()
+        except OSError as e:  # missing, a broken link, a loop of links
+            raise DataError(f"data.path {short(folder, 120)}: no such folder ({e.strerror})") from None
+        raise DataError(f"data.path {short(folder, 120)}: is a file, not a folder (give the folder that holds it)")
     return folder
 
 
@@ -280,14 +285,25 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     """Build (or reuse: every run of a sweep shares its data) the data set of `cfg`."""
     key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     if cfg.path is not None and Path(cfg.path).expanduser().is_dir():  # files changed on disk: read them again
-        key += str(
-            sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in Path(cfg.path).expanduser().rglob("*"))
-        )
+        key += str(sorted(_file_stamps(Path(cfg.path).expanduser())))
     if key not in _CACHE:
         if len(_CACHE) > 8:
             _CACHE.clear()
         _CACHE[key] = DATASETS.get(cfg.name)(cfg)
     return _CACHE[key]
+
+
+def _file_stamps(folder: Path, limit: int = 10_000) -> list[tuple[str, int, int]]:
+    """(name, mtime, size) of the files under `folder` (symlinked folders not followed, broken links skipped, at
+    most `limit` entries): what tells that the data on disk changed."""
+    stamps = []
+    for f in itertools.islice(folder.rglob("*"), limit):
+        try:
+            st = f.stat()
+        except OSError:  # a broken or looping symlink
+            continue
+        stamps.append((str(f.relative_to(folder)), st.st_mtime_ns, st.st_size))
+    return stamps
 
 
 def batches(

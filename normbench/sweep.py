@@ -360,6 +360,11 @@ def preflight(exp: Experiment) -> None:
             key = cfg.model.model_dump_json() + str(data.input_shape)
             if key not in models:
                 models.add(key)
+                if cfg.model.name == "cnn" and len(data.input_shape) != 3:
+                    raise ValueError(
+                        f"model cnn needs images (channels, height, width), but data {cfg.data.name} gives inputs of "
+                        f"shape {data.input_shape}: use model.name mlp, or an image data set"
+                    )
                 _fits_in_memory(cfg, data)
                 build_model(cfg.model, data.input_shape, data.out_features)
         except (DataError, ValueError) as e:
