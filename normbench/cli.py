@@ -303,7 +303,6 @@ def run(
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
     from normbench.store import DamagedResults
-    from normbench.sweep import run_experiment
 
     for option, value in (("--workers", workers), ("--stack", stack)):
         if value is not None and value < 1:
@@ -312,6 +311,8 @@ def run(
     if dry_run:
         _print_grid(exp, out_dir, force)
         return
+    from normbench.sweep import run_experiment  # torch: after the config is known to be good
+
     if executor is Executor.dask and not scheduler:
         raise fail("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
     try:

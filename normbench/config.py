@@ -811,7 +811,7 @@ def describe(e: ValidationError, model: type[BaseModel]) -> str:
     """One line naming each dotted field and what is wrong with it."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = short(".".join(str(x) for x in err["loc"]), 120)
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             valid = _fields_at(model, err["loc"][:-1])
