@@ -263,3 +263,20 @@ def test_a_cifar_batch_of_numpy_arrays_still_loads(tmp_path):
         (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=2))
     d = build_dataset(DataConfig(name="cifar10", path=str(tmp_path)))
     assert d.x_train.shape == (3, 3, 32, 32)
+
+
+def test_markup_in_values_prints_as_written_in_the_run_log_and_summary(place, tmp_path):
+    """Train the three runs whose data.path (unused by the parabola) holds markup and dollars: the run log (stderr)
+    and summary's table (stdout) show each value as written; a figure label escapes $ so it is not mathtext."""
+    from normbench.plot import _value_label
+
+    runner = CliRunner()
+    out = tmp_path / "results"
+    done = runner.invoke(app, ["run", str(place / "markup.yaml"), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    table = runner.invoke(app, ["summary", str(out / "m")])
+    assert table.exit_code == 0, table.output
+    for value in ("a[/]b", "[old]", "a$b$"):
+        assert f"path={value} seed" in done.output or f"path={value}:" in done.output, done.output
+        assert value in table.output, table.output
+    assert _value_label("data.path", "a$b$") == r"path=a\$b\$"
