@@ -57,13 +57,13 @@ import numpy as np
 import pandas as pd
 
 from normbench.report import landscape_summary
-from normbench.safe import load_yaml
 from normbench.store import (
     FINISHED,
     SelectionError,
     default_compare,
     experiment_axes,
     experiment_axis_groups,
+    folder_config,
     group_keys,
     group_slug,
     load_runs,
@@ -161,7 +161,7 @@ def load_experiment(
     if runs.empty:
         statuses = ", ".join(sorted(set(all_runs.status))) or "none"
         raise PlotError(f"{exp_dir.name}: no finished runs to plot (statuses: {statuses})")
-    config = load_yaml((exp_dir / "config.yaml").read_text()) or {}
+    config = folder_config(exp_dir)
     tied = experiment_axis_groups(exp_dir)
     exp = Experiment(exp_dir, runs, all_runs, axes, tied, compare, group_keys(axes, tied, compare), config)
     ids = runs.run_id.tolist()

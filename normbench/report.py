@@ -24,10 +24,10 @@ from rich.table import Table
 from rich.text import Text
 
 from normbench.finals import CURVE_FINALS, HEADINGS, applicable, per_run
-from normbench.safe import load_yaml
 from normbench.store import (
     SelectionError,
     experiment_axes,
+    folder_config,
     jsonable,
     load_runs,
     resolve_axis,
@@ -384,7 +384,7 @@ def has_dropout(runs: pd.DataFrame, exp_dir: Path) -> bool:
     if "model.dropout" in runs:
         return bool((pd.to_numeric(runs["model.dropout"], errors="coerce") > 0).any())
 
-    cfg = load_yaml((exp_dir / "config.yaml").read_text()) or {}
+    cfg = folder_config(exp_dir)
     return bool(((cfg.get("model") or {}).get("dropout") or 0) > 0)
 
 

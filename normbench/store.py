@@ -34,7 +34,7 @@ import yaml
 
 from normbench.finals import CURVE_FINALS, from_tables
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
-from normbench.safe import load_yaml, quoted
+from normbench.safe import load_yaml, quoted, short
 
 if TYPE_CHECKING:
     from normbench.config import Experiment, Run
@@ -516,6 +516,20 @@ class DamagedResults(ValueError):
     """A results file that cannot be read; the message names the run and what to do."""
 
 
+def folder_config(exp_dir: Path) -> dict[str, Any]:
+    """An experiment folder's config.yaml, read within normbench.safe's limits; DamagedResults (one line) when it
+    cannot be read or is not a mapping."""
+    path = exp_dir / "config.yaml"
+    try:
+        cfg = load_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DamagedResults(f"{path}: cannot be read ({type(e).__name__}: {short(first, 120)})") from None
+    if not isinstance(cfg, dict):
+        raise DamagedResults(f"{path}: not a config (a {type(cfg).__name__}, not a mapping)")
+    return cfg
+
+
 class FormatError(DamagedResults):
     """Results of another results format than this normbench reads; the message says which and what to do."""
 
@@ -787,7 +801,7 @@ def experiment_axes(exp_dir: Path) -> list[str]:
     (a column of runs.parquet), then `seed` when the config has `seeds:`."""
     from normbench.config import grid_keys
 
-    cfg = load_yaml((exp_dir / "config.yaml").read_text())
+    cfg = folder_config(exp_dir)
     axes = grid_keys(cfg.get("grid"))
     if cfg.get("seeds") is not None:
         axes.append("seed")
@@ -799,7 +813,7 @@ def experiment_axis_groups(exp_dir: Path) -> list[list[str]]:
     against one of them must not hold the others fixed), in grid order, `seed` last when given by `seeds:`."""
     from normbench.config import grid_keys, is_zip_key
 
-    cfg = load_yaml((exp_dir / "config.yaml").read_text())
+    cfg = folder_config(exp_dir)
     grid = cfg.get("grid") or {}
     groups = [grid_keys({k: v}) if is_zip_key(k) else [k] for k, v in grid.items()]
     return groups + ([["seed"]] if cfg.get("seeds") is not None else [])

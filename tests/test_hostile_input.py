@@ -108,6 +108,10 @@ def place(tmp_path_factory):
     config("latin1.yaml", "name: x\ndescription: caf\xe9\n".encode("latin-1"))
     config("long_key.yaml", {**small, "name": "k", "x" * 10_000: 1})
     config("long_value.yaml", {**small, "name": "k", "model": {"norm": "y" * 10_000}})
+    import shutil
+
+    shutil.copytree(root / "results", root / "sent")  # a results folder someone sent, its config a bomb
+    (root / "sent" / "tiny" / "config.yaml").write_text("name: tiny\n" + _bomb() + "description: *l8\n")
     return root
 
 
@@ -190,6 +194,16 @@ TABLE = {
     "non-UTF-8 bytes": (["validate", "{root}/latin1.yaml"], 2, r"not UTF-8 text \(byte 0xe9"),
     "a 10000-character key": (["validate", "{root}/long_key.yaml"], 2, r"x…: unknown key"),
     "a 10000-character value": (["validate", "{root}/long_value.yaml"], 2, r"unknown norm 'y+…"),
+    "a sent results folder whose config.yaml is a bomb (summary)": (
+        ["summary", "{root}/sent/tiny"],
+        2,
+        r"config\.yaml: cannot be read \(YAMLLimit: .*alias bomb",
+    ),
+    "a sent results folder whose config.yaml is a bomb (plot)": (
+        ["plot", "{root}/sent/tiny"],
+        2,
+        r"config\.yaml: cannot be read \(YAMLLimit",
+    ),
 }
 
 
