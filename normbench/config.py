@@ -504,7 +504,7 @@ class ExperimentConfig(RunConfig):
             raw["seeds"] = expand_values(raw["seeds"], "seeds")
         if isinstance(raw.get("grid"), dict):
             raw["grid"] = {
-                k: expand_values(v, f"grid.{k}") if isinstance(v, str) and not is_zip_key(str(k)) else v
+                k: expand_values(v, f"grid.{short(k)}") if isinstance(v, str) and not is_zip_key(str(k)) else v
                 for k, v in raw["grid"].items()
             }
         return raw
@@ -730,7 +730,7 @@ def _check_not_shadowed(raw: dict[str, Any], item: str) -> None:
     for axis in axes:
         if key != axis and not key.startswith(axis + "."):
             continue
-        value = text if key == axis else "..."
+        value = short(text) if key == axis else "..."
         if axis == "seed" and raw.get("seeds") is not None:
             where, hint = f"seeds: {_flow(raw['seeds'])}", f"--set 'seeds=[{value}]'"
         elif isinstance(grid, dict) and axis in grid:
@@ -746,7 +746,8 @@ def _check_not_shadowed(raw: dict[str, Any], item: str) -> None:
 
 def _flow(values: Any) -> str:
     """[none, batch] as YAML's flow style writes it, not Python's ['none', 'batch']."""
-    return "[" + ", ".join(str(v) for v in values) + "]" if isinstance(values, list) else str(values)
+    text = "[" + ", ".join(str(v) for v in values[:20]) + "]" if isinstance(values, list) else str(values)
+    return short(text)
 
 
 def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>", max_runs: int | None = None) -> Experiment:
