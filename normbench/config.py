@@ -669,7 +669,7 @@ def read_config_yaml(p: Path) -> Any:
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        tag = f" {quoted(e.problem.split('tag', 1)[-1].strip())}" if e.problem and "tag" in e.problem else ""
+        tag = f" {short(e.problem.split('tag', 1)[-1].strip())}" if e.problem and "tag" in e.problem else ""
         raise ConfigError(f"{p}: YAML tag{tag} not allowed{where} (a config holds plain values only)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -231,8 +231,8 @@ def _data_path(cfg: DataConfig) -> Path:
         try:
             folder.stat()
         except OSError as e:  # missing, a broken link, a loop of links
-            raise DataError(f"data.path {short(folder, 120)}: no such folder ({e.strerror})") from None
-        raise DataError(f"data.path {short(folder, 120)}: is a file, not a folder (give the folder that holds it)")
+            raise DataError(f"data.path {short(str(folder), 120)}: no such folder ({e.strerror})") from None
+        raise DataError(f"data.path {short(str(folder), 120)}: is a file, not a folder (give the folder that holds it)")
     return folder
 
 
