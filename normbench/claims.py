@@ -44,10 +44,12 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from normbench.config import PACKAGED_CONFIGS, ConfigError, Experiment, Strict, describe, load_experiment
 from normbench.finals import CURVE_FINALS, LAYER_FINALS, layer_mean, per_run
 from normbench.report import LANDSCAPE, landscape_summary
+from normbench.safe import esc, load_yaml
 from normbench.store import same_value
 
 MIN_SEEDS = 3  # seeds with a number needed on each side of a comparison (and for a threshold)
@@ -304,7 +306,7 @@ def claims_path() -> Path:
 def load_claims(path: Path | str | None = None) -> ClaimsBook:
     p = Path(path) if path is not None else claims_path()
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -865,7 +867,9 @@ def _train(
     results: dict[str, dict[str, Results]] = {}
     for i, (key, exp) in enumerate(exps.items(), 1):
         users = [c.id for c in claims if any(s.experiment == key for s in c.settings)]
-        console.print(f"[bold]claims: experiment {i}/{len(exps)}[/] {key} (for {', '.join(users)})", highlight=False)
+        console.print(
+            f"[bold]claims: experiment {i}/{len(exps)}[/] {esc(key)} (for {esc(', '.join(users))})", highlight=False
+        )
         kernels = [kernel] if kernel != "both" else ["auto"]
         if kernel == "both" and any(kernel_for(r.config) == "written-out" for r in exp.runs):
             kernels.append("autograd")  # elsewhere 'auto' is autograd already: the same computations
@@ -876,7 +880,9 @@ def _train(
             table = run_experiment(e, out, kernel=k, force=force, console=console)
             used = "+".join(sorted(set(table["engine.kernel"].dropna()))) or k
             results[key][used] = Results(table, exp_dir=ExperimentStore(out, e.name).dir)
-            console.print(f"  {e.name}: {len(table)} runs ready in {time.monotonic() - start:.0f} s", highlight=False)
+            console.print(
+                f"  {esc(e.name)}: {len(table)} runs ready in {time.monotonic() - start:.0f} s", highlight=False
+            )
     return results
 
 
@@ -959,7 +965,7 @@ STYLE = {
 
 
 def claims_table(rows: list[Row], title: str = "") -> Table:
-    table = Table(title=title, title_justify="left", header_style="bold", show_lines=True)
+    table = Table(title=Text(title), title_justify="left", header_style="bold", show_lines=True)
     for name in ("claim", "source", "setting", "measurement", "verdict"):
         table.add_column(name, overflow="fold")
     previous = None
@@ -967,11 +973,13 @@ def claims_table(rows: list[Row], title: str = "") -> Table:
         first = r.claim_id != previous
         previous = r.claim_id
         table.add_row(
-            f"[bold]{r.claim_id}[/]\n{r.claim}" if first else "",
-            r.source if first else "",
-            r.setting,
-            f"{r.measurement}\n[dim]{r.measure}, {r.criterion}[/]" if r.measure != "-" else r.measurement,
-            f"[{STYLE[r.verdict]}]{r.verdict}[/]\n[dim]{r.reason}[/]" if r.measure != "-" else r.verdict,
+            f"[bold]{esc(r.claim_id)}[/]\n{esc(r.claim)}" if first else "",
+            esc(r.source) if first else "",
+            esc(r.setting),
+            f"{esc(r.measurement)}\n[dim]{esc(r.measure)}, {esc(r.criterion)}[/]"
+            if r.measure != "-"
+            else esc(r.measurement),
+            f"[{STYLE[r.verdict]}]{r.verdict}[/]\n[dim]{esc(r.reason)}[/]" if r.measure != "-" else esc(r.verdict),
         )
     return table
 
@@ -1059,11 +1067,15 @@ def draw_figures(
         except NoSuchFigure as e:
             if not (quick and book.experiments[f.experiment].quick):
                 raise ConfigError(f"figure {f.file}: {e}") from None
-            progress.print(f"  {f.file}: not drawn in quick mode ({exp_dir.name} gives no {f.figure})", highlight=False)
+            progress.print(
+                f"  {f.file}: not drawn in quick mode ({exp_dir.name} gives no {f.figure})",
+                highlight=False,
+                markup=False,
+            )
         except PlotError as e:
             raise ConfigError(f"figure {f.file}: {e}") from None
     if paths:
-        progress.print(f"-> {Path(out) / 'figures'} ({len(paths)} figures)", highlight=False)
+        progress.print(f"-> {Path(out) / 'figures'} ({len(paths)} figures)", highlight=False, markup=False)
     return paths
 
 
@@ -1084,7 +1096,7 @@ def run_claims(
     seconds = time.monotonic() - start
     console.print(claims_table(rows, title=f"claims ({'quick' if quick else 'full'} mode): {counts(rows)}"))
     for p in write_report(rows, Path(out), quick, seconds, kernel):
-        progress.print(f"-> {p}", highlight=False)
+        progress.print(f"-> {p}", highlight=False, markup=False)
     checked = {s.experiment for c in book.select(only) for s in c.settings}
     draw_figures(book, Path(out), quick, checked, progress, kernel)
     progress.print(f"claims checked in {time.monotonic() - start:.0f} s", highlight=False)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from normbench.config import ConfigError, load_experiment, packaged_configs
+from normbench.config import MAX_AXIS_VALUES, MAX_RUNS, ConfigError, load_experiment, packaged_configs
+from normbench.safe import load_yaml
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,9 +187,23 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(config: str, overrides: list[str] | None):
+MaxRunsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-runs",
+        metavar="N",
+        help=f"Refuse a grid of more than N runs, counted before any run is made (default {MAX_RUNS}; each axis "
+        f"may have at most {MAX_AXIS_VALUES} values).",
+        show_default=False,
+    ),
+]
+
+
+def _load(config: str, overrides: list[str] | None, max_runs: int | None = None):
+    if max_runs is not None and max_runs < 1:
+        raise fail(f"--max-runs {max_runs}: give a number of runs of at least 1")
     try:
-        return load_experiment(config, overrides or [])
+        return load_experiment(config, overrides or [], max_runs=max_runs)
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -240,7 +256,7 @@ def _select(exps: list[Path], where: list[str] | None) -> dict[Path, pd.DataFram
     if not kept:
         raise fail(reasons[0] if len(exps) == 1 else f"no experiment has a run matching --where: {'; '.join(reasons)}")
     for reason in reasons:
-        err.print(f"left out: {reason}", soft_wrap=True)
+        err.print(f"left out: {reason}", soft_wrap=True, markup=False)
     return kept
 
 
@@ -257,9 +273,7 @@ def run(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run runs recorded as failed.")] = False,
     workers: Annotated[
         int | None,
-        typer.Option(
-            min=1, help="Local worker processes of one thread each (default: one per core when the grid is large)."
-        ),
+        typer.Option(help="Local worker processes of one thread each (default: one per core when the grid is large)."),
     ] = None,
     executor: Annotated[Executor, typer.Option(help="local, or dask (needs --scheduler).")] = Executor.local,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://HOST:8786.")] = None,
@@ -275,9 +289,7 @@ def run(
     ] = KernelName.auto,
     stack: Annotated[
         int | None,
-        typer.Option(
-            min=1, help="At most this many runs of one structure train together (1: each alone; default: 16)."
-        ),
+        typer.Option(help="At most this many runs of one structure train together (1: each alone; default: 16)."),
     ] = None,
     compile_: Annotated[
         bool | None,
@@ -288,15 +300,20 @@ def run(
         ),
     ] = None,
     device: Annotated[Device, typer.Option(help="Where runs train: auto (the GPU if any), cpu or cuda.")] = Device.auto,
+    max_runs: MaxRunsOpt = None,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
     from normbench.store import DamagedResults
-    from normbench.sweep import run_experiment
 
-    exp = _load(config, set_)
+    for option, value in (("--workers", workers), ("--stack", stack)):
+        if value is not None and value < 1:
+            raise fail(f"{option} {value}: give a whole number of at least 1")
+    exp = _load(config, set_, max_runs)
     if dry_run:
         _print_grid(exp, out_dir, force)
         return
+    from normbench.sweep import run_experiment  # torch: after the config is known to be good
+
     if executor is Executor.dask and not scheduler:
         raise fail("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
     try:
@@ -317,7 +334,7 @@ def run(
     except (ConfigError, DamagedResults) as e:  # found wrong before any training: data, folder, scheduler
         raise fail(str(e)) from None
     counts = table.status.value_counts().to_dict()
-    err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
+    err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}", markup=False)
     if counts.get("failed"):  # diverged is a result; failed is an error (see its summary.json), and scripts should know
         raise typer.Exit(code=1)
 
@@ -326,6 +343,7 @@ def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
     """The grid with run ids and what is finished, then one line on stderr saying what the run would do to the
     folder (or the refusal the run would give, exit 2)."""
     from rich.table import Table
+    from rich.text import Text
 
     from normbench.store import RESULTS_FORMAT, DamagedResults, ExperimentStore, run_format
 
@@ -336,28 +354,33 @@ def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
         raise fail(str(e)) from None
     if change.case == "refused":
         raise fail(change.message)
-    table = Table(title=f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)", title_justify="left")
+    title = Text(f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)")
+    table = Table(title=title, title_justify="left")
     for col in ("run id", *exp.axes, "state"):
-        table.add_column(col)
+        table.add_column(Text(col))
     for run in exp.runs:
         s = store.summary(run.run_id)
         state = "to train" if s is None or run_format(s) != RESULTS_FORMAT else s["status"]
-        table.add_row(run.run_id, *(str(v) for v in run.params.values()), state)
+        table.add_row(run.run_id, *(Text(str(v)) for v in run.params.values()), Text(str(state)))
     out.print(table)
     err.print(change.message, markup=False, soft_wrap=True)
 
 
 @app.command(epilog=_examples("validate"), short_help="Check a config and print the size of its grid.")
-def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+def validate(config: ConfigArg, set_: SetOpt = None, max_runs: MaxRunsOpt = None) -> None:
     """Check CONFIG, load its data and build its models; print the size of its grid."""
-    exp = _load(config, set_)
+    exp = _load(config, set_, max_runs)
     from normbench.sweep import preflight
 
     try:
         preflight(exp)
     except ConfigError as e:
         raise fail(str(e)) from None
-    out.print(f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {exp.config.shape()}")
+    out.print(
+        f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {exp.config.shape()}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _also(aliases: tuple[str, ...]) -> str:
@@ -367,7 +390,6 @@ def _also(aliases: tuple[str, ...]) -> str:
 @app.command("list", short_help="The registries and the packaged configs, with their descriptions.")
 def list_() -> None:
     """What the registries hold and the packaged configs, each with its description."""
-    import yaml
 
     from normbench.config import resolve_config_path
     from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS
@@ -386,7 +408,7 @@ def list_() -> None:
     configs = []
     for name in packaged_configs():
         try:
-            raw = yaml.safe_load(resolve_config_path(name).read_text())
+            raw = load_yaml(resolve_config_path(name).read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):  # listed without a description
             raw = None
         configs.append((name, str(raw.get("description") or "") if isinstance(raw, dict) else ""))
@@ -471,7 +493,9 @@ def summary(
         missing = sum(r["status"] == "missing" for r in records if r["experiment"] == e.name)
         if missing:
             total = sum(r["experiment"] == e.name for r in records)
-            err.print(f"{e.name}: {missing} of {total} runs not finished yet (`normbench run` trains them)")
+            err.print(
+                f"{e.name}: {missing} of {total} runs not finished yet (`normbench run` trains them)", markup=False
+            )
 
 
 def _summary_groups(
@@ -503,7 +527,9 @@ def _summary_groups(
     for e, k in zip(exps, keys, strict=True):
         if len(k) < len(by):
             keys_text = ", ".join(k) or "nothing (all runs)"
-            err.print(f"{e.name}: grouped by {keys_text}: the other keys are not its grid keys", soft_wrap=True)
+            err.print(
+                f"{e.name}: grouped by {keys_text}: the other keys are not its grid keys", soft_wrap=True, markup=False
+            )
     if metrics:
         tables = [
             t[[c for c in t.columns if "." not in c or c.rsplit(".", 1)[0] in metrics or c in k]]
@@ -577,7 +603,7 @@ def plot(
             raise fail(str(ex)) from None
     for e in exps:
         mine = [p for p in paths if e in p.parents]
-        err.print(f"{e.name}: {len(mine)} figures -> {mine[0].parent if mine else e / 'figures'}")
+        err.print(f"{e.name}: {len(mine)} figures -> {mine[0].parent if mine else e / 'figures'}", markup=False)
 
 
 @app.command(short_help="One self-contained HTML page of an experiment's results.")
@@ -602,7 +628,7 @@ def report(
         path = write_report(results, out_file, console=err, where=where, selected=selected)
     except (ReportError, DamagedResults) as ex:
         raise fail(str(ex)) from None
-    err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True)
+    err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True, markup=False)
 
 
 @app.command(short_help="Verify every run's files against their checksums, and the results format.")
@@ -624,9 +650,12 @@ def check(results: ResultsArg) -> None:
         bad = [r for r in rows if r["problems"]]
         damaged += len(bad)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in rows).items()))
-        out.print(f"{e.name}: results format {RESULTS_FORMAT}, {len(rows)} run folders ({counts}), {len(bad)} damaged")
+        out.print(
+            f"{e.name}: results format {RESULTS_FORMAT}, {len(rows)} run folders ({counts}), {len(bad)} damaged",
+            markup=False,
+        )
         for r in bad:
-            out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}")
+            out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}", markup=False)
         unlisted = [r for r in rows if not r["listed"]]
         if unlisted:
             older = sum(r["format"] != RESULTS_FORMAT for r in unlisted)
@@ -669,10 +698,10 @@ def export(
             skipped = f", {rep.missing} not trained yet" if rep.missing else ""
             failed = f", {rep.failed} failed (status text only)" if rep.failed else ""
             runs = f"{rep.exported} run{'s' if rep.exported != 1 else ''}"
-            err.print(f"{e.name}: {runs}{failed}{skipped} -> {rep.path}", soft_wrap=True)
+            err.print(f"{e.name}: {runs}{failed}{skipped} -> {rep.path}", soft_wrap=True, markup=False)
     except (ExportError, DamagedResults) as ex:
         raise fail(str(ex)) from None
-    err.print(f"view: tensorboard --logdir {logdir}", soft_wrap=True)
+    err.print(f"view: tensorboard --logdir {logdir}", soft_wrap=True, markup=False)
 
 
 @app.command(short_help="Check the source articles' claims against measured numbers.")

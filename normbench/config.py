@@ -18,6 +18,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from pydantic import (
 )
 
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, Registry, UnknownName
+from normbench.safe import MAX_YAML_BYTES, YAMLLimit, load_yaml, quoted, short
 
 PACKAGED_CONFIGS = [Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs"]
 
@@ -62,6 +64,9 @@ def _numeric(annotation: Any) -> bool:
     return annotation in (int, float)
 
 
+MAX_INT = 2**53  # larger whole numbers are no setting's value: float64 and parquet's int64 hold them exactly
+
+
 class Strict(BaseModel):
     # inf and NaN are not numbers a config means (lr: .inf would make every run diverge at step 1)
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -72,6 +77,8 @@ class Strict(BaseModel):
         """YAML's true/false are not numbers: `lr: true` would otherwise train with lr 1.0."""
         if isinstance(v, bool) and _numeric(cls.model_fields[info.field_name].annotation):
             raise ValueError(f"expected a number, got {str(v).lower()}")
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+            raise ValueError(f"{quoted(v, 20)} is larger than any setting can use (at most 2**53)")
         return v
 
 
@@ -159,7 +166,7 @@ class ModelConfig(Strict):
     @classmethod
     def _two_numbers(cls, v: Any) -> Any:
         if not isinstance(v, list | tuple) or len(v) != 2:
-            raise ValueError(f"[shift m, scale s]: two numbers, got {v!r}")
+            raise ValueError(f"[shift m, scale s]: two numbers, got {quoted(v)}")
         return v
 
     @field_validator("norm_noise")
@@ -249,7 +256,7 @@ class Ranges(Strict):
     @classmethod
     def _auto_or_pair(cls, v: Any) -> Any:
         if isinstance(v, str) and v != "auto":
-            raise ValueError(f"expected auto or [low, high], got {v!r}")
+            raise ValueError(f"expected auto or [low, high], got {quoted(v)}")
         return v
 
     @field_validator("*")
@@ -332,6 +339,11 @@ class RunConfig(Strict):
             return self
         if self.record.eval_split == "test" and self.data.name == "quadratic" and not self.data.n_test:
             raise ValueError("record.eval_split is 'test' but data.n_test is 0 (no test split)")
+        if self.model.name == "cnn" and self.data.name == "quadratic":
+            raise ValueError(
+                "model cnn needs images, but data quadratic gives single numbers: use model.name mlp, or image data "
+                "(digits, mnist, fashion_mnist, cifar10)"
+            )
         if self.data.preprocess == "pca" and self.model.name == "cnn":
             raise ValueError("data.preprocess pca gives flat vectors, not images: use zca with a cnn")
         if self.train.batch_size == 1 and getattr(NORMS.get(self.model.norm), "batch_statistics", False):
@@ -367,6 +379,11 @@ def _hash(d: dict[str, Any]) -> str:
     canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
+
+# The most values one grid axis (or `seeds`) may have, and the default cap on the runs of a grid (the product of
+# its axes), both checked before any run is made; --max-runs (load_experiment's max_runs) raises the cap.
+MAX_AXIS_VALUES = 10_000
+MAX_RUNS = 10_000
 
 # Grid values written as an expression instead of a list (see expand_values).
 _HELPER = re.compile(r"^\s*(logspace|linspace|range)\s*\((.*)\)\s*$", re.DOTALL)
@@ -414,7 +431,7 @@ def expand_values(text: str, where: str) -> list[Any]:
     if not match:
         raise ValueError(
             f"{where}: expected a list of values or logspace(START, STOP, COUNT), linspace(START, STOP, COUNT), "
-            f"range([START,] STOP[, STEP]); got {text!r}"
+            f"range([START,] STOP[, STEP]); got {quoted(text)}"
         )
     fn, body = match.groups()
     args = [a.strip() for a in body.split(",")] if body.strip() else []
@@ -423,29 +440,39 @@ def expand_values(text: str, where: str) -> list[Any]:
         try:
             x = float(a)
         except ValueError:
-            raise ValueError(f"{where}: {fn}(...): {a!r} is not a number") from None
+            raise ValueError(f"{where}: {fn}(...): {quoted(a)} is not a number") from None
         if not np.isfinite(x):
-            raise ValueError(f"{where}: {fn}(...): {a!r} is not a finite number")
+            raise ValueError(f"{where}: {fn}(...): {quoted(a)} is not a finite number")
         numbers.append(x)
     if fn == "range":
         if not 1 <= len(numbers) <= 3:
             raise ValueError(f"{where}: range takes 1 to 3 integers ([START,] STOP[, STEP]), got {len(numbers)}")
         if any(x != int(x) or not re.fullmatch(r"[+-]?\d+", a) for x, a in zip(numbers, args, strict=True)):
-            raise ValueError(f"{where}: range takes integers, got {text.strip()!r} (use linspace for fractions)")
+            raise ValueError(f"{where}: range takes integers, got {quoted(text.strip())} (use linspace for fractions)")
         ints = [int(x) for x in numbers]
         if len(ints) == 3 and ints[2] == 0:
             raise ValueError(f"{where}: range step must not be zero")
-        values: list[Any] = list(range(*ints))
+        span = range(*ints)
+        if len(span) > MAX_AXIS_VALUES:  # counted without making the list
+            raise ValueError(
+                f"{where}: {quoted(text.strip())} has {len(span)} values, more than the {MAX_AXIS_VALUES} a grid axis "
+                "may have"
+            )
+        values: list[Any] = list(span)
         if not values:
             raise ValueError(f"{where}: {text.strip()} has no values")
         return values
     if len(numbers) != 3:
-        raise ValueError(f"{where}: {fn} takes 3 numbers (START, STOP, COUNT), got {len(numbers)} in {text.strip()!r}")
+        raise ValueError(
+            f"{where}: {fn} takes 3 numbers (START, STOP, COUNT), got {len(numbers)} in {quoted(text.strip())}"
+        )
     start, stop, count = numbers
     if count != int(count) or count < 1:
         raise ValueError(f"{where}: {fn} COUNT must be a whole number of at least 1, got {args[2]}")
-    if count > 10_000:
-        raise ValueError(f"{where}: {fn} COUNT {int(count)} is more values than a grid axis should have")
+    if count > MAX_AXIS_VALUES:
+        raise ValueError(
+            f"{where}: {fn} COUNT {count:.0f} is more values than the {MAX_AXIS_VALUES} a grid axis may have"
+        )
     make = np.logspace if fn == "logspace" else np.linspace
     with np.errstate(over="ignore"):
         values = [_round(float(x)) for x in make(start, stop, int(count))]
@@ -455,9 +482,15 @@ def expand_values(text: str, where: str) -> list[Any]:
 
 
 class ExperimentConfig(RunConfig):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the results folder's name")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=100,
+        description="the results folder's name: ASCII letters, digits and _.- (no path separators, no leading dot)",
+    )
     description: str = ""
-    seeds: list[int] | None = Field(None, min_length=1, description="shorthand for a grid axis `seed`")
+    seeds: list[int] | None = Field(
+        None, min_length=1, max_length=MAX_AXIS_VALUES, description="shorthand for a grid axis `seed`"
+    )
     grid: dict[str, list[Any]] | None = None
 
     @model_validator(mode="before")
@@ -471,7 +504,7 @@ class ExperimentConfig(RunConfig):
             raw["seeds"] = expand_values(raw["seeds"], "seeds")
         if isinstance(raw.get("grid"), dict):
             raw["grid"] = {
-                k: expand_values(v, f"grid.{k}") if isinstance(v, str) and not is_zip_key(str(k)) else v
+                k: expand_values(v, f"grid.{short(k)}") if isinstance(v, str) and not is_zip_key(str(k)) else v
                 for k, v in raw["grid"].items()
             }
         return raw
@@ -485,7 +518,9 @@ class ExperimentConfig(RunConfig):
             raise ValueError("grid is empty: give at least one dotted key with a list of values, or remove it")
         for key, values in grid.items():
             if not values:
-                raise ValueError(f"grid key {key!r} has an empty list of values")
+                raise ValueError(f"grid key {quoted(key)} has an empty list of values")
+            if len(values) > MAX_AXIS_VALUES:
+                raise ValueError(f"grid key {quoted(key)} has {len(values)} values, more than {MAX_AXIS_VALUES}")
             if is_zip_key(key):
                 _check_zip(key, values)
                 keys = list(values[0])
@@ -493,12 +528,14 @@ class ExperimentConfig(RunConfig):
                 keys = [key]
             for k in keys:
                 if k in ("name", "description", "seeds", "grid") or k.startswith("grid.") or is_zip_key(k):
-                    raise ValueError(f"grid key {k!r} cannot vary")
+                    raise ValueError(f"grid key {quoted(k)} cannot vary")
         keys = grid_keys(grid)
         for i, a in enumerate(keys):
             for b in keys[:i]:
                 if a == b or a.startswith(b + ".") or b.startswith(a + "."):
-                    same = f"{a!r} is given twice" if a == b else f"{b!r} and {a!r} set the same field"
+                    same = (
+                        f"{quoted(a)} is given twice" if a == b else f"{quoted(b)} and {quoted(a)} set the same field"
+                    )
                     raise ValueError(f"{same} (a key may be one axis or in one zip group, not several)")
         return grid
 
@@ -543,7 +580,7 @@ def _check_zip(key: str, entries: list[Any]) -> None:
         if not isinstance(entry, dict) or not entry:
             raise ValueError(
                 f"{key} entry {i}: expected a mapping of dotted keys to values, e.g. "
-                "{train.batch_size: 2, train.lr: 0.01}, got " + repr(entry)
+                "{train.batch_size: 2, train.lr: 0.01}, got " + quoted(entry)
             )
         if set(entry) != set(entries[0]):
             missing = sorted(set(entries[0]) - set(entry))
@@ -603,24 +640,46 @@ def packaged_configs() -> list[str]:
     return []
 
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+def load_experiment(path: str | Path, overrides: list[str] = (), max_runs: int | None = None) -> Experiment:
+    """The experiment of a config file (or packaged config name) with --set overrides; `max_runs` caps its grid
+    (default MAX_RUNS)."""
     p = resolve_config_path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read: {e}") from None
+    raw = read_config_yaml(p)
+    if raw is None:
+        raise ConfigError(f"{p}: the file is empty; a config is a mapping of sections (name, data, model, ...)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping of sections (name, data, model, ...), got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
     for item in overrides:
         _check_not_shadowed(raw, item)
-    return experiment_from_dict(raw, source=str(p))
+    return experiment_from_dict(raw, source=str(p), max_runs=max_runs)
+
+
+def read_config_yaml(p: Path) -> Any:
+    """The YAML document of file `p`, within the limits of normbench.safe; every problem is one ConfigError line."""
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
+            raise YAMLLimit(f"larger than the {MAX_YAML_BYTES} bytes a config may have")
+        return load_yaml(data.decode("utf-8"))
+    except YAMLLimit as e:
+        raise ConfigError(f"{p}: refused: {e}") from None
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tag = f" {short(e.problem.split('tag', 1)[-1].strip())}" if e.problem and "tag" in e.problem else ""
+        raise ConfigError(f"{p}: YAML tag{tag} not allowed{where} (a config holds plain values only)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: YAML syntax error{where}: {short(problem)}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {short(e.strerror or e, 120)}") from None
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -629,11 +688,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.01")
+        raise ConfigError(f"--set {quoted(item)}: expected KEY=VALUE, e.g. --set train.lr=0.01")
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
+    except YAMLLimit as e:
+        raise ConfigError(f"--set {quoted(item)}: refused: {e}") from None
     except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        raise ConfigError(f"--set {quoted(item)}: the value is not valid YAML") from None
     if key.startswith("grid."):  # grid keys themselves contain dots
         grid = raw.get("grid") or {}
         raw["grid"] = grid
@@ -651,7 +712,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            raise ConfigError(f"--set {quoted(item)}: {quoted(part)} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -669,7 +730,7 @@ def _check_not_shadowed(raw: dict[str, Any], item: str) -> None:
     for axis in axes:
         if key != axis and not key.startswith(axis + "."):
             continue
-        value = text if key == axis else "..."
+        value = short(text) if key == axis else "..."
         if axis == "seed" and raw.get("seeds") is not None:
             where, hint = f"seeds: {_flow(raw['seeds'])}", f"--set 'seeds=[{value}]'"
         elif isinstance(grid, dict) and axis in grid:
@@ -678,23 +739,33 @@ def _check_not_shadowed(raw: dict[str, Any], item: str) -> None:
             zkey = next(k for k, v in grid.items() if is_zip_key(str(k)) and axis in grid_keys({k: v}))
             where, hint = f"in grid.{zkey}", f"--set 'grid.{zkey}=[...]' with the values you want"
         raise ConfigError(
-            f"--set {item!r}: {axis} is a grid axis ({where}), so every run sets its own value and this one would be "
-            f"ignored; use {hint}"
+            f"--set {quoted(item)}: {axis} is a grid axis ({where}), so every run sets its own value and this one "
+            f"would be ignored; use {hint}"
         )
 
 
 def _flow(values: Any) -> str:
     """[none, batch] as YAML's flow style writes it, not Python's ['none', 'batch']."""
-    return "[" + ", ".join(str(v) for v in values) + "]" if isinstance(values, list) else str(values)
+    text = "[" + ", ".join(str(v) for v in values[:20]) + "]" if isinstance(values, list) else str(values)
+    return short(text)
 
 
-def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experiment:
+def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>", max_runs: int | None = None) -> Experiment:
+    """The validated experiment and its runs; a grid of more than `max_runs` runs (default MAX_RUNS) is refused
+    before any run is made."""
     try:
         cfg = ExperimentConfig.model_validate(raw, context={"grid_base": bool(raw.get("grid") or raw.get("seeds"))})
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe(e, ExperimentConfig)}") from None
     base = cfg.model_dump(mode="json", exclude={"name", "description", "seeds", "grid"})
     groups = cfg.axis_groups()
+    limit = MAX_RUNS if max_runs is None else max_runs
+    count = math.prod(len(points) for _, points in groups)
+    if count > limit:
+        raise ConfigError(
+            f"{source}: the grid has {count} runs ({cfg.shape()}), more than the limit of {limit}; "
+            "raise it with --max-runs N if you mean it"
+        )
     axes = [k for keys, _ in groups for k in keys]
     runs: list[Run] = []
     seen: set[str] = set()
@@ -706,11 +777,13 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experim
         try:
             run_cfg = RunConfig.model_validate(d)
         except ValidationError as e:
-            point = ", ".join(f"{k}={v!r}" for k, v in zip(axes, values, strict=True))
+            point = ", ".join(f"{k}={quoted(v)}" for k, v in zip(axes, values, strict=True))
             raise ConfigError(f"{source}: grid point ({point}): {describe(e, RunConfig)}") from None
         run = Run(run_cfg.run_id(), {k: _get_dotted(run_cfg, k) for k in axes}, run_cfg)
         if run.run_id in seen:
-            raise ConfigError(f"{source}: grid has duplicate runs (e.g. {run.params}); remove repeated values")
+            raise ConfigError(
+                f"{source}: grid has duplicate runs (e.g. {quoted(run.params, 120)}); remove repeated values"
+            )
         seen.add(run.run_id)
         runs.append(run)
     return Experiment(cfg, runs, source)
@@ -722,7 +795,7 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any, source: str) -> None:
     for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
             where = ".".join(parts[: i + 1])
-            raise ConfigError(f"{source}: grid.{key}: unknown config key {where!r}")
+            raise ConfigError(f"{source}: grid.{key}: unknown config key {quoted(where)}")
         if i == len(parts) - 1:
             node[part] = value
         node = node[part]
@@ -739,7 +812,7 @@ def describe(e: ValidationError, model: type[BaseModel]) -> str:
     """One line naming each dotted field and what is wrong with it."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = short(".".join(str(x) for x in err["loc"]), 120)
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             valid = _fields_at(model, err["loc"][:-1])
@@ -747,7 +820,7 @@ def describe(e: ValidationError, model: type[BaseModel]) -> str:
         elif err["type"] == "missing":
             msg = "required"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {quoted(err['input'])})"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 

@@ -20,6 +20,7 @@ result is a flat vector, so an MLP only) | zca (ZCA whitening: PCA whitening rot
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import pickle
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from normbench.registry import DATASETS
+from normbench.safe import short
 
 if TYPE_CHECKING:
     from normbench.config import DataConfig
@@ -156,10 +158,19 @@ def cifar10(cfg: DataConfig) -> Dataset:
             raise DataError(f"data.path {folder}: missing CIFAR-10 batch {name}")
         try:
             with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
+                d = _BatchUnpickler(f, encoding="bytes").load()
+        except ForbiddenGlobal as e:
+            raise DataError(
+                f"{path}: refused: the file asks to load {e} (a CIFAR-10 batch needs only numpy arrays)"
+            ) from None
+        except Exception as e:  # unpickling errors come in many types
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {short(str(e))})") from None
+        try:  # a dict of arrays, lists, bytes: nothing here runs code
+            if not isinstance(d, dict):
+                raise TypeError(f"a {type(d).__name__}, not a dict")
             data, labels = np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], dtype=np.int64)
         except Exception as e:  # unpickling errors come in many types
-            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {short(str(e))})") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
             raise DataError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
         return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
@@ -171,12 +182,44 @@ def cifar10(cfg: DataConfig) -> Dataset:
     return _images(cfg, np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), x_test, y_test)
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global (a class or function) that a data file has no need of."""
+
+
+# What the python batches of CIFAR-10 may ask for: numpy's array and number reconstruction, nothing else. Dicts, lists,
+# bytes, str and ints need no global at all. Any other global could run code (os.system, eval, ...).
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),  # a numpy number (labels written as numpy ints)
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # bytes pickled by Python 3 with protocol 2: encode(str, 'latin1'), data only
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that builds plain containers and numpy arrays only: a file is data, never code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise ForbiddenGlobal(f"{module}.{name}"[:120])
+        return super().find_class(module, name)
+
+
 def _data_path(cfg: DataConfig) -> Path:
     if cfg.path is None:
         raise DataError(f"data.path: dataset {cfg.name!r} reads local files; give the folder that holds them")
     folder = Path(cfg.path).expanduser()
     if not folder.is_dir():
-        raise DataError(f"data.path {folder}: no such folder")
+        try:
+            folder.stat()
+        except OSError as e:  # missing, a broken link, a loop of links
+            raise DataError(f"data.path {short(str(folder), 120)}: no such folder ({e.strerror})") from None
+        raise DataError(f"data.path {short(str(folder), 120)}: is a file, not a folder (give the folder that holds it)")
     return folder
 
 
@@ -229,14 +272,25 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     """Build (or reuse: every run of a sweep shares its data) the data set of `cfg`."""
     key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     if cfg.path is not None and Path(cfg.path).expanduser().is_dir():  # files changed on disk: read them again
-        key += str(
-            sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in Path(cfg.path).expanduser().rglob("*"))
-        )
+        key += str(sorted(_file_stamps(Path(cfg.path).expanduser())))
     if key not in _CACHE:
         if len(_CACHE) > 8:
             _CACHE.clear()
         _CACHE[key] = DATASETS.get(cfg.name)(cfg)
     return _CACHE[key]
+
+
+def _file_stamps(folder: Path, limit: int = 10_000) -> list[tuple[str, int, int]]:
+    """(name, mtime, size) of the files under `folder` (symlinked folders not followed, broken links skipped, at
+    most `limit` entries): what tells that the data on disk changed."""
+    stamps = []
+    for f in itertools.islice(folder.rglob("*"), limit):
+        try:
+            st = f.stat()
+        except OSError:  # a broken or looping symlink
+            continue
+        stamps.append((str(f.relative_to(folder)), st.st_mtime_ns, st.st_size))
+    return stamps
 
 
 def batches(

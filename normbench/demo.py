@@ -27,6 +27,7 @@ from rich.text import Text
 from normbench.claims import STYLE, Measure, Results, check_claims, load_claims, run_values
 from normbench.config import load_experiment
 from normbench.report import aggregate_runs, fmt_percent
+from normbench.safe import esc
 from normbench.store import jsonable, load_runs, load_table, write_text_atomic
 
 DEMO_CONFIGS = ("morvan_tf23", "morvan_pt504", "dead_neurons")
@@ -60,14 +61,14 @@ def run_dead_neurons(
         console.print()
         console.print(cells_table(exp))
         n = sum(exp_dir in p.parents for p in figures)
-        console.print(f"[dim]{n} figures in {exp_dir / 'figures'}; every run: normbench summary {exp_dir}[/]")
+        console.print(f"[dim]{n} figures in {esc(exp_dir / 'figures')}; every run: normbench summary {esc(exp_dir)}[/]")
         for line in notes(exp):
             console.print(f"  {line}", highlight=False, markup=False)
         for r in exp["claims"]:
             console.print(verdict_line(r))
     write_text_atomic(out / "demo.json", json.dumps(jsonable(doc), indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "demo.md", markdown(doc))
-    progress.print(f"-> {out / 'demo.json'}, {out / 'demo.md'}", highlight=False)
+    progress.print(f"-> {out / 'demo.json'}, {out / 'demo.md'}", highlight=False, markup=False)
     return doc
 
 
@@ -237,7 +238,7 @@ def short(r: dict[str, Any]) -> str:
 
 def cells_table(exp: dict[str, Any]) -> Table:
     n = exp["seeds"]
-    table = Table(title=f"{exp['name']}: {exp['description']}", title_justify="left", header_style="bold")
+    table = Table(title=Text(f"{exp['name']}: {exp['description']}"), title_justify="left", header_style="bold")
     for name in ("activation", "norm", "runs", *(NUMBERS[k] for k in NUMBERS)):
         table.add_column(name, justify="right" if name in NUMBERS.values() else "left")
     for c in exp["cells"]:

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from rich.console import Console
 
 from normbench.report import (
@@ -44,6 +43,7 @@ from normbench.report import (
     key_columns,
     shown_metrics,
 )
+from normbench.safe import load_yaml
 from normbench.store import (
     FINISHED,
     default_compare,
@@ -416,7 +416,7 @@ def _experiment_section(
     runs = load_runs(exp_dir) if runs is None else runs
     axes = [a for a in experiment_axes(exp_dir) if a in runs.columns]
     config_text = (exp_dir / "config.yaml").read_text()
-    config = yaml.safe_load(config_text) or {}
+    config = load_yaml(config_text) or {}
     counts = runs.status.value_counts()
     status = ", ".join(f"{counts[s]} {s}" for s in ("ok", "diverged", "failed", "missing") if counts.get(s))
     grid = " × ".join(f"{a} ({runs[a].astype(str).nunique()})" for a in axes) or "no grid"

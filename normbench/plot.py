@@ -55,7 +55,6 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import yaml
 
 from normbench.report import landscape_summary
 from normbench.store import (
@@ -64,6 +63,7 @@ from normbench.store import (
     default_compare,
     experiment_axes,
     experiment_axis_groups,
+    folder_config,
     group_keys,
     group_slug,
     load_runs,
@@ -89,7 +89,9 @@ PERCENTILES = (1, 20, 50, 80, 99)
 WIDTH = 9.0  # inches; at DPI this is the README's width, so nothing is scaled down when shown there
 DPI = 100
 
-plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7.5})
+plt.rcParams.update(
+    {"text.usetex": False, "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7.5}
+)
 
 
 class PlotError(ValueError):
@@ -159,7 +161,7 @@ def load_experiment(
     if runs.empty:
         statuses = ", ".join(sorted(set(all_runs.status))) or "none"
         raise PlotError(f"{exp_dir.name}: no finished runs to plot (statuses: {statuses})")
-    config = yaml.safe_load((exp_dir / "config.yaml").read_text()) or {}
+    config = folder_config(exp_dir)
     tied = experiment_axis_groups(exp_dir)
     exp = Experiment(exp_dir, runs, all_runs, axes, tied, compare, group_keys(axes, tied, compare), config)
     ids = runs.run_id.tolist()
@@ -412,13 +414,18 @@ def _draw(job: Job) -> Path:
 # Labels
 
 
+def _literal(text: str) -> str:
+    """A value from a config as matplotlib prints it literally: `a$b$` is not mathtext (no TeX is used)."""
+    return text.replace("$", r"\$")
+
+
 def _label(keys: list[str], values: Any) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return ", ".join(f"{k.split('.')[-1]}={show_value(v)}" for k, v in zip(keys, values, strict=True))
+    return ", ".join(f"{k.split('.')[-1]}={_literal(show_value(v))}" for k, v in zip(keys, values, strict=True))
 
 
 def _value_label(compare: str | None, value: Any) -> str:
-    return f"{compare.split('.')[-1]}={show_value(value)}" if compare else "all runs"
+    return f"{compare.split('.')[-1]}={_literal(show_value(value))}" if compare else "all runs"
 
 
 def _group(exp: Experiment, key: Any) -> pd.DataFrame:

@@ -21,6 +21,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from normbench.safe import quoted
+
 T = TypeVar("T")
 
 
@@ -69,7 +71,7 @@ class Registry(Generic[T]):
         try:
             return self._lookup[_key(str(name))]
         except KeyError:
-            raise UnknownName(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}") from None
+            raise UnknownName(f"unknown {self.kind} {quoted(name)}; choose from: {', '.join(self.names())}") from None
 
     def get(self, name: str) -> T:
         return self._items[self.canonical(name)]

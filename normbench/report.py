@@ -27,6 +27,7 @@ from normbench.finals import CURVE_FINALS, HEADINGS, applicable, per_run
 from normbench.store import (
     SelectionError,
     experiment_axes,
+    folder_config,
     jsonable,
     load_runs,
     resolve_axis,
@@ -92,9 +93,9 @@ def outcome(rec: dict[str, Any]) -> str:
 
 
 def summary_table(records: list[dict[str, Any]], axes: list[str], title: str = "") -> Table:
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = Table(title=Text(title), title_justify="left", header_style="bold")
     for a in axes:
-        table.add_column(a.split(".")[-1])
+        table.add_column(Text(a.split(".")[-1]))
     # Accuracy columns for classification (regression records hold None there).
     accuracy = any(r.get("final_train_accuracy") is not None for r in records)
     numbers = ["train loss", "test loss", *(("train acc", "test acc") if accuracy else ())]
@@ -109,14 +110,14 @@ def summary_table(records: list[dict[str, Any]], axes: list[str], title: str = "
             if accuracy
         )
         table.add_row(
-            *(str(r.get(a)) for a in axes),
-            outcome(r),
+            *(Text(str(r.get(a))) for a in axes),
+            Text(outcome(r)),
             fmt_loss(r["final_train_loss"]) if r["status"] != "diverged" else "inf/nan",
             fmt_loss(r["final_test_loss"]),
             *acc,
             fmt_fractions(r["dead_fraction"]),
             fmt_fractions(r["saturated_fraction"]),
-            r.get("engine.kernel") or "-",
+            Text(str(r.get("engine.kernel") or "-")),
             r["run_id"],
             style=style,
         )
@@ -382,19 +383,18 @@ def has_dropout(runs: pd.DataFrame, exp_dir: Path) -> bool:
     """Whether some run of the table trains with dropout (a grid value, or the config's model.dropout)."""
     if "model.dropout" in runs:
         return bool((pd.to_numeric(runs["model.dropout"], errors="coerce") > 0).any())
-    import yaml
 
-    cfg = yaml.safe_load((exp_dir / "config.yaml").read_text()) or {}
+    cfg = folder_config(exp_dir)
     return bool(((cfg.get("model") or {}).get("dropout") or 0) > 0)
 
 
 def aggregate_table(df: pd.DataFrame, title: str = "", dropout: bool = False) -> Group:
     """The groups as a table, followed by the note on what its numbers are."""
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = Table(title=Text(title), title_justify="left", header_style="bold")
     keys = key_columns(df)
     metrics = shown_metrics(df)
     for k in keys:
-        table.add_column(k.split(".")[-1])
+        table.add_column(Text(k.split(".")[-1]))
     table.add_column("runs")
     for m in metrics:
         table.add_column(METRICS[m], justify="right")

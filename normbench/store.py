@@ -34,6 +34,7 @@ import yaml
 
 from normbench.finals import CURVE_FINALS, from_tables
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
+from normbench.safe import load_yaml, quoted, short
 
 if TYPE_CHECKING:
     from normbench.config import Experiment, Run
@@ -409,7 +410,7 @@ class ExperimentStore:
         except (OSError, ValueError, KeyError):
             pass
         try:
-            raw = yaml.safe_load((self.dir / "config.yaml").read_text())
+            raw = load_yaml((self.dir / "config.yaml").read_text())
             return [r.run_id for r in experiment_from_dict(raw, str(self.dir / "config.yaml")).runs]
         except (OSError, ValueError, AttributeError):  # ConfigError and yaml's errors are ValueErrors
             if quiet:
@@ -447,7 +448,7 @@ def config_changes(old_path: Path, new: dict[str, Any], limit: int = 3) -> str:
     'train.lr 0.001 -> 0.01; seeds [1, 2, 3] -> [1..20]': at most `limit`, values shortened; '' when the old one
     cannot be read or nothing but the description differs."""
     try:
-        old = yaml.safe_load(old_path.read_text())
+        old = load_yaml(old_path.read_text())
     except (OSError, ValueError):
         return ""
     if not isinstance(old, dict):
@@ -513,6 +514,20 @@ def _fingerprint(data: bytes) -> dict[str, Any]:
 
 class DamagedResults(ValueError):
     """A results file that cannot be read; the message names the run and what to do."""
+
+
+def folder_config(exp_dir: Path) -> dict[str, Any]:
+    """An experiment folder's config.yaml, read within normbench.safe's limits; DamagedResults (one line) when it
+    cannot be read or is not a mapping."""
+    path = exp_dir / "config.yaml"
+    try:
+        cfg = load_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DamagedResults(f"{path}: cannot be read ({type(e).__name__}: {short(first, 120)})") from None
+    if not isinstance(cfg, dict):
+        raise DamagedResults(f"{path}: not a config (a {type(cfg).__name__}, not a mapping)")
+    return cfg
 
 
 class FormatError(DamagedResults):
@@ -786,7 +801,7 @@ def experiment_axes(exp_dir: Path) -> list[str]:
     (a column of runs.parquet), then `seed` when the config has `seeds:`."""
     from normbench.config import grid_keys
 
-    cfg = yaml.safe_load((exp_dir / "config.yaml").read_text())
+    cfg = folder_config(exp_dir)
     axes = grid_keys(cfg.get("grid"))
     if cfg.get("seeds") is not None:
         axes.append("seed")
@@ -798,7 +813,7 @@ def experiment_axis_groups(exp_dir: Path) -> list[list[str]]:
     against one of them must not hold the others fixed), in grid order, `seed` last when given by `seeds:`."""
     from normbench.config import grid_keys, is_zip_key
 
-    cfg = yaml.safe_load((exp_dir / "config.yaml").read_text())
+    cfg = folder_config(exp_dir)
     grid = cfg.get("grid") or {}
     groups = [grid_keys({k: v}) if is_zip_key(k) else [k] for k, v in grid.items()]
     return groups + ([["seed"]] if cfg.get("seeds") is not None else [])
@@ -826,7 +841,10 @@ def group_slug(keys: list[str], values: Any) -> str:
     """A figure group's part of a file name: ('model.activation',), ('relu',) -> 'activation-relu'; 'all'."""
     values = values if isinstance(values, tuple) else (values,)
     parts = [f"{k.split('.')[-1]}-{_slug_value(v)}" for k, v in zip(keys, values, strict=True)]
-    return "_".join(parts) or "all"
+    slug = "_".join(parts) or "all"
+    if len(slug) > 120:  # a file name has at most 255 bytes: a long value is cut, its hash keeps names apart
+        slug = slug[:100] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:10]
+    return slug
 
 
 def _slug_value(v: Any) -> str:
@@ -851,7 +869,7 @@ def resolve_axis(key: str, axes: list[str], option: str, experiment: str) -> str
         return found[0]
     what = "matches several grid keys" if found else "is not a grid key"
     valid = ", ".join(found or axes) or "none (the experiment has no grid)"
-    raise SelectionError(f"{option} {key!r} {what} of {experiment}; grid keys: {valid}")
+    raise SelectionError(f"{option} {quoted(key)} {what} of {experiment}; grid keys: {valid}")
 
 
 def parse_where(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any, str]]:
@@ -862,11 +880,11 @@ def parse_where(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any, str]
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or not text.strip():
-            raise SelectionError(f"--where {item!r}: expected KEY=VALUE, e.g. --where model.norm=batch")
+            raise SelectionError(f"--where {quoted(item)}: expected KEY=VALUE, e.g. --where model.norm=batch")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
-            raise SelectionError(f"--where {item!r}: the value is not valid YAML") from None
+            raise SelectionError(f"--where {quoted(item)}: the value is not valid YAML") from None
         parsed.append((key, value, item))
     return parsed
 

@@ -49,6 +49,7 @@ from normbench.engine import (
 )
 from normbench.engine.plan import memory_available, memory_needed
 from normbench.nn.models import build_model
+from normbench.safe import esc
 from normbench.store import FINISHED, RESULTS_FORMAT, ExperimentStore, run_format, show_value
 
 _COLUMNS = (  # the progress bars
@@ -135,13 +136,13 @@ def run_experiment(
         if change.case in ("extends", "within", "retrain"):
             console.print(change.message, markup=False, highlight=False, soft_wrap=True)
         console.print(
-            f"[bold]{exp.name}[/]: {len(exp.runs)} runs, {len(todo)} to train"
+            f"[bold]{esc(exp.name)}[/]: {len(exp.runs)} runs, {len(todo)} to train"
             + (f", {skipped} already finished (--force to redo)" if skipped else "")
             + (f", {busy} being trained by another normbench run" if busy else "")
             + (f", {damaged} of them finished but with damaged files" if damaged else "")
             + (f", {older} of them finished in another results format" if older else "")
-            + (f": {plan.describe()}{where}, {dev}" if todo else "")
-            + f" -> {store.dir}"
+            + (f": {esc(plan.describe())}{esc(where)}, {dev}" if todo else "")
+            + f" -> {esc(store.dir)}"
         )
         _say_other_kernels(exp.runs, todo, found, kernel, console)
         _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console, found, listed)
@@ -178,7 +179,7 @@ def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, con
                     "the runs committed before it are kept"
                 ) from None
             bar.advance(runs_task)
-            console.print(f"  {_label(run)}: {_outcome(known[run.run_id])}", highlight=False)
+            console.print(f"  {esc(_label(run))}: {_outcome(known[run.run_id])}", highlight=False)
 
 
 Outcome = RunResult | RunFailure
@@ -205,7 +206,7 @@ def _say_other_kernels(runs: list[Run], todo: list[Run], found: dict, kernel: st
             other[had] = other.get(had, 0) + 1
     for had, n in other.items():
         console.print(
-            f"  [yellow]{n} finished run(s) were trained by {had}, not the kernel this invocation uses; kept "
+            f"  [yellow]{n} finished run(s) were trained by {esc(had)}, not the kernel this invocation uses; kept "
             "(--force retrains them)[/]"
         )
 
@@ -232,7 +233,7 @@ def _in_process(
 ) -> Iterator[tuple[Run, Outcome]]:
     for unit in units:
         label = f"stack of {len(unit.runs)} runs" if len(unit.runs) > 1 else _label(unit.runs[0])
-        task = bar.add_task(f"  {label}", total=steps_of[unit.runs[0].run_id])
+        task = bar.add_task(f"  {esc(label)}", total=steps_of[unit.runs[0].run_id])
         progress = lambda s, t=task: bar.update(t, completed=s)  # noqa: E731
         outcomes = train_unit(*_payload(unit), on_step=progress, device=device)
         bar.remove_task(task)
@@ -382,6 +383,11 @@ def preflight(exp: Experiment) -> None:
             key = cfg.model.model_dump_json() + str(data.input_shape)
             if key not in models:
                 models.add(key)
+                if cfg.model.name == "cnn" and len(data.input_shape) != 3:
+                    raise ValueError(
+                        f"model cnn needs images (channels, height, width), but data {cfg.data.name} gives inputs of "
+                        f"shape {data.input_shape}: use model.name mlp, or an image data set"
+                    )
                 _fits_in_memory(cfg, data)
                 build_model(cfg.model, data.input_shape, data.out_features)
         except (DataError, ValueError) as e:
@@ -401,7 +407,7 @@ def _fits_in_memory(cfg: RunConfig, data) -> None:
 
 def _outcome(s: dict) -> str:
     if s["status"] == "failed":
-        return f"[red]failed[/]: {s['error']}"
+        return f"[red]failed[/]: {esc(s['error'])}"
     loss = s.get("final_train_loss")
     if s["status"] == "diverged":
         return f"[yellow]diverged at step {s['diverged_step']}[/] (loss non-finite)"

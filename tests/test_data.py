@@ -130,3 +130,31 @@ def test_preprocessing_whitens_with_training_statistics():
     wa, _ = preprocess("zca", a, b, eps=0.0)
     corr = np.corrcoef(wa.reshape(2000, -1).T, a.reshape(2000, -1).T)[:5, 5:]
     assert (np.diag(corr) > 0.3).all()
+
+
+class _Shell:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_cifar_batch_that_asks_for_code_is_refused(cifar_dir, tmp_path, monkeypatch):
+    """A pickle whose __reduce__ names os.system: the reader refuses the global, nothing runs."""
+    monkeypatch.chdir(tmp_path)
+    (cifar_dir / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": _Shell(), b"labels": []}))
+    with pytest.raises(DataError, match=r"refused: the file asks to load (posix|os|nt)\.system"):
+        build_dataset(data_cfg(name="cifar10", path=str(cifar_dir)))
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol_load(tmp_path, protocol):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for name in ("data_batch_1", "test_batch"):
+        batch = {b"data": rng.randint(0, 256, (4, 3072)).astype(np.uint8), b"labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    d = build_dataset(data_cfg(name="cifar10", path=str(folder)))
+    assert d.x_train.shape == (4, 3, 32, 32)
