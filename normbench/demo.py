@@ -4,7 +4,7 @@ It runs three packaged configs (configs/morvan_tf23.yaml, morvan_pt504.yaml, dea
 writes their figures, prints one row per cell (activation x norm) with the median and range over seeds, then the
 verdicts of the claims file's claims on these experiments (configs/claims.yaml: ReLU units die without BN and
 stay alive with it, tanh units saturate without BN and not with it, the cost curve disappears, BN reaches a lower
-cost). The verdicts are `normbench claims`' own, through the same rules (claims.py): the demo has no thresholds of
+cost). The verdicts are `normbench claims`' own, through the same rules (claims/): the demo has no thresholds of
 its own. It writes OUT/demo.json (every number it prints) and OUT/demo.md (the same as a Markdown section; the
 README's is this file, from the results in docs/demo.json).
 """

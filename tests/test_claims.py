@@ -14,16 +14,15 @@ import yaml
 from typer.testing import CliRunner
 
 from normbench.claims import (
-    Criterion,
     Results,
     Setting,
-    check_references,
     compare_verdict,
     evaluate,
     flat_verdict,
     load_claims,
     threshold_verdict,
 )
+from normbench.claims.schema import Criterion, check_references
 from normbench.cli import app
 from normbench.config import ConfigError, packaged_configs
 
@@ -267,7 +266,8 @@ def test_measures_over_a_sweep_and_from_layer_and_curve_tables():
 
 
 def test_a_verdict_that_differs_between_kernels_depends_on_rounding():
-    from normbench.claims import Claim, Source, _row, load_claims
+    from normbench.claims import Claim, Source, load_claims
+    from normbench.claims.check import _row
 
     s = setting(measure={"quantity": "dead_fraction"}, where={}, criterion={"kind": "threshold", "at_most": 0.1})
     claim = Claim(id="c", claim="A claim.", source="x", settings=[s])
@@ -431,7 +431,8 @@ def test_one_quick_claim_end_to_end(tmp_path):
 
 
 def test_column_mean_leaves_out_layer_1_and_unmeasured_rows():
-    from normbench.claims import Measure, _column_mean
+    from normbench.claims import Measure
+    from normbench.claims.measures import _column_mean
 
     layers = pd.DataFrame(
         {"step": [0, 0, 0, 50, 50, 50], "layer": [1, 2, 3, 1, 2, 3], "ics_cos": [1.0, 0.5, np.nan, 1.0, -0.5, 0.25]}
@@ -441,7 +442,8 @@ def test_column_mean_leaves_out_layer_1_and_unmeasured_rows():
 
 
 def test_mode_ratio_final_value_and_landscape_from_their_tables():
-    from normbench.claims import Measure, _final_value, _landscape, _mode_ratio
+    from normbench.claims import Measure
+    from normbench.claims.measures import _final_value, _landscape, _mode_ratio
 
     curves = pd.DataFrame(
         {

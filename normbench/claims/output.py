@@ -1,0 +1,166 @@
+"""What `normbench claims` shows and writes: the table on the terminal, claims.md and claims.json, the figures."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from normbench.claims.check import VERDICTS, Row, check_claims
+from normbench.claims.schema import ClaimsBook, load_claims, matches
+from normbench.claims.statistics import CONFIDENCE, MIN_SEEDS
+from normbench.config import ConfigError
+from normbench.safe import esc
+
+STYLE = {
+    "supported": "green",
+    "not supported": "red",
+    "inconclusive": "yellow",
+    "depends on rounding": "magenta",
+    "not measured yet": "dim",
+}
+
+
+def claims_table(rows: list[Row], title: str = "") -> Table:
+    table = Table(title=Text(title), title_justify="left", header_style="bold", show_lines=True)
+    for name in ("claim", "source", "setting", "measurement", "verdict"):
+        table.add_column(name, overflow="fold")
+    previous = None
+    for r in rows:
+        first = r.claim_id != previous
+        previous = r.claim_id
+        table.add_row(
+            f"[bold]{esc(r.claim_id)}[/]\n{esc(r.claim)}" if first else "",
+            esc(r.source) if first else "",
+            esc(r.setting),
+            f"{esc(r.measurement)}\n[dim]{esc(r.measure)}, {esc(r.criterion)}[/]"
+            if r.measure != "-"
+            else esc(r.measurement),
+            f"[{STYLE[r.verdict]}]{r.verdict}[/]\n[dim]{esc(r.reason)}[/]" if r.measure != "-" else esc(r.verdict),
+        )
+    return table
+
+
+def counts(rows: list[Row]) -> str:
+    n = {v: sum(r.verdict == v for r in rows) for v in VERDICTS}
+    return ", ".join(f"{k} {v}" for k, v in n.items() if v)
+
+
+def markdown(rows: list[Row], quick: bool, seconds: float | None = None, kernel: str = "auto") -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| claim | source | setting | measurement (mean +- std [min, max] over seeds) | verdict | why |",
+        "|---|---|---|---|---|---|",
+    ]
+    previous = None
+    for r in rows:
+        first = r.claim_id != previous
+        previous = r.claim_id
+        src = f"[{r.source}]({r.source_link})" if r.source_link else r.source
+        lines.append(
+            "| "
+            + " | ".join(
+                cell(x)
+                for x in (
+                    f"**{r.claim_id}**: {r.claim}" if first else "",
+                    src if first else "",
+                    r.setting,
+                    r.measurement if r.measure == "-" else f"{r.measurement}; {r.measure}, {r.criterion}",
+                    f"**{r.verdict}**",
+                    r.reason if r.measure != "-" else "",
+                )
+            )
+            + " |"
+        )
+    mode = "quick" if quick else "full"
+    took = f" in {seconds / 60:.1f} min" if seconds is not None else ""
+    options = (" --quick" if quick else "") + (f" --kernel {kernel}" if kernel != "auto" else "")
+    head = f"`normbench claims{options}` ({mode} mode{took}): {counts(rows)}.\n\n"
+    return head + "\n".join(lines) + "\n"
+
+
+def write_report(
+    rows: list[Row], out: Path, quick: bool, seconds: float | None = None, kernel: str = "auto"
+) -> list[Path]:
+    """OUT/claims.md and OUT/claims.json."""
+    from normbench.store import write_text_atomic
+    from normbench.version import __version__
+
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / "claims.md", out / "claims.json"
+    write_text_atomic(md, markdown(rows, quick, seconds, kernel))
+    doc = {
+        "mode": "quick" if quick else "full",
+        "kernel": kernel,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": seconds,
+        "normbench": __version__,
+        "min_seeds": MIN_SEEDS,
+        "confidence": CONFIDENCE,
+        "claims": [asdict(r) for r in rows],
+    }
+    write_text_atomic(js, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return [md, js]
+
+
+def draw_figures(
+    book: ClaimsBook, out: Path, quick: bool, experiments: set[str], progress: Console, kernel: str = "auto"
+) -> list[Path]:
+    """The claims' figures whose experiment was checked, each drawn from OUT/<experiment>/ into OUT/figures/ as
+    `normbench plot` draws it (docs/claims.md's figures are these, from the full check). A figure the quick variant
+    of an experiment does not give (a final_vs figure needs 3 values of its axis) is left out with a note."""
+    from normbench.plot import NoSuchFigure, PlotError, draw_figure
+
+    paths = []
+    for f in book.figures:
+        if f.experiment not in experiments:
+            continue
+        exp_dir = Path(out) / book.folder(f.experiment, quick, None if kernel in ("auto", "both") else kernel)
+        where = (lambda runs, f=f: matches(runs, f.where)) if f.where else None
+        try:
+            paths.append(draw_figure(exp_dir, f.figure, Path(out) / "figures" / f.file, compare=f.compare, where=where))
+        except NoSuchFigure as e:
+            if not (quick and book.experiments[f.experiment].quick):
+                raise ConfigError(f"figure {f.file}: {e}") from None
+            progress.print(
+                f"  {f.file}: not drawn in quick mode ({exp_dir.name} gives no {f.figure})",
+                highlight=False,
+                markup=False,
+            )
+        except PlotError as e:
+            raise ConfigError(f"figure {f.file}: {e}") from None
+    if paths:
+        progress.print(f"-> {Path(out) / 'figures'} ({len(paths)} figures)", highlight=False, markup=False)
+    return paths
+
+
+def run_claims(
+    out: Path,
+    *,
+    quick: bool = False,
+    only: list[str] | None = None,
+    path: Path | None = None,
+    kernel: str = "auto",
+    console: Console,
+    progress: Console,
+) -> list[Row]:
+    """`normbench claims`: load, run, measure, print the table, write claims.md and claims.json, draw the figures."""
+    start = time.monotonic()
+    book = load_claims(path)
+    rows = check_claims(book, out, quick=quick, only=only, kernel=kernel, console=progress)
+    seconds = time.monotonic() - start
+    console.print(claims_table(rows, title=f"claims ({'quick' if quick else 'full'} mode): {counts(rows)}"))
+    for p in write_report(rows, Path(out), quick, seconds, kernel):
+        progress.print(f"-> {p}", highlight=False, markup=False)
+    checked = {s.experiment for c in book.select(only) for s in c.settings}
+    draw_figures(book, Path(out), quick, checked, progress, kernel)
+    progress.print(f"claims checked in {time.monotonic() - start:.0f} s", highlight=False)
+    return rows
