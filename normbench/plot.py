@@ -420,6 +420,11 @@ def _draw(job: Job) -> Path:
                     _done(fig)
         if tmp.exists():
             os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if not e.filename or Path(e.filename) == tmp:  # Pillow and savefig's own writes name no file
+            e.filename = str(path)
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

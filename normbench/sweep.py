@@ -306,8 +306,19 @@ def _dask_client(scheduler: str | None):
 
 def _elsewhere(units: list[Unit], workers: int, client, device: str) -> Iterator[tuple[Run, Outcome]]:
     if client is not None:
-        with client:
-            yield from _on_dask(units, client, device)
+        import logging
+
+        # distributed logs every failed reconnection with its traceback; a lost scheduler is one line (_on_dask)
+        names = ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]
+        levels = {n: logging.getLogger(n).level for n in names}
+        for n in names:
+            logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+        try:
+            with client:
+                yield from _on_dask(units, client, device)
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
         return
     yield from _on_local_workers(units, workers, device)
 
@@ -336,10 +347,9 @@ def _on_dask(units: list[Unit], client, device: str) -> Iterator[tuple[Run, Outc
             has_workers = bool(client.scheduler_info().get("workers"))
         except Exception as e:  # the scheduler died or the connection to it was lost: results cannot come back
             left = sum(len(futures[f]) for f in pending | done)
-            first = (str(e).strip().splitlines() or [""])[0][:200]
             raise SweepStopped(
-                f"lost the Dask cluster ({type(e).__name__}{': ' + first if first else ''}); {left} runs were not "
-                "trained; the finished ones are kept: run the same command again once the scheduler is back"
+                f"lost the Dask scheduler ({type(e).__name__}); {left} runs were not trained; the finished ones are "
+                "kept: run the same command again once the scheduler is back to resume"
             ) from None
         for future, outcome in results:
             yield from zip(futures[future], outcome, strict=True)
