@@ -235,6 +235,8 @@ def _readable(path: Path) -> list[Path]:
         check_format,
         config_problem,
         damaged_note,
+        remove_stale,
+        remove_stale_temps,
         repair_runs_table,
         unlisted_note,
     )
@@ -243,6 +245,10 @@ def _readable(path: Path) -> list[Path]:
     try:
         notes = []
         for e in exps:
+            for folder in (e.parent, e, e / "figures"):  # what a killed normbench left: temporaries of dead pids
+                remove_stale_temps(folder)
+            if (e / "runs").is_dir():
+                remove_stale(e / "runs")
             check_format(e)
             problem = config_problem(e)
             if problem:

@@ -308,7 +308,8 @@ class ExperimentStore:
         (unless keep_config: a grid within the folder's leaves the folder's config as it is)."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         remove_stale(self.runs_dir)
-        remove_stale_temps(self.dir)  # .runs.parquet.tmp-PID, .config.yaml.tmp-PID of a killed process
+        for folder in (self.dir.parent, self.dir, self.dir / "figures"):  # .runs.parquet.tmp-PID, .report.html...
+            remove_stale_temps(folder)  # of a killed process
         for claim in self.runs_dir.glob(".claim-*"):
             if _stale_claim(claim):
                 claim.unlink(missing_ok=True)
@@ -360,9 +361,12 @@ class ExperimentStore:
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "environment": environment(),
         }
-        (tmp / "summary.json").write_text(to_json(summary))
+        text = to_json(summary)
+        (tmp / "summary.json").write_text(text)
         replace_dir(tmp, self.runs_dir / run.run_id)
-        return summary
+        # As summary.json holds it (an infinite loss as null): runs.parquet written from it during the sweep is the
+        # table rebuilt from the run folders, which `check` and the commands that read results compare it with.
+        return json.loads(text)
 
     def write_runs_table(
         self,
