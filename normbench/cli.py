@@ -363,6 +363,9 @@ def run(
     except SweepInterrupted as e:  # Ctrl-C: what was saved and how to resume, exit 130 as a shell expects
         typer.echo(str(e), err=True)
         raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:  # before training began (loading data, building models): nothing trained yet
+        typer.echo("interrupted before any run was trained; running the same command again starts the sweep", err=True)
+        raise typer.Exit(code=130) from None
     counts = table.status.value_counts().to_dict()
     err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}")
     if counts.get("failed"):  # diverged is a result; failed is an error (see its summary.json), and scripts should know

@@ -919,7 +919,10 @@ def rebuilt_runs_table(exp_dir: Path) -> tuple[pd.DataFrame, bool]:
         rid = str(row["run_id"])
         s = store.summary(rid)
         params = {a: _plain(row[a]) for a in axes}
-        if s is not None and run_format(s) == RESULTS_FORMAT:
+        if s is not None and run_format(s) != RESULTS_FORMAT:
+            # a run of another results format is named by its own message (check, load_table), never rebuilt away
+            return runs, False
+        if s is not None:
             params |= {k: v for k, v in s["params"].items() if k in params}
         listed.append((rid, params))
         known[rid] = s

@@ -457,6 +457,20 @@ def test_disk_full_is_one_line_and_leaves_no_partial_file(finished, tmp_path, co
         assert not (out.parent / "tb" / "tiny").exists() or command != "export"
 
 
+def test_disk_full_writing_the_report_page_leaves_no_page(finished, tmp_path):
+    """The figures fit, the page does not: one line naming report.html, no page and no temporary left."""
+    with full_disk(finished, tmp_path, free_kb=1500) as out:
+        assert runner.invoke(app, ["plot", str(out / "tiny")]).exit_code == 0
+        st = os.statvfs(out)
+        (out.parent / "filler2").write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - 100 * 1024))
+        before = snapshot(out)
+        result = runner.invoke(app, ["report", str(out)])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert lines == [f"error: disk full writing {out / 'report.html'}; nothing partial was left there"], lines
+        assert snapshot(out) == before and [p for p in out.rglob("*") if ".tmp-" in p.name] == []
+
+
 def test_a_read_only_results_folder_is_one_line_and_unchanged(finished, tmp_path):
     _, original = finished
     out = tmp_path / "results"
