@@ -42,6 +42,30 @@ class _Command(TyperCommand):
     def get_params(self, ctx):
         return _flags_as_flags(super().get_params(ctx))
 
+    def invoke(self, ctx):
+        """Every fault a command does not handle itself ends in one line: a write that fails (disk full, a
+        read-only folder) names the file, damaged results name the file and `normbench check`."""
+        from normbench.store import DamagedResults
+
+        try:
+            return super().invoke(ctx)
+        except DamagedResults as e:
+            raise fail(str(e)) from None
+        except OSError as e:
+            raise fail(os_error_line(e)) from None
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a failed read or write: 'disk full writing PATH', 'permission denied: PATH', ..."""
+    import errno
+
+    where = e.filename or ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"disk full writing {where or 'a file'}; nothing partial was left there: free some space and run again"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {where or 'a file'}: {e.strerror} (a read-only or foreign folder?)"
+    return f"{where + ': ' if where else ''}{e.strerror or e}"
+
 
 class _Group(TyperGroup):
     def get_params(self, ctx):
@@ -218,15 +242,35 @@ def _experiments(path: Path) -> list[Path]:
 
 
 def _readable(path: Path) -> list[Path]:
-    """The experiments under `path`, each of this results format (else one line naming it, exit 2), after a note
-    on stderr for each that holds run folders its runs.parquet does not list (which no command shows)."""
-    from normbench.store import DamagedResults, check_format, unlisted_note
+    """The experiments under `path`, each of this results format with a readable config.yaml (else one line naming
+    it, exit 2), after a note on stderr for each that holds run folders its runs.parquet does not list (which no
+    command shows). A runs.parquet that disagrees with the run folders' summary.json is rebuilt from them first,
+    with one line saying so: an edited or stale value is never shown as a result."""
+    from normbench.store import (
+        DamagedResults,
+        check_format,
+        config_problem,
+        damaged_note,
+        remove_stale,
+        remove_stale_temps,
+        repair_runs_table,
+        unlisted_note,
+    )
 
     exps = _experiments(path)
     try:
+        notes = []
         for e in exps:
+            for folder in (e.parent, e, e / "figures"):  # what a killed normbench left: temporaries of dead pids
+                remove_stale_temps(folder)
+            if (e / "runs").is_dir():
+                remove_stale(e / "runs")
             check_format(e)
-        notes = [unlisted_note(e) for e in exps]
+            problem = config_problem(e)
+            if problem:
+                raise DamagedResults(problem)
+            notes += [repair_runs_table(e), damaged_note(e)]
+        notes += [unlisted_note(e) for e in exps]
     except DamagedResults as ex:
         raise fail(str(ex)) from None
     for note in filter(None, notes):
@@ -312,11 +356,13 @@ def run(
     if dry_run:
         _print_grid(exp, out_dir, force)
         return
-    from normbench.sweep import run_experiment  # torch: after the config is known to be good
-
     if executor is Executor.dask and not scheduler:
         raise fail("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
+    from normbench.sweep import SweepInterrupted  # torch: after the config is known to be good
+
     try:
+        from normbench.sweep import run_experiment
+
         table = run_experiment(
             exp,
             out_dir,
@@ -333,6 +379,12 @@ def run(
         )
     except (ConfigError, DamagedResults) as e:  # found wrong before any training: data, folder, scheduler
         raise fail(str(e)) from None
+    except SweepInterrupted as e:  # Ctrl-C: what was saved and how to resume, exit 130 as a shell expects
+        typer.echo(str(e), err=True)
+        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:  # before training began (loading data, building models): nothing trained yet
+        typer.echo("interrupted before any run was trained; running the same command again starts the sweep", err=True)
+        raise typer.Exit(code=130) from None
     counts = table.status.value_counts().to_dict()
     err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}", markup=False)
     if counts.get("failed"):  # diverged is a result; failed is an error (see its summary.json), and scripts should know
@@ -636,26 +688,52 @@ def check(results: ResultsArg) -> None:
     """Verify each experiment's results format and every run folder against the sizes and checksums written when
     it was committed and the columns its format requires; exit 1 if an experiment is of another format or any run
     is damaged (`normbench run` trains damaged runs again)."""
-    from normbench.store import RESULTS_FORMAT, DamagedResults, check_experiment, check_format
+    from normbench.store import (
+        RESULTS_FORMAT,
+        DamagedResults,
+        check_experiment,
+        check_format,
+        config_problem,
+        experiments_to_check,
+        repair_runs_table,
+    )
 
     damaged = 0
-    for e in _experiments(results):
-        try:
-            check_format(e)
-        except DamagedResults as ex:  # another format, or runs.parquet unreadable: one line, the next experiment
-            err.print(str(ex), markup=False, soft_wrap=True)
+    try:
+        exps = experiments_to_check(results)
+    except FileNotFoundError as ex:
+        raise fail(str(ex)) from None
+    for e in exps:
+        if not (e / "runs.parquet").is_file():
+            err.print(f"{e / 'runs.parquet'} is missing; `normbench run` writes it again", markup=False, soft_wrap=True)
             damaged += 1
-            continue
+        else:
+            try:
+                check_format(e)
+            except DamagedResults as ex:  # another format, or runs.parquet unreadable: one line, the next experiment
+                err.print(str(ex), markup=False, soft_wrap=True)
+                damaged += 1
+                continue
+        problem = config_problem(e)
+        if problem:
+            err.print(problem, markup=False, soft_wrap=True)
+            damaged += 1
+        if (e / "runs.parquet").is_file():
+            try:
+                rebuilt = repair_runs_table(e)
+            except DamagedResults as ex:
+                rebuilt = str(ex)
+            if rebuilt:
+                err.print(rebuilt, markup=False, soft_wrap=True)
+                damaged += 1
         rows = check_experiment(e)
         bad = [r for r in rows if r["problems"]]
         damaged += len(bad)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in rows).items()))
-        out.print(
-            f"{e.name}: results format {RESULTS_FORMAT}, {len(rows)} run folders ({counts}), {len(bad)} damaged",
-            markup=False,
-        )
+        found = f"{len(rows)} run folders ({counts})" if rows else "no run folders (runs/ is empty or missing)"
+        out.print(f"{e.name}: results format {RESULTS_FORMAT}, {found}, {len(bad)} damaged", markup=False)
         for r in bad:
-            out.print(f"  {r['run_id']} ({r['status']}): {'; '.join(r['problems'])}", markup=False)
+            out.print(f"  {e / 'runs' / r['run_id']} ({r['status']}): {'; '.join(r['problems'])}", markup=False)
         unlisted = [r for r in rows if not r["listed"]]
         if unlisted:
             older = sum(r["format"] != RESULTS_FORMAT for r in unlisted)

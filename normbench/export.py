@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ def export_tensorboard(exp_dir: Path, logdir: Path) -> ExportReport:
     _check_replaceable(target)
     remove_stale(Path(logdir), exp_dir.name)
     tmp = Path(logdir) / f".tmp-{exp_dir.name}-{os.getpid()}"
+    thread_errors: list[BaseException] = []
+    hook = threading.excepthook
+    # TensorBoard writes its event files from a thread of its own: what fails there (a full disk) is recorded and
+    # said in the one line below, not printed as the thread's traceback.
+    threading.excepthook = lambda args: thread_errors.append(args.exc_value)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -102,12 +108,28 @@ def export_tensorboard(exp_dir: Path, logdir: Path) -> ExportReport:
                 _write_landscape(writer, load_table(exp_dir, "landscape", rid))
                 _write_finals(writer, finals.loc[i], int(row["steps_done"]))
                 exported += 1
+        for e in thread_errors:
+            raise e
         replace_dir(tmp, target)
     except OSError as e:
-        raise ExportError(f"cannot write {target}: {e.strerror or e}") from None
+        raise ExportError(_write_problem(target, e)) from None
+    except Exception:
+        if not thread_errors:
+            raise
+        raise ExportError(_write_problem(target, thread_errors[0])) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        threading.excepthook = hook
     return ExportReport(target, exported, failed, int((~runs.status.isin((*FINISHED, "failed"))).sum()))
+
+
+def _write_problem(target: Path, e: BaseException) -> str:
+    """One line for a failed export; the earlier export in `target` is left as it was."""
+    import errno
+
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"disk full writing {target}; the earlier export there (if any) is left as it was"
+    return f"cannot write {target}: {getattr(e, 'strerror', None) or e}"
 
 
 def run_labels(runs: pd.DataFrame, axes: list[str]) -> dict[str, str]:

@@ -87,6 +87,10 @@ def write_report(
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, text)
     except OSError as e:
+        import errno
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise ReportError(f"disk full writing {out}; nothing partial was left there") from None
         raise ReportError(f"cannot write {out}: {e.strerror or e}") from None
     return out
 

@@ -68,6 +68,7 @@ from normbench.store import (
     group_slug,
     load_runs,
     load_table,
+    remove_stale_temps,
     resolve_axis,
     show_value,
     tied_with,
@@ -402,11 +403,33 @@ def _render(jobs: list[Job], workers: int | None, progress: Callable[[int, int],
 
 
 def _draw(job: Job) -> Path:
+    """Draw one figure into a temporary file beside its target, renamed over it once whole: a full disk or a
+    Ctrl-C leaves the figure there before (or none), never a cut or empty file a report would embed."""
     exp = _EXPERIMENTS[job.exp]
-    fig = DRAW[job.draw](exp, **job.args)
-    if fig is not None:  # an animation saves itself
-        fig.savefig(job.path, dpi=DPI)
-        _done(fig)
+    path = job.path
+    # The suffix stays last: matplotlib and Pillow take the format from it.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    remove_stale_temps(path.parent, path.name)
+    try:
+        if job.draw == "animation":  # an animation saves itself
+            DRAW[job.draw](exp, **(job.args | {"path": tmp}))
+        else:
+            fig = DRAW[job.draw](exp, **job.args)
+            if fig is not None:
+                try:
+                    fig.savefig(tmp, dpi=DPI)
+                finally:
+                    _done(fig)
+        if tmp.exists():
+            os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if not e.filename or Path(e.filename) == tmp:  # Pillow and savefig's own writes name no file
+            e.filename = str(path)
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return job.path
 
 

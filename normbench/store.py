@@ -16,6 +16,7 @@ Every run (summary.json) and every experiment folder (runs.parquet's schema meta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ import yaml
 
 from normbench.finals import CURVE_FINALS, from_tables
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
-from normbench.safe import load_yaml, quoted, short
+from normbench.safe import YAMLLimit, load_yaml, quoted, short
 
 if TYPE_CHECKING:
     from normbench.config import Experiment, Run
@@ -114,11 +115,45 @@ def _tmp(path: Path) -> Path:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = _tmp(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    remove_stale_temps(path.parent, path.name)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: no temporary file is left behind, the target is as it was
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_file_atomic(path: Path, write: Any) -> None:
+    """`write(tmp)` writes the file to a temporary name beside `path`, which is then renamed over it: a reader
+    never sees a partial file (a figure cut by a full disk), and the temporary file is removed on failure."""
+    tmp = _tmp(path)
+    remove_stale_temps(path.parent, path.name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(folder: Path, name: str = "*") -> None:
+    """Remove the temporary files `.<name>.tmp-<pid>` (of one target, or all) in `folder` whose writer is gone (a
+    process killed while writing)."""
+    import glob
+
+    try:
+        stale = list(folder.glob(f".{glob.escape(name) if name != '*' else '*'}.tmp-*"))
+    except OSError:
+        return
+    for path in stale:
+        pid = re.search(r"\.tmp-(\d+)(\.\w+)?$", path.name)  # .NAME.tmp-PID, or .NAME.tmp-PID.png (figures)
+        if pid and path.is_file() and not _pid_alive(pid.group(1)):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -127,16 +162,18 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
     """`df` to `path`, with `metadata` added to the file's schema metadata."""
-    tmp = _tmp(path)
-    if metadata:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp)
-    else:
-        df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        if metadata:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp)
+        else:
+            df.to_parquet(tmp, index=False)
+
+    write_file_atomic(path, write)
 
 
 def format_metadata() -> dict[bytes, bytes]:
@@ -186,12 +223,27 @@ class ExperimentStore:
     # -- reading ---------------------------------------------------------------------------------------------
 
     def summary(self, run_id: str) -> dict[str, Any] | None:
-        """A run's summary, or None when the run has not finished (or its folder is unreadable)."""
+        """A run's summary, or None when the run has not finished (or its summary.json is unreadable or not of
+        the shape this format writes: summary_problem)."""
+        return self.read_summary(run_id)[0]
+
+    def read_summary(self, run_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(the run's summary, None), or (None, what is wrong with its summary.json); (None, None) when the run
+        has no folder (not trained yet)."""
+        folder = self.runs_dir / run_id
+        path = folder / "summary.json"
         try:
-            s = json.loads((self.runs_dir / run_id / "summary.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return s if isinstance(s, dict) and "status" in s else None
+            s = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None, ("summary.json missing" if folder.is_dir() else None)
+        except IsADirectoryError:
+            return None, "summary.json is a folder, not a file"
+        except (OSError, UnicodeDecodeError) as e:
+            return None, f"summary.json cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})"
+        except ValueError:
+            return None, "summary.json is not valid JSON"
+        problem = summary_problem(s, run_id)
+        return (None, problem) if problem else (s, None)
 
     def is_done(self, run_id: str, retry_failed: bool = False, summary: dict[str, Any] | None = None) -> bool:
         """Whether `run_id` needs no training: finished with its files intact, or failed (unless retry_failed).
@@ -206,9 +258,12 @@ class ExperimentStore:
     def verify(self, run_id: str, summary: dict[str, Any] | None = None) -> list[str]:
         """What is wrong with a committed run's files ([] when nothing): each table as summary.json's sizes and
         SHA-256 say it was written."""
-        s = summary if summary is not None else self.summary(run_id)
+        if summary is not None:
+            s, problem = summary, None
+        else:
+            s, problem = self.read_summary(run_id)
         if s is None:
-            return ["summary.json missing or unreadable"]
+            return [problem or "summary.json missing"]
         problems = []
         files = s.get("files")
         for name, expected in (files if isinstance(files, dict) else {}).items():
@@ -254,6 +309,8 @@ class ExperimentStore:
         (unless keep_config: a grid within the folder's leaves the folder's config as it is)."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         remove_stale(self.runs_dir)
+        for folder in (self.dir.parent, self.dir, self.dir / "figures"):  # .runs.parquet.tmp-PID, .report.html...
+            remove_stale_temps(folder)  # of a killed process
         for claim in self.runs_dir.glob(".claim-*"):
             if _stale_claim(claim):
                 claim.unlink(missing_ok=True)
@@ -276,6 +333,13 @@ class ExperimentStore:
     def write_run(self, run: Run, outcome: RunResult | RunFailure) -> dict[str, Any]:
         """Commit one run: a finished one (a RunResult) or a failed one (a RunFailure). Returns its summary."""
         tmp = self.runs_dir / f".tmp-{run.run_id}-{os.getpid()}"
+        try:
+            return self._write_run(run, outcome, tmp)
+        except BaseException:  # disk full, Ctrl-C: the run stays as it was (absent, or its earlier folder)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _write_run(self, run: Run, outcome: RunResult | RunFailure, tmp: Path) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
@@ -298,9 +362,12 @@ class ExperimentStore:
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "environment": environment(),
         }
-        (tmp / "summary.json").write_text(to_json(summary))
+        text = to_json(summary)
+        (tmp / "summary.json").write_text(text)
         replace_dir(tmp, self.runs_dir / run.run_id)
-        return summary
+        # As summary.json holds it (an infinite loss as null): runs.parquet written from it during the sweep is the
+        # table rebuilt from the run folders, which `check` and the commands that read results compare it with.
+        return json.loads(text)
 
     def write_runs_table(
         self,
@@ -312,8 +379,21 @@ class ExperimentStore:
         summaries when the caller has them (None: not finished), instead of reading every summary.json again.
         `listed`: the runs to list as (run id, grid values) when not exp's (a grid within the folder's keeps the
         folder's). A run of another results format is listed `missing`: `normbench run` trains it again."""
+        df = self.runs_frame(exp, known, listed)
+        write_parquet_atomic(df, self.dir / "runs.parquet", format_metadata())
+        return df
+
+    def runs_frame(
+        self,
+        exp: Experiment | None,
+        known: dict[str, dict | None] | None = None,
+        listed: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> pd.DataFrame:
+        """runs.parquet's rows as write_runs_table writes them (exp may be None when `listed` is given)."""
         rows = []
-        for run_id, params in listed if listed is not None else [(r.run_id, r.params) for r in exp.runs]:
+        if listed is None:
+            listed = [(r.run_id, r.params) for r in exp.runs]  # type: ignore[union-attr]
+        for run_id, params in listed:
             s = known[run_id] if known is not None else self.summary(run_id)
             if s is None or run_format(s) != RESULTS_FORMAT:
                 s = {"status": "missing"}
@@ -339,7 +419,6 @@ class ExperimentStore:
         for col in ("engine.threads", "engine.stack"):
             df[col] = df[col].astype("Int64")
         df["engine.compiled"] = df["engine.compiled"].astype("boolean")
-        write_parquet_atomic(df, self.dir / "runs.parquet", format_metadata())
         return df
 
     # -- what a config does to the folder's runs -------------------------------------------------------------
@@ -516,22 +595,77 @@ class DamagedResults(ValueError):
     """A results file that cannot be read; the message names the run and what to do."""
 
 
-def folder_config(exp_dir: Path) -> dict[str, Any]:
-    """An experiment folder's config.yaml, read within normbench.safe's limits; DamagedResults (one line) when it
-    cannot be read or is not a mapping."""
-    path = exp_dir / "config.yaml"
-    try:
-        cfg = load_yaml(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise DamagedResults(f"{path}: cannot be read ({type(e).__name__}: {short(first, 120)})") from None
-    if not isinstance(cfg, dict):
-        raise DamagedResults(f"{path}: not a config (a {type(cfg).__name__}, not a mapping)")
-    return cfg
-
-
 class FormatError(DamagedResults):
     """Results of another results format than this normbench reads; the message says which and what to do."""
+
+
+_NUMBER = (int, float)
+_OPTIONAL_NUMBER = (int, float, type(None))
+
+
+def summary_problem(s: Any, run_id: str | None = None) -> str | None:
+    """What makes `s` (a parsed summary.json) not one this results format writes, or None: a JSON object with the
+    keys every run has and, for a finished run, the ones a finished run has, each of its type. A summary of another
+    results format is left to its format's message (only its status is required)."""
+    if not isinstance(s, dict):
+        return f"summary.json holds {_json_kind(s)}, not an object"
+    if not isinstance(s.get("status"), str):
+        return "summary.json has no status"
+    if run_format(s) != RESULTS_FORMAT:
+        return None
+    need: dict[str, tuple[type, ...]] = {"run_id": (str,), "params": (dict,), "seed": (int,)}
+    if s["status"] in FINISHED:
+        need |= {
+            "files": (dict,),
+            "steps_done": (int,),
+            "diverged_step": (int, type(None)),
+            "wall_time_s": _NUMBER,
+            "engine": (dict,),
+            "dead_fraction": (list,),
+            "saturated_fraction": (list,),
+            **dict.fromkeys(CURVE_FINALS, _OPTIONAL_NUMBER),
+            "last_finite_train_loss": _OPTIONAL_NUMBER,
+        }
+    elif s["status"] == "failed":
+        need |= {"error": (str,)}
+    else:
+        return f"summary.json has status {s['status']!r}, not one of ok, diverged, failed"
+    for key, types in need.items():
+        if key not in s:
+            return f"summary.json lacks {key!r}"
+        v = s[key]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            return f"summary.json's {key!r} is {_json_kind(v)}, not {' or '.join(_JSON_KINDS[t] for t in types)}"
+    if run_id is not None and s["run_id"] != run_id:
+        return f"summary.json names run {s['run_id']!r}, not its folder's {run_id!r}"
+    if s["status"] in FINISHED:
+        for name, f in s["files"].items():
+            if not (
+                isinstance(f, dict) and type(f.get("bytes")) is int and isinstance(f.get("sha256"), str)
+            ) or name.removesuffix(".parquet") not in (*TABLES, *OPTIONAL_TABLES):
+                return f"summary.json's files entry {name!r} is not a table's size and checksum"
+        missing = [t for t in TABLES if f"{t}.parquet" not in s["files"]]
+        if missing:
+            return f"summary.json lists no checksum for {', '.join(t + '.parquet' for t in missing)}"
+        fractions = [*s["dead_fraction"], *s["saturated_fraction"]]
+        if not all(isinstance(v, _OPTIONAL_NUMBER) and not isinstance(v, bool) for v in fractions):
+            return "summary.json's dead or saturated fractions are not numbers"
+    return None
+
+
+_JSON_KINDS = {
+    dict: "an object",
+    list: "a list",
+    str: "text",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+    type(None): "null",
+}
+
+
+def _json_kind(v: Any) -> str:
+    return _JSON_KINDS.get(type(v), type(v).__name__)
 
 
 def run_format(summary: dict[str, Any]) -> int:
@@ -659,6 +793,29 @@ def find_experiments(path: Path | str) -> list[Path]:
     return found
 
 
+def experiments_to_check(path: Path | str) -> list[Path]:
+    """The experiment folders `normbench check` looks at: `path` itself when it looks like one (runs.parquet,
+    config.yaml or runs/ in it), else its subfolders that do. FileNotFoundError (one line) when there are none."""
+    p = Path(path)
+
+    def looks(d: Path) -> bool:
+        return any((d / n).exists() for n in ("runs.parquet", "config.yaml", "runs"))
+
+    if p.is_dir() and looks(p):
+        return [p]
+    if not p.exists():
+        raise FileNotFoundError(f"no such results folder: {p}")
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p} is a file, not a results folder")
+    try:
+        found = sorted(d for d in p.iterdir() if d.is_dir() and looks(d))
+    except OSError as e:
+        raise FileNotFoundError(f"{p} cannot be read ({e.strerror or e})") from None
+    if not found:
+        raise FileNotFoundError(f"no experiment results under {p} (run `normbench run CONFIG --out {p}` first)")
+    return found
+
+
 def load_runs(exp_dir: Path) -> pd.DataFrame:
     """runs.parquet, with list-valued grid values (model.norm_noise, train.betas, ...) as tuples: parquet gives them
     back as arrays, which can be neither grouped by nor compared as one value. FormatError for a folder of another
@@ -723,7 +880,7 @@ def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for run_id in run_folders(exp_dir):
         s = store.summary(run_id)
-        status = s["status"] if s else "unreadable"
+        status = s["status"] if s else "damaged"
         found = run_format(s) if s else RESULTS_FORMAT
         if found != RESULTS_FORMAT:
             problems = [f"{_format_words(found)}, not format {RESULTS_FORMAT}"] if run_id in listed else []
@@ -735,6 +892,95 @@ def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
             {"run_id": run_id, "status": status, "format": found, "listed": run_id in listed, "problems": problems}
         )
     return rows
+
+
+def rebuilt_runs_table(exp_dir: Path) -> tuple[pd.DataFrame, bool]:
+    """runs.parquet as the run folders say it should be (the same runs and grid values, every other column from
+    the runs' summary.json), and whether the file on disk differs from it. runs.parquet is derived: an edited
+    value, a row of a run whose folder changed since, must never be shown as a result. DamagedResults when
+    runs.parquet cannot be read at all."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = exp_dir / "runs.parquet"
+    try:
+        on_disk = pq.read_table(path)
+        runs = on_disk.to_pandas()
+    except (OSError, ValueError) as e:
+        raise DamagedResults(f"{path} cannot be read ({type(e).__name__}); `normbench run` writes it again") from None
+    missing = missing_columns(list(runs.columns), "runs")
+    if missing:
+        raise DamagedResults(_columns_problem(str(exp_dir), "runs", missing, exp_dir))
+    store = ExperimentStore(exp_dir.parent, exp_dir.name)
+    axes = [c for c in runs.columns if c not in COLUMNS["runs"]]
+    listed, known = [], {}
+    for row in runs.to_dict("records"):
+        rid = str(row["run_id"])
+        s = store.summary(rid)
+        params = {a: _plain(row[a]) for a in axes}
+        if s is not None and run_format(s) != RESULTS_FORMAT:
+            # a run of another results format is named by its own message (check, load_table), never rebuilt away
+            return runs, False
+        if s is not None:
+            params |= {k: v for k, v in s["params"].items() if k in params}
+        listed.append((rid, params))
+        known[rid] = s
+    rebuilt = store.runs_frame(None, known, listed) if listed else runs
+
+    def written(table: pa.Table) -> bytes:
+        buf = io.BytesIO()
+        pq.write_table(table.replace_schema_metadata(None), buf)
+        return buf.getvalue()
+
+    try:  # compared as parquet writes them, read back (list columns are named as a file names them)
+        expected = pq.read_table(io.BytesIO(written(pa.Table.from_pandas(rebuilt, preserve_index=False))))
+        differs = written(on_disk) != written(expected)
+    except (pa.ArrowException, ValueError, TypeError):
+        differs = True
+    return rebuilt, differs
+
+
+def repair_runs_table(exp_dir: Path) -> str | None:
+    """Rebuild runs.parquet from the run folders when it disagrees with them; one line saying so, or None when
+    it agrees. DamagedResults when it disagrees and cannot be rewritten, or cannot be read."""
+    rebuilt, differs = rebuilt_runs_table(exp_dir)
+    if not differs:
+        return None
+    path = exp_dir / "runs.parquet"
+    try:
+        write_parquet_atomic(rebuilt, path, format_metadata())
+    except OSError as e:
+        raise DamagedResults(
+            f"{path} disagrees with the run folders' summary.json and cannot be rebuilt ({e.strerror or e}); "
+            f"`normbench check {exp_dir}` names what differs"
+        ) from None
+    return f"{path} disagreed with the run folders' summary.json (edited or damaged); rebuilt from them"
+
+
+def damaged_note(exp_dir: Path) -> str | None:
+    """One line naming the run folders of an experiment whose summary.json is damaged (missing, unreadable, of the
+    wrong shape): they are shown as not finished. None when there are none."""
+    store = ExperimentStore(exp_dir.parent, exp_dir.name)
+    bad = [(rid, p) for rid in run_folders(exp_dir) for p in [store.read_summary(rid)[1]] if p]
+    if not bad:
+        return None
+    rid, problem = bad[0]
+    more = f" and {len(bad) - 1} more run folders" if len(bad) > 1 else ""
+    return (
+        f"{store.runs_dir / rid}: {problem}{more}; shown as not finished: `normbench check {exp_dir}` names every "
+        "damaged file, and `normbench run` trains such runs again"
+    )
+
+
+def config_problem(exp_dir: Path) -> str | None:
+    """What is wrong with an experiment's config.yaml (unreadable, not YAML, not a config of this shape), or None."""
+    try:
+        experiment_axis_groups(exp_dir)
+    except DamagedResults as e:
+        return str(e)
+    return None
 
 
 def _table_columns(run_dir: Path, summary: dict[str, Any] | None) -> list[str]:
@@ -815,8 +1061,46 @@ def experiment_axis_groups(exp_dir: Path) -> list[list[str]]:
 
     cfg = folder_config(exp_dir)
     grid = cfg.get("grid") or {}
-    groups = [grid_keys({k: v}) if is_zip_key(k) else [k] for k, v in grid.items()]
+    try:
+        groups = [grid_keys({k: v}) if is_zip_key(k) else [k] for k, v in grid.items()]
+    except Exception:
+        raise DamagedResults(_config_damaged(exp_dir, "its grid is not one normbench writes")) from None
     return groups + ([["seed"]] if cfg.get("seeds") is not None else [])
+
+
+def folder_config(exp_dir: Path) -> dict[str, Any]:
+    """An experiment folder's config.yaml as a dict (its grid a dict, its keys checked by grid_keys), read within
+    normbench.safe's limits; DamagedResults naming the file when it is missing, unreadable, refused (an alias
+    bomb), not YAML, or not a mapping."""
+    from normbench.config import grid_keys
+
+    path = exp_dir / "config.yaml"
+    try:
+        cfg = load_yaml(path.read_text())
+    except FileNotFoundError:
+        raise DamagedResults(_config_damaged(exp_dir, "it is missing")) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DamagedResults(
+            _config_damaged(exp_dir, f"it cannot be read ({getattr(e, 'strerror', None) or e})")
+        ) from None
+    except YAMLLimit as e:
+        raise DamagedResults(_config_damaged(exp_dir, f"it cannot be read (YAMLLimit: {short(str(e), 120)})")) from None
+    except yaml.YAMLError:
+        raise DamagedResults(_config_damaged(exp_dir, "it is not valid YAML")) from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("grid") or {}, dict):
+        raise DamagedResults(_config_damaged(exp_dir, "it is not an experiment config"))
+    try:
+        grid_keys(cfg.get("grid"))
+    except Exception:
+        raise DamagedResults(_config_damaged(exp_dir, "its grid is not one normbench writes")) from None
+    return cfg
+
+
+def _config_damaged(exp_dir: Path, why: str) -> str:
+    return (
+        f"{exp_dir / 'config.yaml'} is damaged: {why}; `normbench check {exp_dir}` lists what else is, and running "
+        "the experiment's config again with `normbench run CONFIG` writes it anew"
+    )
 
 
 def default_compare(axes: list[str]) -> str | None:

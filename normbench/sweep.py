@@ -12,8 +12,10 @@ progress or stopped. Ctrl-C stops the sweep; the runs committed so far stay, and
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -106,7 +109,14 @@ def run_experiment(
     todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed, found[r.run_id])]
     finished = [found[r.run_id] for r in todo if (found[r.run_id] or {}).get("status") in FINISHED and not force]
     older = sum(run_format(s) != RESULTS_FORMAT for s in finished)  # trained again in this format
-    damaged = len(finished) - older
+    # A run folder whose summary.json is damaged (unreadable, of the wrong shape) is a run not finished.
+    unreadable = {r.run_id for r in todo if found[r.run_id] is None and store.read_summary(r.run_id)[1]}
+    damaged = len(finished) - older + len(unreadable)
+    damaged_ids = unreadable | {
+        r.run_id
+        for r in todo
+        if (found[r.run_id] or {}).get("status") in FINISHED and run_format(found[r.run_id]) == RESULTS_FORMAT
+    }
     steps_of = {r.run_id: total_steps(r.config, build_dataset(r.config.data)) for r in todo}
     if executor == "dask":
         workers = 1 if workers is None else workers  # the cluster decides where units run
@@ -145,7 +155,17 @@ def run_experiment(
             + f" -> {esc(store.dir)}"
         )
         _say_other_kernels(exp.runs, todo, found, kernel, console)
-        _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console, found, listed)
+        if not force:
+            _move_aside([r.run_id for r in todo if r.run_id in damaged_ids], store, console)
+        committed: list[str] = []
+        try:
+            _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console, found, listed, committed)
+        except KeyboardInterrupt:
+            kept = len(exp.runs) - len(todo) - busy + len(committed)
+            raise SweepInterrupted(
+                f"interrupted: {len(committed)} runs of this sweep were saved ({kept} of {len(exp.runs)} finished in "
+                f"{store.dir}); running the same command again resumes with the {len(exp.runs) - kept} others"
+            ) from None
     finally:
         for run in todo:
             store.release(run.run_id)
@@ -154,10 +174,44 @@ def run_experiment(
     return table if listed is None else table[table.run_id.isin(mine)].reset_index(drop=True)
 
 
-def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, console, found: dict, listed) -> None:
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the sweep (a KeyboardInterrupt still): the message says how many runs were saved and how to
+    resume."""
+
+
+class SweepStopped(ConfigError):
+    """The cluster the sweep ran on went away: one line saying what was kept and how to resume."""
+
+
+def _move_aside(run_ids: list[str], store: ExperimentStore, console) -> None:
+    """Move the damaged run folders that are about to be trained again to runs/.damaged-<id>-<time>, so that
+    nothing a user may have put there is deleted; one line says so."""
+    if not run_ids:
+        return
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for rid in run_ids:
+        src = store.runs_dir / rid
+        if src.exists():
+            with contextlib.suppress(OSError):  # one that cannot be moved is replaced whole when committed
+                os.rename(src, store.runs_dir / f".damaged-{rid}-{stamp}")
+                moved.append(rid)
+    if moved:
+        console.print(
+            f"  {len(moved)} damaged run folder{'s' * (len(moved) > 1)} moved aside to "
+            f"{store.runs_dir / f'.damaged-<id>-{stamp}'} and trained again (remove them once not needed)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _train_and_commit(
+    exp, store, plan, todo, steps_of, client, device: str, console, found: dict, listed, committed: list
+) -> None:
     """Train the plan's units and commit each run as its outcome arrives, runs.parquet after each. `found`: the
     runs' summaries as read when the sweep started (None: not committed); `listed`: the runs runs.parquet lists
-    when not exp's."""
+    when not exp's; `committed`: gets the id of each run committed."""
     known = dict(found)
     try:
         store.write_runs_table(exp, known, listed)  # summary and plot work from the first committed run on
@@ -172,6 +226,7 @@ def _train_and_commit(exp, store, plan, todo, steps_of, client, device: str, con
         for run, outcome in outcomes:
             try:
                 known[run.run_id] = store.write_run(run, outcome)
+                committed.append(run.run_id)
                 store.write_runs_table(exp, known, listed)
             except OSError as e:
                 raise ConfigError(
@@ -254,8 +309,19 @@ def _dask_client(scheduler: str | None):
 
 def _elsewhere(units: list[Unit], workers: int, client, device: str) -> Iterator[tuple[Run, Outcome]]:
     if client is not None:
-        with client:
-            yield from _on_dask(units, client, device)
+        import logging
+
+        # distributed logs every failed reconnection with its traceback; a lost scheduler is one line (_on_dask)
+        names = ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]
+        levels = {n: logging.getLogger(n).level for n in names}
+        for n in names:
+            logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+        try:
+            with client:
+                yield from _on_dask(units, client, device)
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
         return
     yield from _on_local_workers(units, workers, device)
 
@@ -274,13 +340,23 @@ def _on_dask(units: list[Unit], client, device: str) -> Iterator[tuple[Run, Outc
     }
     pending, alone_since = set(futures), None
     while pending:
+        done: set = set()
         try:
-            done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            done = set()
-        for future in done:
-            yield from zip(futures[future], future.result(), strict=True)
-        if client.scheduler_info().get("workers"):
+            try:
+                done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            results = [(future, future.result()) for future in done]
+            has_workers = bool(client.scheduler_info().get("workers"))
+        except Exception as e:  # the scheduler died or the connection to it was lost: results cannot come back
+            left = sum(len(futures[f]) for f in pending | done)
+            raise SweepStopped(
+                f"lost the Dask scheduler ({type(e).__name__}); {left} runs were not trained; the finished ones are "
+                "kept: run the same command again once the scheduler is back to resume"
+            ) from None
+        for future, outcome in results:
+            yield from zip(futures[future], outcome, strict=True)
+        if has_workers:
             alone_since = None
         elif pending:
             alone_since = alone_since or time.monotonic()
@@ -320,7 +396,9 @@ def _pool_round(units, indices, workers, device, attempts):
     lost: list[int] = []
     try:
         futures = {}
-        with _callers_main_hidden():  # the workers start as the units are submitted
+        # The workers start as the units are submitted: without the caller's __main__, with Ctrl-C ignored (the
+        # parent stops them: _stop_workers).
+        with _callers_main_hidden(), _sigint_ignored():
             for i in indices:
                 attempts[i] += 1
                 futures[pool.submit(train_unit, *_payload(units[i]), device=device)] = i
@@ -331,8 +409,8 @@ def _pool_round(units, indices, workers, device, attempts):
                 lost.append(futures[future])
                 continue
             yield from zip(units[futures[future]].runs, outcomes, strict=True)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+    except BaseException:  # Ctrl-C, or a failed commit: the workers are stopped now, not after their stacks
+        _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
     return lost
@@ -358,9 +436,38 @@ def _callers_main_hidden() -> Iterator[None]:
             main.__file__ = file
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while worker processes start: an ignored signal stays ignored across exec, and Python keeps
+    it so, so a Ctrl-C at the terminal (sent to every process of the group) reaches only the parent, which stops
+    the workers; none prints a KeyboardInterrupt traceback, not even one still importing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool's worker processes at once (their units are not committed) and let the pool go."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.join(timeout=5)
+
+
 def _exit_with(parent: int) -> None:
     """A worker's initializer: end this process when the sweep that started it is gone (killed with -9, say),
     instead of living on with its memory."""
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (_stop_workers)
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -197,12 +197,12 @@ TABLE = {
     "a sent results folder whose config.yaml is a bomb (summary)": (
         ["summary", "{root}/sent/tiny"],
         2,
-        r"config\.yaml: cannot be read \(YAMLLimit: .*alias bomb",
+        r"config\.yaml is damaged: it cannot be read \(YAMLLimit: .*alias bomb",
     ),
     "a sent results folder whose config.yaml is a bomb (plot)": (
         ["plot", "{root}/sent/tiny"],
         2,
-        r"config\.yaml: cannot be read \(YAMLLimit",
+        r"config\.yaml is damaged: it cannot be read \(YAMLLimit",
     ),
 }
 
