@@ -4,13 +4,14 @@ From Python (normbench/api.py): normbench.run, normbench.open_results, normbench
 normbench.load_config. Importing normbench imports none of them until one is used.
 """
 
+from normbench.errors import UserError
 from normbench.version import __version__
 
-__all__ = ["__version__", "check_claims", "load_config", "open_results", "plot", "run"]
+__all__ = ["UserError", "__version__", "check_claims", "load_config", "open_results", "plot", "run"]
 
 
 def __getattr__(name: str):
-    if name in __all__[1:]:
+    if name in __all__[2:]:
         from normbench import api
 
         return getattr(api, name)

@@ -11,8 +11,9 @@
     rows = normbench.check_claims(only=["relu-dies-without-bn"], quick=True)
 
 A config is a file, a packaged config's name, or a dict of the same sections as a YAML file; `overrides` are
-`--set` items. Errors are the command line's: ConfigError for what the config or options get wrong,
-DamagedResults for a results folder that cannot be read. Nothing here imports torch until a run is trained.
+`--set` items. Errors are the command line's: a normbench.UserError (a ConfigError for what the config or options
+get wrong, a DamagedResults for a results folder that cannot be read, ...), whose message is one line. Nothing here
+imports torch until a run is trained.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from normbench.config import MAX_AXIS_VALUES, MAX_RUNS, ConfigError, load_experiment, packaged_configs
+from normbench.errors import UserError
 from normbench.safe import load_yaml
 
 if TYPE_CHECKING:
@@ -43,13 +44,12 @@ class _Command(TyperCommand):
         return _flags_as_flags(super().get_params(ctx))
 
     def invoke(self, ctx):
-        """Every fault a command does not handle itself ends in one line: a write that fails (disk full, a
-        read-only folder) names the file, damaged results name the file and `normbench check`."""
-        from normbench.store import DamagedResults
-
+        """The one handler of what a user must fix (errors.UserError: a config, an option, a data file, damaged
+        results): `error: <its one line>`, exit 2; and every fault a command does not handle itself ends in one
+        line too: a write that fails (disk full, a read-only folder) names the file."""
         try:
             return super().invoke(ctx)
-        except DamagedResults as e:
+        except UserError as e:
             raise fail(str(e)) from None
         except OSError as e:
             raise fail(os_error_line(e)) from None
@@ -226,19 +226,13 @@ MaxRunsOpt = Annotated[
 def _load(config: str, overrides: list[str] | None, max_runs: int | None = None):
     if max_runs is not None and max_runs < 1:
         raise fail(f"--max-runs {max_runs}: give a number of runs of at least 1")
-    try:
-        return load_experiment(config, overrides or [], max_runs=max_runs)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    return load_experiment(config, overrides or [], max_runs=max_runs)
 
 
 def _experiments(path: Path) -> list[Path]:
     from normbench.store import find_experiments
 
-    try:
-        return find_experiments(path)
-    except FileNotFoundError as e:
-        raise fail(str(e)) from None
+    return find_experiments(path)
 
 
 def _readable(path: Path) -> list[Path]:
@@ -258,21 +252,18 @@ def _readable(path: Path) -> list[Path]:
     )
 
     exps = _experiments(path)
-    try:
-        notes = []
-        for e in exps:
-            for folder in (e.parent, e, e / "figures"):  # what a killed normbench left: temporaries of dead pids
-                remove_stale_temps(folder)
-            if (e / "runs").is_dir():
-                remove_stale(e / "runs")
-            check_format(e)
-            problem = config_problem(e)
-            if problem:
-                raise DamagedResults(problem)
-            notes += [repair_runs_table(e), damaged_note(e)]
-        notes += [unlisted_note(e) for e in exps]
-    except DamagedResults as ex:
-        raise fail(str(ex)) from None
+    notes = []
+    for e in exps:
+        for folder in (e.parent, e, e / "figures"):  # what a killed normbench left: temporaries of dead pids
+            remove_stale_temps(folder)
+        if (e / "runs").is_dir():
+            remove_stale(e / "runs")
+        check_format(e)
+        problem = config_problem(e)
+        if problem:
+            raise DamagedResults(problem)
+        notes += [repair_runs_table(e), damaged_note(e)]
+    notes += [unlisted_note(e) for e in exps]
     for note in filter(None, notes):
         err.print(note, markup=False, soft_wrap=True)
     return exps
@@ -284,19 +275,16 @@ def _select(exps: list[Path], where: list[str] | None) -> dict[Path, pd.DataFram
     stderr; it is an error when none is left."""
     if not where:
         return dict.fromkeys(exps)
-    from normbench.store import DamagedResults, SelectionError, experiment_axes, load_runs, parse_where, select_runs
+    from normbench.store import SelectionError, experiment_axes, load_runs, parse_where, select_runs
 
     kept: dict[Path, pd.DataFrame | None] = {}
     reasons = []
-    try:
-        parse_where(where)  # a malformed --where is an error whatever the experiments
-        for e in exps:
-            try:
-                kept[e] = select_runs(load_runs(e), where, experiment_axes(e), e.name)
-            except SelectionError as ex:
-                reasons.append(str(ex))
-    except (SelectionError, DamagedResults) as ex:
-        raise fail(str(ex)) from None
+    parse_where(where)  # a malformed --where is an error whatever the experiments
+    for e in exps:
+        try:
+            kept[e] = select_runs(load_runs(e), where, experiment_axes(e), e.name)
+        except SelectionError as ex:
+            reasons.append(str(ex))
     if not kept:
         raise fail(reasons[0] if len(exps) == 1 else f"no experiment has a run matching --where: {'; '.join(reasons)}")
     for reason in reasons:
@@ -347,7 +335,6 @@ def run(
     max_runs: MaxRunsOpt = None,
 ) -> None:
     """Train every run of CONFIG's grid that has not finished yet, recording what happens inside."""
-    from normbench.store import DamagedResults
 
     for option, value in (("--workers", workers), ("--stack", stack)):
         if value is not None and value < 1:
@@ -377,8 +364,6 @@ def run(
             device=device.value,
             console=err,
         )
-    except (ConfigError, DamagedResults) as e:  # found wrong before any training: data, folder, scheduler
-        raise fail(str(e)) from None
     except SweepInterrupted as e:  # Ctrl-C: what was saved and how to resume, exit 130 as a shell expects
         typer.echo(str(e), err=True)
         raise typer.Exit(code=130) from None
@@ -397,13 +382,10 @@ def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from normbench.store import RESULTS_FORMAT, DamagedResults, ExperimentStore, run_format
+    from normbench.store import RESULTS_FORMAT, ExperimentStore, run_format
 
     store = ExperimentStore(out_dir, exp.name)
-    try:
-        change = store.change(exp, force)
-    except (ConfigError, DamagedResults) as e:
-        raise fail(str(e)) from None
+    change = store.change(exp, force)
     if change.case == "refused":
         raise fail(change.message)
     title = Text(f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)")
@@ -424,10 +406,7 @@ def validate(config: ConfigArg, set_: SetOpt = None, max_runs: MaxRunsOpt = None
     exp = _load(config, set_, max_runs)
     from normbench.sweep import preflight
 
-    try:
-        preflight(exp)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    preflight(exp)
     out.print(
         f"{exp.source}: ok; experiment {exp.name!r}: {len(exp.runs)} runs = {exp.config.shape()}",
         markup=False,
@@ -517,7 +496,7 @@ def summary(
     per layer. With --by: one row per group of runs."""
     from normbench.finals import FINALS
     from normbench.report import records_csv, summary_records, summary_table
-    from normbench.store import DamagedResults, experiment_axes
+    from normbench.store import experiment_axes
 
     if not by and (format is Format.markdown or metric):
         raise fail(f"{'--format markdown' if format is Format.markdown else '--metric'} needs --by")
@@ -529,10 +508,7 @@ def summary(
     if by:
         _summary_groups(exps, [k for item in by for k in item.split(",") if k], format, selected, metric)
         return
-    try:
-        records = [r for e in exps for r in summary_records(e) if _kept(selected[e], r["run_id"])]
-    except DamagedResults as ex:
-        raise fail(str(ex)) from None
+    records = [r for e in exps for r in summary_records(e) if _kept(selected[e], r["run_id"])]
     if format is Format.json:
         sys.stdout.write(json.dumps(records, indent=2) + "\n")
     elif format is Format.csv:
@@ -560,7 +536,6 @@ def _summary_groups(
     import pandas as pd
 
     from normbench.report import (
-        GroupKeyError,
         aggregate_csv,
         aggregate_markdown,
         aggregate_records,
@@ -569,13 +544,10 @@ def _summary_groups(
         has_dropout,
         resolve_keys_across,
     )
-    from normbench.store import DamagedResults, load_runs
+    from normbench.store import load_runs
 
-    try:
-        keys = resolve_keys_across(exps, by)
-        tables = [aggregate_runs(e, k, (selected or {}).get(e)) for e, k in zip(exps, keys, strict=True)]
-    except (GroupKeyError, DamagedResults) as ex:
-        raise fail(str(ex)) from None
+    keys = resolve_keys_across(exps, by)
+    tables = [aggregate_runs(e, k, (selected or {}).get(e)) for e, k in zip(exps, keys, strict=True)]
     for e, k in zip(exps, keys, strict=True):
         if len(k) < len(by):
             keys_text = ", ".join(k) or "nothing (all runs)"
@@ -629,8 +601,7 @@ def plot(
     other than the default, a where-... folder inside it with --where)."""
     from rich.progress import Progress
 
-    from normbench.plot import PlotError, plot_experiments, where_folder
-    from normbench.store import DamagedResults
+    from normbench.plot import plot_experiments, where_folder
 
     selected = _select(_readable(results), where)
     exps = list(selected)
@@ -638,21 +609,18 @@ def plot(
     keep = {rid for runs in selected.values() if runs is not None for rid in runs.run_id}
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("drawing figures", total=None)
-        try:
-            paths = plot_experiments(
-                exps,
-                compare=compare,
-                point=point.value,
-                fmt=format.value,
-                overlay=overlay,
-                animate=animate,
-                ridge=ridge,
-                where=(lambda runs: runs.run_id.isin(keep)) if where else None,
-                subdir=where_folder(where) if where else None,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
-        except (PlotError, DamagedResults) as ex:
-            raise fail(str(ex)) from None
+        paths = plot_experiments(
+            exps,
+            compare=compare,
+            point=point.value,
+            fmt=format.value,
+            overlay=overlay,
+            animate=animate,
+            ridge=ridge,
+            where=(lambda runs: runs.run_id.isin(keep)) if where else None,
+            subdir=where_folder(where) if where else None,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     for e in exps:
         mine = [p for p in paths if e in p.parents]
         err.print(f"{e.name}: {len(mine)} figures -> {mine[0].parent if mine else e / 'figures'}", markup=False)
@@ -670,16 +638,12 @@ def report(
     """One self-contained HTML page: final numbers over seeds, the figures, every run's status, engine and device,
     versions, the project's git commit and the resolved config. Figures are drawn unless DIR/<name>/figures/
     holds PNGs newer than the results."""
-    from normbench.html_report import ReportError, write_report
-    from normbench.store import DamagedResults
+    from normbench.html_report import write_report
 
     selected = _select(_readable(results), where)  # a wrong folder or --where: one line before anything is drawn
     if out_file is not None and out_file.is_dir():
         raise fail(f"--out {out_file} is a folder; give the file to write, e.g. {out_file / 'report.html'}")
-    try:
-        path = write_report(results, out_file, console=err, where=where, selected=selected)
-    except (ReportError, DamagedResults) as ex:
-        raise fail(str(ex)) from None
+    path = write_report(results, out_file, console=err, where=where, selected=selected)
     err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True, markup=False)
 
 
@@ -699,10 +663,7 @@ def check(results: ResultsArg) -> None:
     )
 
     damaged = 0
-    try:
-        exps = experiments_to_check(results)
-    except FileNotFoundError as ex:
-        raise fail(str(ex)) from None
+    exps = experiments_to_check(results)
     for e in exps:
         if not (e / "runs.parquet").is_file():
             err.print(f"{e / 'runs.parquet'} is missing; `normbench run` writes it again", markup=False, soft_wrap=True)
@@ -760,25 +721,18 @@ def export(
 ) -> None:
     """Write every run's curves, layer statistics and histograms for another tool: --tensorboard writes one
     TensorBoard run per run (view with `tensorboard --logdir LOGDIR`)."""
-    from normbench.export import ExportError, export_tensorboard, summary_writer_class
-    from normbench.store import DamagedResults
+    from normbench.export import export_tensorboard, summary_writer_class
 
     if not tensorboard:
         raise fail("say what to export: --tensorboard")
-    try:
-        summary_writer_class()  # the missing extra is one line, before any folder is read
-    except ExportError as ex:
-        raise fail(str(ex)) from None
+    summary_writer_class()  # the missing extra is one line, before any folder is read
     exps = _readable(results)
-    try:
-        for e in exps:
-            rep = export_tensorboard(e, logdir)
-            skipped = f", {rep.missing} not trained yet" if rep.missing else ""
-            failed = f", {rep.failed} failed (status text only)" if rep.failed else ""
-            runs = f"{rep.exported} run{'s' if rep.exported != 1 else ''}"
-            err.print(f"{e.name}: {runs}{failed}{skipped} -> {rep.path}", soft_wrap=True, markup=False)
-    except (ExportError, DamagedResults) as ex:
-        raise fail(str(ex)) from None
+    for e in exps:
+        rep = export_tensorboard(e, logdir)
+        skipped = f", {rep.missing} not trained yet" if rep.missing else ""
+        failed = f", {rep.failed} failed (status text only)" if rep.failed else ""
+        runs = f"{rep.exported} run{'s' if rep.exported != 1 else ''}"
+        err.print(f"{e.name}: {runs}{failed}{skipped} -> {rep.path}", soft_wrap=True, markup=False)
     err.print(f"view: tensorboard --logdir {logdir}", soft_wrap=True, markup=False)
 
 
@@ -804,12 +758,8 @@ def claims(
     yet), writes OUT/claims.md and OUT/claims.json, and draws one figure per family of claims into OUT/figures/.
     Exit 0 whatever the verdicts."""
     from normbench.claims import run_claims
-    from normbench.store import DamagedResults
 
-    try:
-        run_claims(out_dir, quick=quick, only=only, path=claims_file, kernel=kernel.value, console=out, progress=err)
-    except (ConfigError, DamagedResults) as e:
-        raise fail(str(e)) from None
+    run_claims(out_dir, quick=quick, only=only, path=claims_file, kernel=kernel.value, console=out, progress=err)
 
 
 @app.command(short_help="Time the ways of training side by side.")
@@ -835,12 +785,8 @@ def dead_neurons(
     """The tutorial's batch-norm demonstration: ReLU/tanh, with and without BN, 20 seeds each; runs, figures, and
     the verdicts of `normbench claims` on its claims. Writes OUT/demo.json and OUT/demo.md beside the experiments."""
     from normbench.demo import run_dead_neurons
-    from normbench.store import DamagedResults
 
-    try:
-        run_dead_neurons(out_dir, kernel=kernel.value, force=force, console=out)
-    except (ConfigError, DamagedResults) as e:  # a folder that would lose runs, or of another results format
-        raise fail(str(e)) from None
+    run_dead_neurons(out_dir, kernel=kernel.value, force=force, console=out)
 
 
 def main() -> None:  # python -m normbench

@@ -37,13 +37,14 @@ from pydantic import (
     model_validator,
 )
 
+from normbench.errors import UserError
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, Registry, UnknownName
 from normbench.safe import MAX_YAML_BYTES, YAMLLimit, load_yaml, quoted, short
 
 PACKAGED_CONFIGS = [Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A mistake in a config or an override; the message is one line, meant for the user."""
 
 

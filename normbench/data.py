@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from normbench.errors import UserError
 from normbench.registry import DATASETS
 from normbench.safe import short
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from normbench.config import DataConfig
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Data files missing or malformed; the message names the file and what is wrong."""
 
 

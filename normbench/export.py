@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normbench.errors import UserError
 from normbench.finals import applicable, per_run
 from normbench.store import FINISHED, experiment_axes, load_runs, load_table, remove_stale, replace_dir
 
@@ -49,7 +50,7 @@ EVENT_FILE_PREFIX = "events.out.tfevents."
 TEXT_TAG = "run"  # TensorBoard shows it as run/text_summary
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that cannot be done; the message says why in one line."""
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from normbench.errors import UserError
 from normbench.report import (
     METRICS,
     aggregate_note,
@@ -95,7 +96,7 @@ def write_report(
     return out
 
 
-class ReportError(OSError):
+class ReportError(UserError):
     """The page cannot be written; the message names the file."""
 
 

@@ -56,6 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from normbench.errors import UserError
 from normbench.report import landscape_summary
 from normbench.store import (
     FINISHED,
@@ -95,7 +96,7 @@ plt.rcParams.update(
 )
 
 
-class PlotError(ValueError):
+class PlotError(UserError):
     pass
 
 
@@ -108,7 +109,7 @@ class NoSuchFigure(PlotError):
 
 
 @dataclass
-class Experiment:
+class ExperimentData:
     dir: Path
     runs: pd.DataFrame  # finished runs only
     all_runs: pd.DataFrame
@@ -144,9 +145,9 @@ class Experiment:
         return ", dropout on" if self.config.get("model", {}).get("dropout") else ""
 
 
-def load_experiment(
+def read_experiment(
     exp_dir: Path, compare: str | None = None, where: Callable[[pd.DataFrame], pd.Series] | None = None
-) -> Experiment:
+) -> ExperimentData:
     """Read what the figures need. `where(runs) -> mask` keeps some of runs.parquet's rows."""
     all_runs = load_runs(exp_dir)
     if where is not None:
@@ -164,7 +165,7 @@ def load_experiment(
         raise PlotError(f"{exp_dir.name}: no finished runs to plot (statuses: {statuses})")
     config = folder_config(exp_dir)
     tied = experiment_axis_groups(exp_dir)
-    exp = Experiment(exp_dir, runs, all_runs, axes, tied, compare, group_keys(axes, tied, compare), config)
+    exp = ExperimentData(exp_dir, runs, all_runs, axes, tied, compare, group_keys(axes, tied, compare), config)
     ids = runs.run_id.tolist()
     exp.tables = {
         name: before_divergence(load_table(exp_dir, name, ids), runs)
@@ -231,7 +232,7 @@ class Job:
     args: dict[str, Any] = field(default_factory=dict)
 
 
-_EXPERIMENTS: list[Experiment] = []  # read by forked workers: set before the pool starts
+_EXPERIMENTS: list[ExperimentData] = []  # read by forked workers: set before the pool starts
 # The kinds of figure, costliest first (one GIF is a figure per recorded step).
 DRAW_ORDER = {
     "animation": 0,
@@ -276,7 +277,7 @@ def plot_experiments(
     """Every figure of every experiment, into DIR/figures/ (DIR/figures/by-<key>/ for a --compare other than the
     default). `where(runs) -> mask` keeps some runs; their figures go to a `subdir` of that folder when given, so
     that the figures of every run stay. Returns the paths written, in a stable order."""
-    experiments = [load_experiment(d, compare, where) for d in exp_dirs]
+    experiments = [read_experiment(d, compare, where) for d in exp_dirs]
     jobs: list[Job] = []
     for i, exp in enumerate(experiments):
         jobs += _jobs(i, exp, _figure_dir(exp, subdir), point, fmt, overlay, animate, ridge)
@@ -288,7 +289,7 @@ def plot_experiments(
 
 
 @contextmanager
-def _loaded(experiments: list[Experiment]) -> Iterator[None]:
+def _loaded(experiments: list[ExperimentData]) -> Iterator[None]:
     """The experiments the jobs' indices refer to (_EXPERIMENTS, which forked workers inherit), inside only."""
     global _EXPERIMENTS
     _EXPERIMENTS = experiments
@@ -310,7 +311,7 @@ def draw_figure(
     `figure` is the name plot gives its file, without the extension ('cost', 'final_vs_lr', 'grad_all'). Nothing
     else is drawn, and the experiment's figures folder is left as it is. PlotError naming the experiment's figures
     when it has none of that name."""
-    exp = load_experiment(exp_dir, compare, where)
+    exp = read_experiment(exp_dir, compare, where)
     jobs = _jobs(0, exp, path.parent, "post_act", path.suffix.lstrip("."), False, False, False)
     found = [j for j in jobs if j.path.stem == figure]
     if not found:
@@ -327,7 +328,7 @@ def draw_figure(
         tmp.unlink(missing_ok=True)
 
 
-def _figure_dir(exp: Experiment, subdir: str | None = None) -> Path:
+def _figure_dir(exp: ExperimentData, subdir: str | None = None) -> Path:
     out = exp.dir / "figures"
     if exp.compare != default_compare(exp.axes):
         out = out / f"by-{exp.compare}"
@@ -342,7 +343,7 @@ def _figure_dir(exp: Experiment, subdir: str | None = None) -> Path:
 
 
 def _jobs(
-    i: int, exp: Experiment, out: Path, point: str, fmt: str, overlay: bool, animate: bool, ridge: bool
+    i: int, exp: ExperimentData, out: Path, point: str, fmt: str, overlay: bool, animate: bool, ridge: bool
 ) -> list[Job]:
     hists, layers = exp.tables["histograms"], exp.tables["layers"]
     present = set(hists.point.unique()) if not hists.empty else set()
@@ -451,18 +452,18 @@ def _value_label(compare: str | None, value: Any) -> str:
     return f"{compare.split('.')[-1]}={_literal(show_value(value))}" if compare else "all runs"
 
 
-def _group(exp: Experiment, key: Any) -> pd.DataFrame:
+def _group(exp: ExperimentData, key: Any) -> pd.DataFrame:
     for k, grp in exp.groups():
         if k == key:
             return grp
     raise KeyError(key)
 
 
-def _variants(exp: Experiment, runs: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
+def _variants(exp: ExperimentData, runs: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
     return list(runs.groupby(exp.compare, sort=False, dropna=False)) if exp.compare else [("", runs)]
 
 
-def _title(exp: Experiment, group: Any, runs: pd.DataFrame, what: str) -> str:
+def _title(exp: ExperimentData, group: Any, runs: pd.DataFrame, what: str) -> str:
     """'<experiment>: <what> | <group's values>, seed <s>' for a figure of one group's first seed."""
     label = _label(exp.group_keys, group)
     seed = f", seed {runs.seed.iloc[0]}" if "seed" in runs.columns and exp.compare != "seed" else ""
@@ -482,7 +483,7 @@ def _seed_count(runs: pd.DataFrame, compare: str | None) -> int:
     return 1 if compare == "seed" or "seed" not in runs.columns else int(runs.seed.nunique())
 
 
-def _same_variant(exp: Experiment, runs: pd.DataFrame, run: pd.Series) -> pd.DataFrame:
+def _same_variant(exp: ExperimentData, runs: pd.DataFrame, run: pd.Series) -> pd.DataFrame:
     """The runs of `runs` with `run`'s compared value: its seeds."""
     return next((v for _, v in _variants(exp, runs) if run.run_id in set(v.run_id)), runs.iloc[:0])
 
@@ -496,7 +497,7 @@ class Spread:
     measure: Callable[[str, list[str]], str | None]
 
 
-def _seeds_note(exp: Experiment, group_runs: pd.DataFrame, drawn: pd.DataFrame, spread: Spread) -> str:
+def _seeds_note(exp: ExperimentData, group_runs: pd.DataFrame, drawn: pd.DataFrame, spread: Spread) -> str:
     """What a figure of one seed per compared value says about the seeds it does not draw: '' with one seed, else
     'seed s of n drawn; the other seeds' <what>: <value> per compared value', the seeds that diverged counted."""
     n = _seed_count(group_runs, exp.compare)
@@ -597,7 +598,7 @@ def _ratio_spread(table: pd.DataFrame, metrics: list[str], what: str) -> Spread:
     return Spread(f"{what} at the last step (largest factor from the drawn seed's)", measure)
 
 
-def _eval_start_note(exp: Experiment, runs: pd.DataFrame, steps: Any) -> str:
+def _eval_start_note(exp: ExperimentData, runs: pd.DataFrame, steps: Any) -> str:
     """What a figure of values recorded in eval mode must say when it shows step 0 of a run with a norm: batch
     norm's running statistics are still their initial values then, not its data's. '' otherwise."""
     if exp.config.get("record", {}).get("eval_mode", "train") != "eval" or not len(steps) or min(steps) > 0:
@@ -740,7 +741,7 @@ def _wide(values: list[float] | np.ndarray) -> bool:
 # Histograms: one panel per layer
 
 
-def _hist_rows(exp: Experiment, run_ids: list[str], point: str) -> pd.DataFrame:
+def _hist_rows(exp: ExperimentData, run_ids: list[str], point: str) -> pd.DataFrame:
     h = exp.tables["histograms"]
     return h[h.run_id.isin(run_ids) & (h.point == point)]
 
@@ -798,7 +799,7 @@ def _edge_ticks(lo: float, hi: float) -> list[float]:
     return sorted({float(f"{t:.2g}") for t in ticks})
 
 
-def _hist(exp: Experiment, group: Any, point: str, steps: list[int] | None = None):
+def _hist(exp: ExperimentData, group: Any, point: str, steps: list[int] | None = None):
     """The histogram grid of one seed: a row per compared run and step (the first and the last recorded one unless
     `steps` says), a column per layer."""
     runs, hists, steps = _hist_data(exp, group, point, steps)
@@ -806,7 +807,7 @@ def _hist(exp: Experiment, group: Any, point: str, steps: list[int] | None = Non
     return _hist_grid(exp, group, point, runs, hists, rows)
 
 
-def _overlay(exp: Experiment, group: Any, point: str):
+def _overlay(exp: ExperimentData, group: Any, point: str):
     """The histogram grid with the compared runs on the same axes (--overlay): a row per step, a column per layer;
     each run's histogram an outline in its colour (translucent fills would blend into a colour of no run), over the
     union of their ranges."""
@@ -821,7 +822,7 @@ def _overlay(exp: Experiment, group: Any, point: str):
 
 
 def _hist_data(
-    exp: Experiment, group: Any, point: str, steps: list[int] | None
+    exp: ExperimentData, group: Any, point: str, steps: list[int] | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
     """The runs a histogram grid draws (the first seed of each compared value), their histograms of `point`, and
     its steps: the given ones, else the first and the last recorded step."""
@@ -833,7 +834,7 @@ def _hist_data(
 
 
 def _hist_grid(
-    exp: Experiment,
+    exp: ExperimentData,
     group: Any,
     point: str,
     runs: pd.DataFrame,
@@ -906,7 +907,9 @@ def _outline_panel(ax: plt.Axes, records: list[tuple[pd.Series | None, pd.Series
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
 
 
-def _hist_title(fig: plt.Figure, exp: Experiment, runs: pd.DataFrame, group: Any, point: str, steps: list[int]) -> int:
+def _hist_title(
+    fig: plt.Figure, exp: ExperimentData, runs: pd.DataFrame, group: Any, point: str, steps: list[int]
+) -> int:
     """The histogram grid's title and the lines under it (split and mode, the key, the seeds not drawn, what step 0
     in eval mode is); returns how many lines there are under it."""
     fig.suptitle(
@@ -923,7 +926,7 @@ def _hist_title(fig: plt.Figure, exp: Experiment, runs: pd.DataFrame, group: Any
     return _notes(fig, [*lines, _eval_start_note(exp, runs, steps)], 0.01, 0.3)
 
 
-def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None) -> None:
+def _animation(exp: ExperimentData, group: Any, point: str, path: Path | None = None) -> None:
     """The histogram grid at every recorded step, one GIF frame each (matplotlib's Pillow writer)."""
     from matplotlib.animation import PillowWriter
 
@@ -945,7 +948,7 @@ def _animation(exp: Experiment, group: Any, point: str, path: Path | None = None
 POINT_SHORT = {"pre_norm": "before the norm", "post_norm": "after the norm", "post_act": "after the activation"}
 
 
-def _dist(exp: Experiment, group: Any):
+def _dist(exp: ExperimentData, group: Any):
     """Distributions over training (Glorot & Bengio 2010): the 1/20/50/80/99th percentiles of each layer's values
     against the step, one column per layer, one row per point and compared run (its first seed), every panel with
     its own y range: no series hides under another or shrinks to a line on another's scale. Dotted: the median's
@@ -1016,7 +1019,7 @@ def _dist(exp: Experiment, group: Any):
     return fig
 
 
-def _step_span(exp: Experiment, steps: pd.Series) -> tuple[float, float]:
+def _step_span(exp: ExperimentData, steps: pd.Series) -> tuple[float, float]:
     """A figure's step axis: from the first to the last step of `steps` (a table's steps over the experiment's runs),
     to the training's last step where that is one step (every run diverged after its first record)."""
     lo, hi = (float(steps.min()), float(steps.max())) if len(steps) else (0.0, 0.0)
@@ -1074,7 +1077,7 @@ def _diverged_band(ax: plt.Axes, start: float, end: float, text: str, size: floa
     )
 
 
-def _median_ranges(exp: Experiment, h: pd.DataFrame, runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+def _median_ranges(exp: ExperimentData, h: pd.DataFrame, runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     """(compared value, layer, point) -> the min and max per step of the median over that value's seeds that did not
     diverge, where there are two or more of them."""
     out = {}
@@ -1088,7 +1091,7 @@ def _median_ranges(exp: Experiment, h: pd.DataFrame, runs: pd.DataFrame) -> dict
     return out
 
 
-def _ridge(exp: Experiment, group: Any, point: str = "post_act"):
+def _ridge(exp: ExperimentData, group: Any, point: str = "post_act"):
     """Histograms over training, offset upwards step by step (TensorBoard's histogram view), one panel per compared
     run and layer. Each histogram is scaled to its own tallest bin; a diverged run's steps after its divergence
     are left out and said so."""
@@ -1165,7 +1168,7 @@ def _spread_band(ax: plt.Axes, x: Any, lo: Any, hi: Any, color: str, k: int) -> 
 # Gradients: per-layer norms over training
 
 
-def _grad(exp: Experiment, group: Any):
+def _grad(exp: ExperimentData, group: Any):
     """Per layer against the step: the norms of the backpropagated and the weight gradient (log scale), and, where
     recorded (record.ics_every), internal covariate shift as cos(G, G') (Santurkar et al. 2018)."""
     group_runs = _group(exp, group)
@@ -1246,7 +1249,7 @@ def _grad(exp: Experiment, group: Any):
 # The loss landscape along the gradient (record.landscape_every)
 
 
-def _landscape(exp: Experiment, group: Any):
+def _landscape(exp: ExperimentData, group: Any):
     """Santurkar et al. (2018, fig. 4)'s three panels against the step, compared runs overlaid: the range of the loss
     along the gradient (a band from its min to its max), the largest change of the gradient there, and the effective
     beta-smoothness. Narrower and lower is smoother."""
@@ -1308,7 +1311,7 @@ def _landscape(exp: Experiment, group: Any):
 # Batch norm's running statistics (record.running_stats, record.precise_bn)
 
 
-def _running(exp: Experiment, group: Any):
+def _running(exp: ExperimentData, group: Any):
     """For each compared run with running statistics: per layer, how far the running mean and variance are from the
     training set's (record.running_stats), and the training-set loss with batch statistics (train mode), running
     statistics (eval mode) and, at the end, with recomputed ones (precise BN's, and the population's): the gap between
@@ -1406,7 +1409,7 @@ class _Curve:
     run: pd.Series | None = None  # the diverged seed
 
 
-def _cost(exp: Experiment):
+def _cost(exp: ExperimentData):
     """Loss curves, one panel per group. The seeds that did not diverge are a mean with a min-max band and set the
     y range; a diverged seed is a thin line up to its last finite loss, marked there (at the axis's edge, with its
     value, when that loss lies beyond the range): a run that blew up cannot flatten the others' curves."""
@@ -1442,7 +1445,7 @@ def _cost(exp: Experiment):
     return fig
 
 
-def _cost_curves(exp: Experiment, ax: plt.Axes, runs: pd.DataFrame, color: str) -> list[_Curve]:
+def _cost_curves(exp: ExperimentData, ax: plt.Axes, runs: pd.DataFrame, color: str) -> list[_Curve]:
     """The curves of one compared value's seeds in one panel: per split, the mean of the seeds that did not diverge,
     and each diverged seed apart (never averaged in)."""
     curves = exp.tables["curves"]
@@ -1528,7 +1531,7 @@ def _short(v: float) -> str:
     return re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", f"{v:.2g}")
 
 
-def _cost_legend(fig: plt.Figure, exp: Experiment, drawn: list[_Curve]) -> None:
+def _cost_legend(fig: plt.Figure, exp: ExperimentData, drawn: list[_Curve]) -> None:
     """The cost figure's legend, headed by its title, above the panels."""
     handles = [
         matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=2, label=_value_label(exp.compare, v))
@@ -1566,7 +1569,7 @@ def _cost_legend(fig: plt.Figure, exp: Experiment, drawn: list[_Curve]) -> None:
 # Final numbers against a numeric grid key (batch size, weight scale, lr): one line per compared value
 
 
-def numeric_axes(exp: Experiment) -> list[str]:
+def numeric_axes(exp: ExperimentData) -> list[str]:
     """Grid keys other than seed whose values are all numbers, with at least 3 of them."""
     found = []
     for a in exp.axes:
@@ -1577,7 +1580,7 @@ def numeric_axes(exp: Experiment) -> list[str]:
     return found
 
 
-def _final_vs(exp: Experiment, key: str):
+def _final_vs(exp: ExperimentData, key: str):
     """Final train loss and (for classification) final test accuracy in eval mode against `key`; seeds as mean
     with min-max band; failed or diverged runs are counted in the legend, never silently averaged in."""
     runs = exp.all_runs
@@ -1619,7 +1622,7 @@ def _final_vs(exp: Experiment, key: str):
 # Dead / saturated units: layer x step, one row of panels per compared run
 
 
-def _units(exp: Experiment, group: Any):
+def _units(exp: ExperimentData, group: Any):
     """Dead units and saturated values, layer x step, one row per compared run (its first seed), all rows on one
     step axis; beside each heatmap, every seed's last values per layer (their range and the drawn seed)."""
     group_runs = _group(exp, group)

@@ -21,12 +21,13 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from normbench.errors import UserError
 from normbench.safe import quoted
 
 T = TypeVar("T")
 
 
-class UnknownName(ValueError):
+class UnknownName(UserError):
     """A name that is not in a registry. The message lists the valid names (unlike a bare KeyError)."""
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
+from normbench.errors import UserError
 from normbench.finals import CURVE_FINALS, from_tables
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
 from normbench.safe import YAMLLimit, load_yaml, quoted, short
@@ -404,11 +405,11 @@ class ExperimentStore:
                     "status": s["status"],
                     "diverged_step": s.get("diverged_step"),
                     "steps_done": s.get("steps_done"),
-                    **{k: _num(s.get(k)) for k in CURVE_FINALS},
-                    "last_finite_train_loss": _num(s.get("last_finite_train_loss")),
-                    "wall_time_s": _num(s.get("wall_time_s")),
-                    "dead_fraction": [_num(v) for v in s.get("dead_fraction", [])],
-                    "saturated_fraction": [_num(v) for v in s.get("saturated_fraction", [])],
+                    **{k: _as_float(s.get(k)) for k in CURVE_FINALS},
+                    "last_finite_train_loss": _as_float(s.get("last_finite_train_loss")),
+                    "wall_time_s": _as_float(s.get("wall_time_s")),
+                    "dead_fraction": [_as_float(v) for v in s.get("dead_fraction", [])],
+                    "saturated_fraction": [_as_float(v) for v in s.get("saturated_fraction", [])],
                     "error": s.get("error"),
                     **{f"engine.{k}": (s.get("engine") or {}).get(k) for k in ENGINE},
                 }
@@ -591,8 +592,12 @@ def _fingerprint(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-class DamagedResults(ValueError):
+class DamagedResults(UserError):
     """A results file that cannot be read; the message names the run and what to do."""
+
+
+class NoResults(UserError):
+    """A path that holds no results folder (missing, a file, nothing normbench wrote)."""
 
 
 class FormatError(DamagedResults):
@@ -730,7 +735,7 @@ def _columns_problem(what: str, table: str, missing: list[str], exp_dir: Path) -
     )
 
 
-def _num(v: Any) -> float:
+def _as_float(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
@@ -786,16 +791,16 @@ def find_experiments(path: Path | str) -> list[Path]:
     if is_experiment_dir(p):
         return [p]
     if not p.is_dir():
-        raise FileNotFoundError(f"no such results folder: {p}")
+        raise NoResults(f"no such results folder: {p}")
     found = sorted(d for d in p.iterdir() if d.is_dir() and is_experiment_dir(d))
     if not found:
-        raise FileNotFoundError(f"no experiment results under {p} (run `normbench run CONFIG --out {p}` first)")
+        raise NoResults(f"no experiment results under {p} (run `normbench run CONFIG --out {p}` first)")
     return found
 
 
 def experiments_to_check(path: Path | str) -> list[Path]:
     """The experiment folders `normbench check` looks at: `path` itself when it looks like one (runs.parquet,
-    config.yaml or runs/ in it), else its subfolders that do. FileNotFoundError (one line) when there are none."""
+    config.yaml or runs/ in it), else its subfolders that do. NoResults (one line) when there are none."""
     p = Path(path)
 
     def looks(d: Path) -> bool:
@@ -804,15 +809,15 @@ def experiments_to_check(path: Path | str) -> list[Path]:
     if p.is_dir() and looks(p):
         return [p]
     if not p.exists():
-        raise FileNotFoundError(f"no such results folder: {p}")
+        raise NoResults(f"no such results folder: {p}")
     if not p.is_dir():
-        raise FileNotFoundError(f"{p} is a file, not a results folder")
+        raise NoResults(f"{p} is a file, not a results folder")
     try:
         found = sorted(d for d in p.iterdir() if d.is_dir() and looks(d))
     except OSError as e:
-        raise FileNotFoundError(f"{p} cannot be read ({e.strerror or e})") from None
+        raise NoResults(f"{p} cannot be read ({e.strerror or e})") from None
     if not found:
-        raise FileNotFoundError(f"no experiment results under {p} (run `normbench run CONFIG --out {p}` first)")
+        raise NoResults(f"no experiment results under {p} (run `normbench run CONFIG --out {p}` first)")
     return found
 
 
@@ -1141,7 +1146,7 @@ def _slug_value(v: Any) -> str:
 # -- selecting runs: --where KEY=VALUE ------------------------------------------------------------------------------
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError):
     """A --where that is malformed, names no grid key (or several), or matches no run; one line for the user."""
 
 

@@ -73,3 +73,32 @@ def test_checking_a_config_loads_no_kernel_and_reading_results_no_torch():
     loaded = loaded_after("import normbench.api, normbench.store, normbench.report, normbench.plot")
     assert "torch" not in loaded
     assert "torch" not in loaded_after("import normbench.html_report, normbench.finals, normbench.export")
+
+
+# Exceptions that never reach a user as such: each is turned into a UserError where it is caught, or is Ctrl-C.
+INTERNAL_EXCEPTIONS = {
+    "ForbiddenGlobal": "data.py turns it into a DataError naming the file",
+    "YAMLLimit": "config.py and store.py turn it into a ConfigError or DamagedResults naming the file",
+    "SweepInterrupted": "Ctrl-C (a KeyboardInterrupt): the CLI prints what was saved and exits 130",
+}
+
+
+def test_every_error_for_the_user_is_one_type_with_one_handler():
+    import importlib
+    import inspect
+
+    from normbench.errors import UserError
+
+    defined = {}
+    for name in modules():
+        if name.endswith("__main__"):  # runs the command line
+            continue
+        module = importlib.import_module(name)
+        for cls_name, cls in vars(module).items():
+            if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == name:
+                defined[cls_name] = cls
+    assert {"ConfigError", "DataError", "DamagedResults", "PlotError", "ExportError", "PlanError"} <= set(defined)
+    strays = [n for n, c in defined.items() if not issubclass(c, UserError) and n not in INTERNAL_EXCEPTIONS]
+    assert not strays, f"errors a user meets that are not UserError: {strays}"
+    cli = (PACKAGE / "cli.py").read_text()
+    assert cli.count("raise fail(str(") == 1  # in cli._Command.invoke, the one handler: a command raises

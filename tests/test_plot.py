@@ -120,7 +120,7 @@ def test_figure_set_overlay_animation_and_a_second_comparison(tiny_results):
 
 
 def test_a_diverged_run_is_a_labelled_panel_never_data(tiny_results):
-    exp = P.load_experiment(tiny_results)
+    exp = P.read_experiment(tiny_results)
     diverged = exp.runs[exp.runs.status == "diverged"]
     assert len(diverged), "the fixture's no-norm runs are meant to diverge"
     fig = P._hist(exp, ("relu",), "post_act")
@@ -176,7 +176,7 @@ def made_experiment(tmp_path, runs: list[dict], hists=(), layers=(), curves=(), 
     h = pd.DataFrame(list(hists))
     if len(h):
         h = h.join(P.percentiles(h))
-    exp = P.Experiment(
+    exp = P.ExperimentData(
         dir=tmp_path / "made",
         runs=table,
         all_runs=table,
@@ -267,7 +267,7 @@ def test_no_figure_draws_what_a_diverged_run_recorded_at_or_after_its_divergence
 
     monkeypatch.setattr(P, "load_table", with_sentinels)
     for compare in (None, "seed"):  # a diverged run beside a healthy one, and a figure of diverged runs only
-        exp = P.load_experiment(tiny_results, compare)
+        exp = P.read_experiment(tiny_results, compare)
         assert (exp.runs.status == "diverged").any()
         for name, fig in all_figures(exp):
             if fig is None:

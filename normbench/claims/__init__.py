@@ -2,7 +2,7 @@
 
     book = load_claims()                                   # configs/claims.yaml, validated
     rows = check_claims(book, out="results", quick=True)   # trains what is missing, one verdict per setting
-    write_report(rows, Path("results"), quick=True, seconds=93.0)   # results/claims.md, results/claims.json
+    write_claims_files(rows, Path("results"), quick=True, seconds=93.0)   # results/claims.md, results/claims.json
     draw_figures(book, Path("results"), True, {"lr_range"}, console)  # results/figures/: the claims' figures
 
 The claims are data (configs/claims.yaml): for each, the experiment that tests it (a packaged config with
@@ -34,7 +34,7 @@ output.py (the terminal table, claims.md and claims.json, the figures).
 
 from normbench.claims.check import KERNELS, VERDICTS, Row, check_claims, evaluate, verdicts_for
 from normbench.claims.measures import QUANTITIES, QUANTITY, Measure, Quantity, Results, run_values, seed_values
-from normbench.claims.output import STYLE, claims_table, counts, draw_figures, markdown, run_claims, write_report
+from normbench.claims.output import STYLE, claims_table, counts, draw_figures, markdown, run_claims, write_claims_files
 from normbench.claims.schema import Claim, ClaimsBook, Setting, Source, claims_path, load_claims
 from normbench.claims.statistics import (
     CONFIDENCE,
@@ -77,5 +77,5 @@ __all__ = [
     "seed_values",
     "threshold_verdict",
     "verdicts_for",
-    "write_report",
+    "write_claims_files",
 ]

@@ -87,7 +87,7 @@ def markdown(rows: list[Row], quick: bool, seconds: float | None = None, kernel:
     return head + "\n".join(lines) + "\n"
 
 
-def write_report(
+def write_claims_files(
     rows: list[Row], out: Path, quick: bool, seconds: float | None = None, kernel: str = "auto"
 ) -> list[Path]:
     """OUT/claims.md and OUT/claims.json."""
@@ -158,7 +158,7 @@ def run_claims(
     rows = check_claims(book, out, quick=quick, only=only, kernel=kernel, console=progress)
     seconds = time.monotonic() - start
     console.print(claims_table(rows, title=f"claims ({'quick' if quick else 'full'} mode): {counts(rows)}"))
-    for p in write_report(rows, Path(out), quick, seconds, kernel):
+    for p in write_claims_files(rows, Path(out), quick, seconds, kernel):
         progress.print(f"-> {p}", highlight=False, markup=False)
     checked = {s.experiment for c in book.select(only) for s in c.settings}
     draw_figures(book, Path(out), quick, checked, progress, kernel)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from normbench.engine.autograd import AutogradKernel
 from normbench.engine.written_out import WrittenOutKernel, unsupported
+from normbench.errors import UserError
 
 if TYPE_CHECKING:
     from normbench.config import Run, RunConfig
@@ -38,7 +39,7 @@ COMPILE_FROM = 40_000
 COMPILE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normbench" / "torchinductor"
 
 
-class PlanError(ValueError):
+class PlanError(UserError):
     """A way of training that cannot be had here (one line, for the user)."""
 
 
