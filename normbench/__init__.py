@@ -1,13 +1,13 @@
 """normbench: train grids of small networks and see what normalization layers do inside them.
 
-From Python (normbench/api.py): normbench.run, normbench.open_results, normbench.plot, normbench.check_claims,
+From Python (normbench/api.py): normbench.run, normbench.open_results, normbench.draw, normbench.check_claims,
 normbench.load_config. Importing normbench imports none of them until one is used.
 """
 
 from normbench.errors import UserError
 from normbench.version import __version__
 
-__all__ = ["UserError", "__version__", "check_claims", "load_config", "open_results", "plot", "run"]
+__all__ = ["UserError", "__version__", "check_claims", "draw", "load_config", "open_results", "run"]
 
 
 def __getattr__(name: str):

@@ -7,7 +7,7 @@
     res.runs                      # one row per run: grid values, status, final numbers
     res.curves()                  # the loss curves (step, split, mode, loss, ...)
     res.layers(where=["norm=batch"])  # per-layer numbers of the runs with batch norm
-    normbench.plot("results/morvan_tf23")  # every figure, as `normbench plot` draws them
+    normbench.draw("results/morvan_tf23")  # every figure, as `normbench plot` draws them
     rows = normbench.check_claims(only=["relu-dies-without-bn"], quick=True)
 
 A config is a file, a packaged config's name, or a dict of the same sections as a YAML file; `overrides` are
@@ -113,7 +113,7 @@ def open_results(path: str | Path) -> Results:
     return Results(found[0], load_runs(found[0]))
 
 
-def plot(
+def draw(
     path: str | Path, compare: str | None = None, where: Iterable[str] = (), point: str = "post_act", **options: Any
 ) -> list[Path]:
     """Every figure `normbench plot` draws for the experiment(s) at `path`, with its --compare and --where;

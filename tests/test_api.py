@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,6 +24,9 @@ def test_importing_normbench_imports_no_torch_and_names_its_functions():
     assert out.strip() == "False"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         normbench.nothing  # noqa: B018
+    # A submodule, once imported, is an attribute of the package: none may share a name with a function.
+    package = Path(normbench.__file__).parent
+    assert not [name for name in normbench.__all__ if (package / f"{name}.py").exists() or (package / name).is_dir()]
 
 
 def test_run_from_a_dict_equals_the_command_on_the_same_config(tmp_path, tiny_raw, write_config):
@@ -50,7 +55,8 @@ def test_results_tables_selection_and_figures(tmp_path, tiny_raw):
     with pytest.raises(ConfigError, match="no table 'weights'"):
         res.table("weights")
 
-    paths = normbench.plot(tmp_path / "tiny", where=["norm=batch"])
+    importlib.import_module("normbench.plot")  # the submodule of that name does not hide the function
+    paths = normbench.draw(tmp_path / "tiny", where=["norm=batch"])
     assert paths and all(p.is_file() and p.parent.name == "where-norm=batch" for p in paths)
 
 
