@@ -395,11 +395,18 @@ def _render(jobs: list[Job], workers: int | None, progress: Callable[[int, int],
                 progress(done, len(jobs))
         return [j.path for j in jobs]
     # fork: workers inherit the loaded tables; each figure's arguments are a few small values
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for _ in pool.imap_unordered(_draw, jobs):
-            done += 1
-            if progress:
-                progress(done, len(jobs))
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_draw, jobs):
+                done += 1
+                if progress:
+                    progress(done, len(jobs))
+    except BaseException:
+        # One figure failed (a full disk, Ctrl-C): the pool terminated the other workers, perhaps mid-write; their
+        # temporary files name processes now gone.
+        for folder in {j.path.parent for j in jobs}:
+            remove_stale_temps(folder)
+        raise
     return [j.path for j in jobs]
 
 

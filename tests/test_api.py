@@ -85,3 +85,18 @@ def test_run_with_worker_processes_from_a_script_without_a_main_guard_or_from_st
         proc = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["trained 8 ['ok']"], proc.stdout + proc.stderr
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """README's notebook example, as written, but for its last line (normbench claims' quick check of a claim takes
+    a minute: the claims tests check that command)."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    lines = block.splitlines()
+    assert lines[-1].startswith("rows = normbench.check_claims(")
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    exec("\n".join(lines[:-1]), names)
+    assert len(names["runs"]) == 8 and set(names["res"].runs.run_id) == set(names["runs"].run_id)
+    assert set(names["layers"]["model.norm"]) == {"batch"} and not names["curves"].empty
+    assert list((tmp_path / "results" / "morvan_tf23" / "figures").glob("*.png"))
