@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,24 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` -> the SHA-256 of its bytes: what a command must leave as it was."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def finished_sweep(root: Path, raw: dict | None = None) -> tuple[Path, Path]:
+    """A finished tiny sweep (TINY with one seed, or `raw`) trained into root/results; (config file, results)."""
+    from typer.testing import CliRunner
+
+    from normbench.cli import app
+
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(raw or {**TINY, "seeds": [1]}))
+    out = root / "results"
+    result = CliRunner().invoke(app, ["run", str(cfg), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return cfg, out

@@ -14,29 +14,15 @@ import torch
 from typer.testing import CliRunner
 
 from normbench.cli import app
+from tests.conftest import finished_sweep, snapshot
 
 runner = CliRunner()
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A results folder with a finished tiny sweep in it, and its config file."""
-    import yaml
-
-    from tests.conftest import TINY
-
-    root = tmp_path_factory.mktemp("bad")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY, "seeds": [1]}))
-    out = root / "results"
-    assert runner.invoke(app, ["run", str(cfg), "--out", str(out)]).exit_code == 0
-    return cfg, out
+    return finished_sweep(tmp_path_factory.mktemp("bad"))
 
 
 CASES = {

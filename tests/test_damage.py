@@ -8,7 +8,6 @@ lost Dask scheduler a real `dask scheduler` process killed mid-sweep."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,27 +26,16 @@ import yaml
 from typer.testing import CliRunner
 
 from normbench.cli import app
-from tests.conftest import TINY
+from tests.conftest import TINY, finished_sweep, snapshot
 
 runner = CliRunner()
 ROOT = os.geteuid() == 0
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[Path, Path]:
     """A finished tiny sweep (4 runs), made once; each test gets a copy."""
-    root = tmp_path_factory.mktemp("damage")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY, "seeds": [1]}))
-    out = root / "results"
-    assert runner.invoke(app, ["run", str(cfg), "--out", str(out)]).exit_code == 0
-    return cfg, out
+    return finished_sweep(tmp_path_factory.mktemp("damage"))
 
 
 @pytest.fixture

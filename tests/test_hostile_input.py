@@ -7,7 +7,6 @@ results folder written before is byte for byte as it was."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -22,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from normbench.cli import app
-from tests.conftest import TINY
+from tests.conftest import TINY, finished_sweep, snapshot
 
 AS_LIMIT = 2 << 30  # 2 GiB of address space: torch's import needs under 1 GiB here; a bomb expanded needs 3-5 GB
 TIMEOUT_S = 60
@@ -55,19 +54,12 @@ def _flow_bomb(levels: int = 9) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def place(tmp_path_factory):
     """One prepared folder: a finished tiny sweep in results/, and every hostile file the table names."""
     root = tmp_path_factory.mktemp("hostile")
     tiny = {**TINY, "seeds": [1], "grid": {"model.norm": ["none", "batch"]}}
-    (root / "tiny.yaml").write_text(yaml.safe_dump(tiny))
-    assert CliRunner().invoke(app, ["run", str(root / "tiny.yaml"), "--out", str(root / "results")]).exit_code == 0
+    finished_sweep(root, tiny)
 
     def config(name: str, text: str | bytes | dict) -> None:
         path = root / name
@@ -228,7 +220,7 @@ def normbench(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_hostile_input(place, case):
     argv, code, pattern = TABLE[case]
     args = [a.replace("{root}", str(place)) for a in argv]
-    before = _snapshot(place / "results")
+    before = snapshot(place / "results")
     done = normbench(args, place)
     output = done.stdout + done.stderr
     assert "Traceback" not in output, (case, output[-2000:])
@@ -239,7 +231,7 @@ def test_hostile_input(place, case):
         assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), (case, lines[0])
         assert len(lines[0]) < 600, (case, len(lines[0]))  # a value is quoted, never expanded
     assert not (place / "PWNED").exists(), case
-    assert _snapshot(place / "results") == before, case
+    assert snapshot(place / "results") == before, case
 
 
 def test_markup_and_dollars_print_as_written(place):

@@ -15,6 +15,7 @@ from normbench import sweep
 from normbench.config import experiment_from_dict
 from normbench.store import ExperimentStore, load_runs, load_table
 from normbench.sweep import run_experiment
+from tests.conftest import snapshot
 
 DOCS = Path(__file__).parent.parent / "docs" / "results-format.md"
 quiet = Console(quiet=True)
@@ -246,15 +247,6 @@ def test_a_damaged_run_is_found_named_and_trained_again(done):
 
 
 # -- a folder keeps what it holds: the same runs, a grid that extends it, one within it, one that would drop runs ----
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under `folder` -> the SHA-256 of its bytes."""
-    import hashlib
-
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
 
 
 def cli(*args: str):
