@@ -24,6 +24,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from normbench.config import MAX_AXIS_VALUES, MAX_RUNS, ConfigError, load_experiment, packaged_configs
 from normbench.errors import UserError
+from normbench.points import ALL as ALL_POINTS
 from normbench.safe import load_yaml
 
 if TYPE_CHECKING:
@@ -197,13 +198,7 @@ class FigFormat(StrEnum):
     pdf = "pdf"
 
 
-class Point(StrEnum):
-    pre_norm = "pre_norm"
-    post_norm = "post_norm"
-    post_act = "post_act"
-    grad_pre_norm = "grad_pre_norm"
-    grad_weight = "grad_weight"
-    all = "all"
+Point = StrEnum("Point", {name: name for name in (*ALL_POINTS, "all")})  # --point: the recorded points, or all
 
 
 def fail(message: str) -> typer.Exit:

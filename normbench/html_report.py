@@ -32,6 +32,8 @@ import pandas as pd
 from rich.console import Console
 
 from normbench.errors import UserError
+from normbench.points import ALL as ALL_POINTS
+from normbench.points import WORDS as POINT_WORDS
 from normbench.report import (
     METRICS,
     aggregate_note,
@@ -58,12 +60,6 @@ from normbench.store import (
     write_text_atomic,
 )
 from normbench.version import __version__
-
-POINT_WORDS = {
-    "pre_norm": "before the norm",
-    "post_norm": "after the norm",
-    "post_act": "after the activation",
-}
 
 
 def write_report(
@@ -131,7 +127,7 @@ def experiment_figures(
 # group's, kinds in this order; kinds not listed follow in name order.
 EXPERIMENT_KINDS = ("cost", "final_vs")
 GROUP_KINDS = ("hist", "overlay", "ridge", "dist", "grad", "units", "landscape", "running")
-POINT_NAME = re.compile(r"(.+?)_(pre_norm|post_norm|post_act|grad_pre_norm|grad_weight)")
+POINT_NAME = re.compile(r"(.+?)_(" + "|".join(ALL_POINTS) + ")")
 
 
 @dataclass(frozen=True)

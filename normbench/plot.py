@@ -57,6 +57,9 @@ import numpy as np
 import pandas as pd
 
 from normbench.errors import UserError
+from normbench.points import ALL as ALL_POINTS
+from normbench.points import FORWARD as FORWARD_POINTS
+from normbench.points import WORDS as POINT_WORDS
 from normbench.report import landscape_summary
 from normbench.store import (
     FINISHED,
@@ -75,14 +78,6 @@ from normbench.store import (
     tied_with,
 )
 
-FORWARD_POINTS = ("pre_norm", "post_norm", "post_act")
-POINT_TITLES = {
-    "pre_norm": "before the norm",
-    "post_norm": "after the norm",
-    "post_act": "after the activation",
-    "grad_pre_norm": "gradient dL/dz at the norm's input",
-    "grad_weight": "weight gradient dL/dW",
-}
 # Okabe & Ito's palette: distinguishable with every common colour-vision deficiency.
 COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 OUT_OF_RANGE = "#8c8c8c"
@@ -348,7 +343,7 @@ def _jobs(
     hists, layers = exp.tables["histograms"], exp.tables["layers"]
     present = set(hists.point.unique()) if not hists.empty else set()
     if point == "all":
-        points = [p for p in (*FORWARD_POINTS, "grad_pre_norm", "grad_weight") if p in present]
+        points = [p for p in ALL_POINTS if p in present]
     else:
         if point not in present and not hists.empty:
             raise PlotError(f"--point {point!r} was not recorded in {exp.name}; recorded: {', '.join(sorted(present))}")
@@ -920,7 +915,7 @@ def _hist_title(
     """The histogram grid's title and the lines under it (split and mode, the key, the seeds not drawn, what step 0
     in eval mode is); returns how many lines there are under it."""
     fig.suptitle(
-        _title(exp, group, runs, f"values {POINT_TITLES.get(point, point)}"),
+        _title(exp, group, runs, f"values {POINT_WORDS.get(point, point)}"),
         x=0.01,
         ha="left",
         fontsize=9.5,
@@ -950,9 +945,6 @@ def _animation(exp: ExperimentData, group: Any, point: str, path: Path | None = 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Distributions over training: percentile bands per layer and point
-
-
-POINT_SHORT = {"pre_norm": "before the norm", "post_norm": "after the norm", "post_act": "after the activation"}
 
 
 def _dist(exp: ExperimentData, group: Any):
@@ -997,7 +989,7 @@ def _dist(exp: ExperimentData, group: Any):
                 ax.set_visible(False)
         top = axs[b * (len(variants) + 1)][0]
         top.annotate(
-            POINT_SHORT[point],
+            POINT_WORDS[point],
             (0.0, 1.0),
             xycoords="axes fraction",
             xytext=(-38, 3 if b else 14),
@@ -1153,7 +1145,8 @@ def _ridge(exp: ExperimentData, group: Any, point: str = "post_act"):
         _eval_start_note(exp, runs, steps),
     ]
     fig.suptitle(
-        _title(exp, group, runs, f"histograms over training, values {POINT_TITLES.get(point, point)}"), fontsize=8.5
+        _title(exp, group, runs, f"histograms over training, values {POINT_WORDS.get(point, point)}"),
+        fontsize=8.5,
     )
     height = fig.get_figheight()
     n = _notes(fig, lines, 0.5, 0.28, ha="center")

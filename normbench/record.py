@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from normbench.points import FORWARD, GRADIENT
 from normbench.registry import ACTIVATIONS
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
 
 Bounds = float | Sequence[float]
 
-POINTS = ("pre_norm", "post_norm", "post_act")  # the forward points, in every recorded layer
-GRAD_POINTS = ("grad_pre_norm", "grad_weight")  # the gradient points, in every hidden layer
+POINTS = FORWARD  # the forward points, in every recorded layer (points.py defines them)
+GRAD_POINTS = GRADIENT  # the gradient points, in every hidden layer
 
 
 # ---------------------------------------------------------------------------------------------------------------

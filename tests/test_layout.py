@@ -35,11 +35,17 @@ def imports(path: Path, known: dict[str, Path]) -> set[str]:
     return out
 
 
-def test_architecture_names_every_module():
-    text = (ROOT / "docs" / "architecture.md").read_text()
+def test_architecture_and_the_readme_layout_name_every_module():
     skip = {"__init__.py", "__main__.py"}
+    text = (ROOT / "docs" / "architecture.md").read_text()
     missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name not in skip and p.name not in text]
     assert not missing, f"docs/architecture.md does not name {missing}"
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("```\nnormbench/\n") :].split("```\n", 2)[1]
+    named = {line.split()[0] for line in layout.splitlines()[1:] if line.startswith("  ") and line.split()}
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name not in skip}
+    missing = sorted(m for m in modules if m not in named and m.split("/")[0] + "/" not in named)
+    assert not missing, f"README's code layout does not name {missing}"
 
 
 def test_no_module_imports_in_a_circle():
@@ -102,3 +108,20 @@ def test_every_error_for_the_user_is_one_type_with_one_handler():
     assert not strays, f"errors a user meets that are not UserError: {strays}"
     cli = (PACKAGE / "cli.py").read_text()
     assert cli.count("raise fail(str(") == 1  # in cli._Command.invoke, the one handler: a command raises
+
+
+def test_the_recorded_points_are_defined_once():
+    """points.py names them; the config's histogram ranges, the recorder, the figures, the report and --point read
+    them from there."""
+    from normbench import points
+    from normbench.cli import Point
+    from normbench.config import Ranges
+    from normbench.record import GRAD_POINTS, POINTS
+
+    assert set(Ranges.model_fields) == {"input", *points.ALL}
+    assert (POINTS, GRAD_POINTS) == (points.FORWARD, points.GRADIENT)
+    assert [p.value for p in Point] == [*points.ALL, "all"]
+    assert set(points.WORDS) == set(points.ALL)
+    for module in ("plot.py", "html_report.py", "cli.py"):
+        text = (PACKAGE / module).read_text()
+        assert '"grad_pre_norm"' not in text and '"post_norm"' not in text, module
