@@ -244,7 +244,7 @@ def numeric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
 
 
-def _scalars(writer: Any, tag: str, steps: pd.Series, values: pd.Series, skip_all_nan: bool = True) -> None:
+def _scalars(writer: Any, tag: str, steps: pd.Series, values: pd.Series, *, skip_all_nan: bool = True) -> None:
     if skip_all_nan and not values.notna().any():
         return
     for step, value in zip(steps, values, strict=True):

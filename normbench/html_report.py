@@ -314,11 +314,11 @@ def _aggregate_html(exp_dir: Path, runs: pd.DataFrame, axes: list[str]) -> str:
         thead = f"<thead><tr>{''.join(head)}</tr></thead>"
         tables.append(f"<div class=scroll><table class=groups>{thead}<tbody>{''.join(rows)}</tbody></table></div>")
     grouped = f"grouped by {', '.join(by)}" if by else "all runs in one group"
-    note = aggregate_note(metrics, has_dropout(runs, exp_dir))
+    note = aggregate_note(metrics, dropout=has_dropout(runs, exp_dir))
     return "".join(tables) + f"<p class=note>One row per group of runs ({_e(grouped)}); {_e(note)}</p>"
 
 
-def _runs_html(runs: pd.DataFrame, axes: list[str], dropout: bool) -> str:
+def _runs_html(runs: pd.DataFrame, axes: list[str], *, dropout: bool) -> str:
     accuracy = bool(runs.final_train_accuracy.notna().any())
     head = [*_key_headers(axes)]
     names = ["status", "steps", "train loss", "test loss", *(["train acc", "test acc"] if accuracy else [])]
@@ -435,7 +435,7 @@ def _experiment_section(
         _figures_html(exp_dir, runs, console, where),
         "<h3>Runs</h3>",
         _problems_html(exp_dir, runs, axes),
-        _runs_html(runs, axes, has_dropout(runs, exp_dir)),
+        _runs_html(runs, axes, dropout=has_dropout(runs, exp_dir)),
         "<h3>What trained the runs</h3>",
         _engine_html(exp_dir, runs),
         "<h3>Resolved config</h3>",

@@ -275,7 +275,7 @@ def plot_experiments(
     experiments = [read_experiment(d, compare, where) for d in exp_dirs]
     jobs: list[Job] = []
     for i, exp in enumerate(experiments):
-        jobs += _jobs(i, exp, _figure_dir(exp, subdir), point, fmt, overlay, animate, ridge)
+        jobs += _jobs(i, exp, _figure_dir(exp, subdir), point, fmt, overlay=overlay, animate=animate, ridge=ridge)
     with _loaded(experiments):
         # The costliest kinds first, so that the workers finish together; the paths come back in job order.
         order = sorted(range(len(jobs)), key=lambda k: DRAW_ORDER.get(jobs[k].draw, 1))
@@ -307,7 +307,7 @@ def draw_figure(
     else is drawn, and the experiment's figures folder is left as it is. PlotError naming the experiment's figures
     when it has none of that name."""
     exp = read_experiment(exp_dir, compare, where)
-    jobs = _jobs(0, exp, path.parent, "post_act", path.suffix.lstrip("."), False, False, False)
+    jobs = _jobs(0, exp, path.parent, "post_act", path.suffix.lstrip("."))
     found = [j for j in jobs if j.path.stem == figure]
     if not found:
         names = ", ".join(j.path.stem for j in jobs)
@@ -338,7 +338,15 @@ def _figure_dir(exp: ExperimentData, subdir: str | None = None) -> Path:
 
 
 def _jobs(
-    i: int, exp: ExperimentData, out: Path, point: str, fmt: str, overlay: bool, animate: bool, ridge: bool
+    i: int,
+    exp: ExperimentData,
+    out: Path,
+    point: str,
+    fmt: str,
+    *,
+    overlay: bool = False,
+    animate: bool = False,
+    ridge: bool = False,
 ) -> list[Job]:
     hists, layers = exp.tables["histograms"], exp.tables["layers"]
     present = set(hists.point.unique()) if not hists.empty else set()
@@ -1033,7 +1041,7 @@ def _padded(span: tuple[float, float]) -> tuple[float, float]:
 
 
 def _dist_panel(
-    ax: plt.Axes, d: pd.DataFrame, run: pd.Series, color: str, span: tuple[float, float], bottom: bool
+    ax: plt.Axes, d: pd.DataFrame, run: pd.Series, color: str, span: tuple[float, float], *, bottom: bool
 ) -> None:
     """One run's percentiles of one layer and point against the step; a single step before a divergence as a
     percentile bar; the steps from the divergence on as a band saying so. Step ticks on the `bottom` row only."""
@@ -1429,7 +1437,7 @@ def _cost(exp: ExperimentData):
         c.ax.plot(c.steps, c.mean, c.style, color=c.color, lw=1.5 if c.run is None else 0.8)
         if c.run is None and np.any(c.lo != c.hi):
             _spread_band(c.ax, c.steps, c.lo, c.hi, c.color, COLORS.index(c.color))
-    limits = _margins(finite, ylog)
+    limits = _margins(finite, log=ylog)
     for ax in axs.ravel():
         if ylog:
             _log_y(ax)
@@ -1473,7 +1481,7 @@ def _cost_curves(exp: ExperimentData, ax: plt.Axes, runs: pd.DataFrame, color: s
     return out
 
 
-def _margins(values: np.ndarray, log: bool) -> tuple[float, float] | None:
+def _margins(values: np.ndarray, *, log: bool) -> tuple[float, float] | None:
     """The axis range of `values` with matplotlib's default margins, 5% of the span on each side (in log space on a
     log axis); None when there is nothing to range."""
     if log:
@@ -1647,7 +1655,7 @@ def _units(exp: ExperimentData, group: Any):
     steps = np.sort(every.unique()).astype(float) if len(every) else np.array([0.0])
     end = max(_edges(steps)[-1], _step_span(exp, every)[1])  # every row on the experiment's step axis
     spread = _seed_count(group_runs, exp.compare) > 1
-    fig, heat_axs, seed_axs, bar_ax = _units_axes(len(runs), len(shown), spread)
+    fig, heat_axs, seed_axs, bar_ax = _units_axes(len(runs), len(shown), spread=spread)
     cmap = plt.get_cmap("magma_r").with_extremes(bad="lightgray")
     for r, (_, run) in enumerate(runs.iterrows()):
         data = layers[layers.run_id == run.run_id]
@@ -1660,7 +1668,7 @@ def _units(exp: ExperimentData, group: Any):
             if r < len(runs) - 1:  # one step axis, at the bottom: every row's steps line up
                 ax.tick_params(labelbottom=False)
             if spread:
-                _seed_strip(seed_axs[r][c], layers, _same_variant(exp, group_runs, run), run, metric, r == 0)
+                _seed_strip(seed_axs[r][c], layers, _same_variant(exp, group_runs, run), run, metric, head=r == 0)
                 seed_axs[r][c].set_ylim(ax.get_ylim())
     for ax in heat_axs[-1]:
         ax.set_xlabel("step")
@@ -1678,7 +1686,7 @@ def _units(exp: ExperimentData, group: Any):
     return fig
 
 
-def _units_axes(nrows: int, nmetrics: int, spread: bool) -> tuple[plt.Figure, list, list, plt.Axes]:
+def _units_axes(nrows: int, nmetrics: int, *, spread: bool) -> tuple[plt.Figure, list, list, plt.Axes]:
     """The units figure's axes: per metric a heatmap column and (with several seeds) a narrow column of every seed's
     last values, one row per compared run; a colour bar at the right. The figure of an earlier call with the same
     layout, emptied, when there is one (as _subplots)."""
@@ -1725,7 +1733,7 @@ def _units_heatmap(
     ax.tick_params(labelsize=7)
 
 
-def _seed_strip(ax: plt.Axes, layers: pd.DataFrame, seeds: pd.DataFrame, drawn: pd.Series, metric: str, head: bool):
+def _seed_strip(ax: plt.Axes, layers: pd.DataFrame, seeds: pd.DataFrame, drawn: pd.Series, metric: str, *, head: bool):
     """Every seed's value of `metric` per layer at its last recorded step: the range over the seeds that did not
     diverge (a bar) and the drawn seed (a dot); the diverged seeds are counted."""
     ok = seeds[seeds.status != "diverged"]

@@ -149,7 +149,7 @@ STATUS_COLUMNS = ("runs", "ok", "diverged", "failed", "missing")
 GroupKeyError = SelectionError  # a --by key that is not a grid key (or matches several): the message names them
 
 
-def resolve_keys(exp_dir: Path, keys: list[str], skip_absent: bool = False) -> list[str]:
+def resolve_keys(exp_dir: Path, keys: list[str], *, skip_absent: bool = False) -> list[str]:
     """Grid keys by their dotted name or an unambiguous last part: 'norm' -> 'model.norm' (store.resolve_axis).
     In the given order, each once. A key that matches no grid key is an error, or left out with `skip_absent`;
     one that matches several is always an error."""
@@ -293,7 +293,7 @@ def key_columns(df: pd.DataFrame) -> list[str]:
     return list(df.columns[start:stop])
 
 
-def fmt_metric(metric: str, v: float, spread: bool = False) -> str:
+def fmt_metric(metric: str, v: float, *, spread: bool = False) -> str:
     """One number of a metric; `spread`: a standard deviation, to two significant digits."""
     if v is None or math.isnan(v):
         return "-"
@@ -358,7 +358,7 @@ def fmt_diverged(n: int, steps: list[int]) -> str:
     return f"{n} (step {at})"
 
 
-def aggregate_note(metrics: list[str], dropout: bool = False) -> str:
+def aggregate_note(metrics: list[str], *, dropout: bool = False) -> str:
     """What the numbers of a table over seeds are, naming only the columns it has (`metrics`: shown_metrics);
     `dropout`: some run trains with model.dropout."""
     parts = [
@@ -388,7 +388,7 @@ def has_dropout(runs: pd.DataFrame, exp_dir: Path) -> bool:
     return bool(((cfg.get("model") or {}).get("dropout") or 0) > 0)
 
 
-def aggregate_table(df: pd.DataFrame, title: str = "", dropout: bool = False) -> Group:
+def aggregate_table(df: pd.DataFrame, title: str = "", *, dropout: bool = False) -> Group:
     """The groups as a table, followed by the note on what its numbers are."""
     table = Table(title=Text(title), title_justify="left", header_style="bold")
     keys = key_columns(df)
@@ -407,7 +407,7 @@ def aggregate_table(df: pd.DataFrame, title: str = "", dropout: bool = False) ->
             centre, spread = fmt_stats(row, m)
             cells.append(Text(centre) + (Text("\n" + spread, style="dim") if spread else Text()))
         table.add_row(*cells, style=style)
-    return Group(table, Text(aggregate_note(metrics, dropout), style="dim"))
+    return Group(table, Text(aggregate_note(metrics, dropout=dropout), style="dim"))
 
 
 LANDSCAPE = ("loss_range", "grad_change", "beta")  # landscape_summary's numbers

@@ -125,3 +125,15 @@ def test_the_recorded_points_are_defined_once():
     for module in ("plot.py", "html_report.py", "cli.py"):
         text = (PACKAGE / module).read_text()
         assert '"grad_pre_norm"' not in text and '"post_norm"' not in text, module
+
+
+def test_the_views_take_no_boolean_flag_by_position():
+    """A flag reads as what it is at every call (`overlay=True`), never as a bare True among positions."""
+    found = []
+    for name in ("plot.py", "html_report.py", "report.py", "export.py"):
+        for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                positional = node.args.posonlyargs + node.args.args
+                flags = [a.arg for a in positional if a.annotation is not None and ast.unparse(a.annotation) == "bool"]
+                found += [f"{name}:{node.name}({arg})" for arg in flags]
+    assert not found, found

@@ -218,7 +218,7 @@ def all_figures(exp):
     """Each figure `normbench plot --overlay --ridge --point all` draws for the experiment, as (name, figure)."""
     out = exp.dir / "figures"
     with P._loaded([exp]):
-        for job in P._jobs(0, exp, out, "all", "png", True, False, True):
+        for job in P._jobs(0, exp, out, "all", "png", overlay=True, ridge=True):
             yield job.path.name, P.DRAW[job.draw](exp, **job.args)
 
 
