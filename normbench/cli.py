@@ -23,7 +23,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from normbench.config import MAX_AXIS_VALUES, MAX_RUNS, ConfigError, load_experiment, packaged_configs
-from normbench.errors import UserError
+from normbench.errors import UserError, is_disk_full
 from normbench.points import ALL as ALL_POINTS
 from normbench.safe import load_yaml
 
@@ -61,7 +61,7 @@ def os_error_line(e: OSError) -> str:
     import errno
 
     where = e.filename or ""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if is_disk_full(e):
         return f"disk full writing {where or 'a file'}; nothing partial was left there: free some space and run again"
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write {where or 'a file'}: {e.strerror} (a read-only or foreign folder?)"
@@ -224,12 +224,6 @@ def _load(config: str, overrides: list[str] | None, max_runs: int | None = None)
     return load_experiment(config, overrides or [], max_runs=max_runs)
 
 
-def _experiments(path: Path) -> list[Path]:
-    from normbench.store import find_experiments
-
-    return find_experiments(path)
-
-
 def _readable(path: Path) -> list[Path]:
     """The experiments under `path`, each of this results format with a readable config.yaml (else one line naming
     it, exit 2), after a note on stderr for each that holds run folders its runs.parquet does not list (which no
@@ -240,24 +234,23 @@ def _readable(path: Path) -> list[Path]:
         check_format,
         config_problem,
         damaged_note,
-        remove_stale,
-        remove_stale_temps,
+        find_experiments,
+        read_summaries,
+        remove_leftovers,
         repair_runs_table,
         unlisted_note,
     )
 
-    exps = _experiments(path)
+    exps = find_experiments(path)
     notes = []
     for e in exps:
-        for folder in (e.parent, e, e / "figures"):  # what a killed normbench left: temporaries of dead pids
-            remove_stale_temps(folder)
-        if (e / "runs").is_dir():
-            remove_stale(e / "runs")
+        remove_leftovers(e)  # what a killed normbench left: temporaries of dead pids
         check_format(e)
         problem = config_problem(e)
         if problem:
             raise DamagedResults(problem)
-        notes += [repair_runs_table(e), damaged_note(e)]
+        summaries = read_summaries(e)  # read once for both checks
+        notes += [repair_runs_table(e, summaries), damaged_note(e, summaries)]
     notes += [unlisted_note(e) for e in exps]
     for note in filter(None, notes):
         err.print(note, markup=False, soft_wrap=True)

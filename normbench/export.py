@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normbench.errors import UserError
+from normbench.errors import UserError, is_disk_full
 from normbench.finals import applicable, per_run
 from normbench.store import FINISHED, experiment_axes, load_runs, load_table, remove_stale, replace_dir
 
@@ -126,9 +126,7 @@ def export_tensorboard(exp_dir: Path, logdir: Path) -> ExportReport:
 
 def _write_problem(target: Path, e: BaseException) -> str:
     """One line for a failed export; the earlier export in `target` is left as it was."""
-    import errno
-
-    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if is_disk_full(e):
         return f"disk full writing {target}; the earlier export there (if any) is left as it was"
     return f"cannot write {target}: {getattr(e, 'strerror', None) or e}"
 

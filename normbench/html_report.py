@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from normbench.errors import UserError
+from normbench.errors import UserError, is_disk_full
 from normbench.points import ALL as ALL_POINTS
 from normbench.points import WORDS as POINT_WORDS
 from normbench.report import (
@@ -84,9 +84,7 @@ def write_report(
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, text)
     except OSError as e:
-        import errno
-
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if is_disk_full(e):
             raise ReportError(f"disk full writing {out}; nothing partial was left there") from None
         raise ReportError(f"cannot write {out}: {e.strerror or e}") from None
     return out

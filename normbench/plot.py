@@ -76,6 +76,7 @@ from normbench.store import (
     resolve_axis,
     show_value,
     tied_with,
+    write_file_atomic,
 )
 
 # Okabe & Ito's palette: distinguishable with every common colour-vision deficiency.
@@ -313,14 +314,8 @@ def draw_figure(
         names = ", ".join(j.path.stem for j in jobs)
         raise NoSuchFigure(f"{exp.name} has no figure {figure!r}; its figures: {names}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with _loaded([exp]):
-            _draw(replace(found[0], path=tmp))
-        os.replace(tmp, path)  # a figure there before stays whole until this one is
-        return path
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _loaded([exp]):
+        return _draw(replace(found[0], path=path))  # a figure there before stays whole until this one is
 
 
 def _figure_dir(exp: ExperimentData, subdir: str | None = None) -> Path:
@@ -414,32 +409,27 @@ def _render(jobs: list[Job], workers: int | None, progress: Callable[[int, int],
 
 
 def _draw(job: Job) -> Path:
-    """Draw one figure into a temporary file beside its target, renamed over it once whole: a full disk or a
-    Ctrl-C leaves the figure there before (or none), never a cut or empty file a report would embed."""
+    """Draw one figure into a temporary file beside its target, renamed over it once whole (write_file_atomic): a
+    full disk or a Ctrl-C leaves the figure there before (or none), never a cut or empty file a report would embed."""
     exp = _EXPERIMENTS[job.exp]
-    path = job.path
-    # The suffix stays last: matplotlib and Pillow take the format from it.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    remove_stale_temps(path.parent, path.name)
-    try:
+
+    def write(tmp: Path) -> None:
         if job.draw == "animation":  # an animation saves itself
             DRAW[job.draw](exp, **(job.args | {"path": tmp}))
-        else:
-            fig = DRAW[job.draw](exp, **job.args)
-            if fig is not None:
-                try:
-                    fig.savefig(tmp, dpi=DPI)
-                finally:
-                    _done(fig)
-        if tmp.exists():
-            os.replace(tmp, path)
+            return
+        fig = DRAW[job.draw](exp, **job.args)
+        if fig is not None:
+            try:
+                fig.savefig(tmp, dpi=DPI)
+            finally:
+                _done(fig)
+
+    try:
+        # The suffix stays last: matplotlib and Pillow take the format from it.
+        write_file_atomic(job.path, write, keep_suffix=True)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if not e.filename or Path(e.filename) == tmp:  # Pillow and savefig's own writes name no file
-            e.filename = str(path)
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if not e.filename or Path(e.filename).name.startswith(f".{job.path.name}.tmp-"):  # savefig's own writes
+            e.filename = str(job.path)
         raise
     return job.path
 

@@ -110,32 +110,32 @@ COLUMNS = {
 }
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _tmp(path: Path, keep_suffix: bool = False) -> Path:
+    """The temporary name beside `path` a write goes to: .NAME.tmp-PID (.NAME.tmp-PID.SUFFIX with keep_suffix, for
+    writers that take the format from the suffix, as matplotlib does)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix if keep_suffix else ''}")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = _tmp(path)
-    remove_stale_temps(path.parent, path.name)
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # disk full, Ctrl-C: no temporary file is left behind, the target is as it was
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_file_atomic(path, write)
 
 
-def write_file_atomic(path: Path, write: Any) -> None:
-    """`write(tmp)` writes the file to a temporary name beside `path`, which is then renamed over it: a reader
-    never sees a partial file (a figure cut by a full disk), and the temporary file is removed on failure."""
-    tmp = _tmp(path)
+def write_file_atomic(path: Path, write: Any, *, keep_suffix: bool = False) -> None:
+    """`write(tmp)` writes the file to a temporary name beside `path` (_tmp), which is then renamed over it: a
+    reader never sees a partial file (a figure cut by a full disk), and on any failure (disk full, Ctrl-C) the
+    temporary file is removed and the target is as it was. A `write` that writes nothing replaces nothing."""
+    tmp = _tmp(path, keep_suffix)
     remove_stale_temps(path.parent, path.name)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        if tmp.exists():
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -309,9 +309,7 @@ class ExperimentStore:
         """Make the folder ready for `exp`'s runs: stale temporary folders and claims removed, config.yaml written
         (unless keep_config: a grid within the folder's leaves the folder's config as it is)."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale(self.runs_dir)
-        for folder in (self.dir.parent, self.dir, self.dir / "figures"):  # .runs.parquet.tmp-PID, .report.html...
-            remove_stale_temps(folder)  # of a killed process
+        remove_leftovers(self.dir)
         for claim in self.runs_dir.glob(".claim-*"):
             if _stale_claim(claim):
                 claim.unlink(missing_ok=True)
@@ -748,6 +746,15 @@ def remove_stale(folder: Path, name: str = "") -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def remove_leftovers(exp_dir: Path) -> None:
+    """What killed processes left in an experiment folder: temporary files (.runs.parquet.tmp-PID, .report.html.tmp-
+    PID, a figure's) beside it, in it and in figures/, and temporary run folders in runs/."""
+    for folder in (exp_dir.parent, exp_dir, exp_dir / "figures"):
+        remove_stale_temps(folder)
+    if (exp_dir / "runs").is_dir():
+        remove_stale(exp_dir / "runs")
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Put the folder `src` in place of `dst` by renames: a reader sees the old folder or the new one, whole."""
     if dst.exists():
@@ -853,6 +860,12 @@ def run_folders(exp_dir: Path) -> list[str]:
     return sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def read_summaries(exp_dir: Path) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+    """ExperimentStore.read_summary of every committed run folder, read once for the checks that all need them."""
+    store = ExperimentStore(exp_dir.parent, exp_dir.name)
+    return {rid: store.read_summary(rid) for rid in run_folders(exp_dir)}
+
+
 def unlisted_runs(exp_dir: Path) -> list[str]:
     """The run folders in runs/ that runs.parquet does not list (left by an earlier config of the folder or by
     another normbench version): no command shows them."""
@@ -899,7 +912,9 @@ def check_experiment(exp_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def rebuilt_runs_table(exp_dir: Path) -> tuple[pd.DataFrame, bool]:
+def rebuilt_runs_table(
+    exp_dir: Path, summaries: dict[str, tuple[dict[str, Any] | None, str | None]] | None = None
+) -> tuple[pd.DataFrame, bool]:
     """runs.parquet as the run folders say it should be (the same runs and grid values, every other column from
     the runs' summary.json), and whether the file on disk differs from it. runs.parquet is derived: an edited
     value, a row of a run whose folder changed since, must never be shown as a result. DamagedResults when
@@ -921,9 +936,11 @@ def rebuilt_runs_table(exp_dir: Path) -> tuple[pd.DataFrame, bool]:
     store = ExperimentStore(exp_dir.parent, exp_dir.name)
     axes = [c for c in runs.columns if c not in COLUMNS["runs"]]
     listed, known = [], {}
+    if summaries is None:
+        summaries = read_summaries(exp_dir)
     for row in runs.to_dict("records"):
         rid = str(row["run_id"])
-        s = store.summary(rid)
+        s = summaries.get(rid, (None, None))[0]
         params = {a: _plain(row[a]) for a in axes}
         if s is not None and run_format(s) != RESULTS_FORMAT:
             # a run of another results format is named by its own message (check, load_table), never rebuilt away
@@ -947,10 +964,13 @@ def rebuilt_runs_table(exp_dir: Path) -> tuple[pd.DataFrame, bool]:
     return rebuilt, differs
 
 
-def repair_runs_table(exp_dir: Path) -> str | None:
+def repair_runs_table(
+    exp_dir: Path, summaries: dict[str, tuple[dict[str, Any] | None, str | None]] | None = None
+) -> str | None:
     """Rebuild runs.parquet from the run folders when it disagrees with them; one line saying so, or None when
-    it agrees. DamagedResults when it disagrees and cannot be rewritten, or cannot be read."""
-    rebuilt, differs = rebuilt_runs_table(exp_dir)
+    it agrees. DamagedResults when it disagrees and cannot be rewritten, or cannot be read. `summaries`: the run
+    folders' read_summaries when the caller has them."""
+    rebuilt, differs = rebuilt_runs_table(exp_dir, summaries)
     if not differs:
         return None
     path = exp_dir / "runs.parquet"
@@ -964,11 +984,15 @@ def repair_runs_table(exp_dir: Path) -> str | None:
     return f"{path} disagreed with the run folders' summary.json (edited or damaged); rebuilt from them"
 
 
-def damaged_note(exp_dir: Path) -> str | None:
+def damaged_note(
+    exp_dir: Path, summaries: dict[str, tuple[dict[str, Any] | None, str | None]] | None = None
+) -> str | None:
     """One line naming the run folders of an experiment whose summary.json is damaged (missing, unreadable, of the
-    wrong shape): they are shown as not finished. None when there are none."""
+    wrong shape): they are shown as not finished. None when there are none. `summaries`: the run folders'
+    read_summaries when the caller has them."""
     store = ExperimentStore(exp_dir.parent, exp_dir.name)
-    bad = [(rid, p) for rid in run_folders(exp_dir) for p in [store.read_summary(rid)[1]] if p]
+    summaries = read_summaries(exp_dir) if summaries is None else summaries
+    bad = [(rid, problem) for rid, (_, problem) in summaries.items() if problem]
     if not bad:
         return None
     rid, problem = bad[0]
@@ -982,7 +1006,7 @@ def damaged_note(exp_dir: Path) -> str | None:
 def config_problem(exp_dir: Path) -> str | None:
     """What is wrong with an experiment's config.yaml (unreadable, not YAML, not a config of this shape), or None."""
     try:
-        experiment_axis_groups(exp_dir)
+        folder_config(exp_dir)
     except DamagedResults as e:
         return str(e)
     return None
@@ -1064,12 +1088,9 @@ def experiment_axis_groups(exp_dir: Path) -> list[list[str]]:
     against one of them must not hold the others fixed), in grid order, `seed` last when given by `seeds:`."""
     from normbench.config import grid_keys, is_zip_key
 
-    cfg = folder_config(exp_dir)
+    cfg = folder_config(exp_dir)  # its grid's keys already checked
     grid = cfg.get("grid") or {}
-    try:
-        groups = [grid_keys({k: v}) if is_zip_key(k) else [k] for k, v in grid.items()]
-    except Exception:
-        raise DamagedResults(_config_damaged(exp_dir, "its grid is not one normbench writes")) from None
+    groups = [grid_keys({k: v}) if is_zip_key(k) else [k] for k, v in grid.items()]
     return groups + ([["seed"]] if cfg.get("seeds") is not None else [])
 
 

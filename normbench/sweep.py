@@ -105,12 +105,13 @@ def run_experiment(
     change = store.change(exp, force)
     listed = change.listed  # the runs runs.parquet lists when not exp's (a grid within the folder's)
     ids = [r.run_id for r in exp.runs] + [rid for rid, _ in listed or []]
-    found = {rid: store.summary(rid) for rid in dict.fromkeys(ids)}  # every summary.json, read once
+    read = {rid: store.read_summary(rid) for rid in dict.fromkeys(ids)}  # every summary.json, read once
+    found = {rid: summary for rid, (summary, _) in read.items()}
     todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed, found[r.run_id])]
     finished = [found[r.run_id] for r in todo if (found[r.run_id] or {}).get("status") in FINISHED and not force]
     older = sum(run_format(s) != RESULTS_FORMAT for s in finished)  # trained again in this format
     # A run folder whose summary.json is damaged (unreadable, of the wrong shape) is a run not finished.
-    unreadable = {r.run_id for r in todo if found[r.run_id] is None and store.read_summary(r.run_id)[1]}
+    unreadable = {r.run_id for r in todo if read[r.run_id][1]}
     damaged = len(finished) - older + len(unreadable)
     damaged_ids = unreadable | {
         r.run_id
@@ -436,7 +437,7 @@ def _callers_main_hidden() -> Iterator[None]:
             main.__file__ = file
 
 
-@contextlib.contextmanager
+@contextmanager
 def _sigint_ignored():
     """SIGINT ignored while worker processes start: an ignored signal stays ignored across exec, and Python keeps
     it so, so a Ctrl-C at the terminal (sent to every process of the group) reaches only the parent, which stops
