@@ -118,7 +118,8 @@ def draw(
 ) -> list[Path]:
     """Every figure `normbench plot` draws for the experiment(s) at `path`, with its --compare and --where;
     `options` are overlay, animate, ridge, fmt, workers. Returns the paths written."""
-    from normbench.plot import plot_experiments, where_folder
+    from normbench.labels import where_folder
+    from normbench.views.render import plot_experiments
 
     where = list(where)
     dirs = find_experiments(path)

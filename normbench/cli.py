@@ -483,8 +483,8 @@ def summary(
     """One record per run: status, diverged step, final losses (and accuracies), grid parameters, dead/saturated
     per layer. With --by: one row per group of runs."""
     from normbench.finals import FINALS
-    from normbench.report import records_csv, summary_records, summary_table
     from normbench.store import experiment_axes
+    from normbench.views.summary import records_csv, summary_records, summary_table
 
     if not by and (format is Format.markdown or metric):
         raise fail(f"{'--format markdown' if format is Format.markdown else '--metric'} needs --by")
@@ -523,7 +523,8 @@ def _summary_groups(
 ) -> None:
     import pandas as pd
 
-    from normbench.report import (
+    from normbench.store import load_runs
+    from normbench.views.summary import (
         aggregate_csv,
         aggregate_markdown,
         aggregate_records,
@@ -532,7 +533,6 @@ def _summary_groups(
         has_dropout,
         resolve_keys_across,
     )
-    from normbench.store import load_runs
 
     keys = resolve_keys_across(exps, by)
     tables = [aggregate_runs(e, k, (selected or {}).get(e)) for e, k in zip(exps, keys, strict=True)]
@@ -589,7 +589,8 @@ def plot(
     other than the default, a where-... folder inside it with --where)."""
     from rich.progress import Progress
 
-    from normbench.plot import plot_experiments, where_folder
+    from normbench.labels import where_folder
+    from normbench.views.render import plot_experiments
 
     selected = _select(_readable(results), where)
     exps = list(selected)
@@ -626,7 +627,7 @@ def report(
     """One self-contained HTML page: final numbers over seeds, the figures, every run's status, engine and device,
     versions, the project's git commit and the resolved config. Figures are drawn unless DIR/<name>/figures/
     holds PNGs newer than the results."""
-    from normbench.html_report import write_report
+    from normbench.views.html import write_report
 
     selected = _select(_readable(results), where)  # a wrong folder or --where: one line before anything is drawn
     if out_file is not None and out_file.is_dir():
@@ -709,7 +710,7 @@ def export(
 ) -> None:
     """Write every run's curves, layer statistics and histograms for another tool: --tensorboard writes one
     TensorBoard run per run (view with `tensorboard --logdir LOGDIR`)."""
-    from normbench.export import export_tensorboard, summary_writer_class
+    from normbench.views.export import export_tensorboard, summary_writer_class
 
     if not tensorboard:
         raise fail("say what to export: --tensorboard")

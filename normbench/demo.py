@@ -26,9 +26,9 @@ from rich.text import Text
 
 from normbench.claims import STYLE, Measure, Results, check_claims, load_claims, run_values
 from normbench.config import load_experiment
-from normbench.report import aggregate_runs, fmt_percent
 from normbench.safe import esc
 from normbench.store import jsonable, load_runs, load_table, write_text_atomic
+from normbench.views.summary import aggregate_runs, fmt_percent
 
 DEMO_CONFIGS = ("morvan_tf23", "morvan_pt504", "dead_neurons")
 CELL = ["model.activation", "model.norm"]
@@ -45,7 +45,7 @@ def run_dead_neurons(
 ) -> dict[str, Any]:
     """Train what is missing, draw the figures, judge the claims; print and write OUT/demo.json and OUT/demo.md.
     Returns the document written to demo.json."""
-    from normbench.plot import plot_experiments
+    from normbench.views.render import plot_experiments
 
     console = console or Console()
     progress = Console(stderr=True)
@@ -107,7 +107,7 @@ def document(dirs: list[Path], rows: list, kernel: str) -> dict[str, Any]:
 
 def cells(exp_dir: Path, runs: pd.DataFrame) -> list[dict[str, Any]]:
     """One entry per (activation, norm): run counts, divergence steps, and each of NUMBERS as median, min, max
-    and n over the cell's ok runs (report.aggregate_runs: the tables of summary --by); for a cell with diverged
+    and n over the cell's ok runs (views.summary.aggregate_runs: the tables of summary --by); for a cell with diverged
     runs, their initial loss and the dead fraction at step 0 (claims' measures), each as median, min, max."""
     groups = aggregate_runs(exp_dir, CELL, runs)
     first_dead = _measured(Measure(quantity="dead_fraction", step="first"), exp_dir, runs)

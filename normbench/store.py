@@ -35,6 +35,7 @@ import yaml
 
 from normbench.errors import UserError
 from normbench.finals import CURVE_FINALS, from_tables
+from normbench.labels import value_text
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
 from normbench.safe import YAMLLimit, load_yaml, quoted, short
 
@@ -1147,23 +1148,6 @@ def group_keys(axes: list[str], groups: list[list[str]], compare: str | None) ->
     return [a for a in axes if a not in held]
 
 
-def group_slug(keys: list[str], values: Any) -> str:
-    """A figure group's part of a file name: ('model.activation',), ('relu',) -> 'activation-relu'; 'all'."""
-    values = values if isinstance(values, tuple) else (values,)
-    parts = [f"{k.split('.')[-1]}-{_slug_value(v)}" for k, v in zip(keys, values, strict=True)]
-    slug = "_".join(parts) or "all"
-    if len(slug) > 120:  # a file name has at most 255 bytes: a long value is cut, its hash keeps names apart
-        slug = slug[:100] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:10]
-    return slug
-
-
-def _slug_value(v: Any) -> str:
-    """A grid value in a file name: a list value as its items joined by ',' ((0.5, 1.25) -> '0.5,1.25'), characters
-    other than letters, digits and ._,=+- as '_'."""
-    text = ",".join(str(jsonable(x)) for x in v) if isinstance(v, list | tuple) else str(v)
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
-
-
 # -- selecting runs: --where KEY=VALUE ------------------------------------------------------------------------------
 
 
@@ -1222,7 +1206,7 @@ def select_runs(
         values = [registered_name(axis, v, runs[axis]) for v in values]
         match = runs[axis].map(lambda cell, values=values: any(same_value(cell, v) for v in values))
         if not match.any():
-            have = ", ".join(dict.fromkeys(show_value(v) for v in runs[axis])) or "none"
+            have = ", ".join(dict.fromkeys(value_text(v) for v in runs[axis])) or "none"
             given = " ".join(f"--where {t}" for t in typed[axis])
             raise SelectionError(f"{given} matches no run of {experiment} ({axis} values: {have})")
         keep &= match.astype(bool)
@@ -1254,11 +1238,6 @@ def registered_name(axis: str, value: Any, cells: pd.Series) -> Any:
         return registry.canonical(value)
     except UnknownName:
         return value
-
-
-def show_value(v: Any) -> str:
-    """A grid value as the user wrote it: a list value as [1.0, 3.0], numbers plain."""
-    return str(jsonable(list(v))) if hasattr(v, "__len__") and not isinstance(v, str) else str(jsonable(v))
 
 
 def same_value(cell: Any, want: Any) -> bool:

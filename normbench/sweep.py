@@ -51,9 +51,10 @@ from normbench.engine import (
     train_stack,
 )
 from normbench.engine.plan import memory_available, memory_needed
+from normbench.labels import settings
 from normbench.nn.models import build_model
 from normbench.safe import esc
-from normbench.store import FINISHED, RESULTS_FORMAT, ExperimentStore, run_format, show_value
+from normbench.store import FINISHED, RESULTS_FORMAT, ExperimentStore, run_format
 
 _COLUMNS = (  # the progress bars
     TextColumn("{task.description}"),
@@ -242,7 +243,7 @@ Outcome = RunResult | RunFailure
 
 
 def _label(run: Run) -> str:
-    return " ".join(f"{k.split('.')[-1]}={show_value(v)}" for k, v in run.params.items()) or run.run_id
+    return settings(run.params, tuple(run.params.values()), sep=" ") or run.run_id
 
 
 def _say_other_kernels(runs: list[Run], todo: list[Run], found: dict, kernel: str, console) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +54,6 @@ def test_results_tables_selection_and_figures(tmp_path, tiny_raw):
     with pytest.raises(ConfigError, match="no table 'weights'"):
         res.table("weights")
 
-    importlib.import_module("normbench.plot")  # the submodule of that name does not hide the function
     paths = normbench.draw(tmp_path / "tiny", where=["norm=batch"])
     assert paths and all(p.is_file() and p.parent.name == "where-norm=batch" for p in paths)
 

@@ -13,7 +13,7 @@ import pytest
 
 from normbench.claims import Row, counts, markdown
 from normbench.demo import markdown as demo_markdown
-from normbench.report import aggregate_markdown
+from normbench.views.summary import aggregate_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- begin: (?P<file>\S+) -->\n(?P<text>.*?)<!-- end: (?P=file) -->", re.DOTALL)

@@ -7,9 +7,9 @@ import pytest
 from rich.console import Console
 
 from normbench.config import load_experiment
-from normbench.plot import plot_experiment
 from normbench.store import load_runs
 from normbench.sweep import run_experiment
+from normbench.views.render import plot_experiment
 
 pytestmark = pytest.mark.slow
 

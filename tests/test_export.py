@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from normbench import sweep
 from normbench.cli import app
 from normbench.config import experiment_from_dict
-from normbench.export import INSTALL_HINT, histogram_buckets, run_labels
 from normbench.finals import applicable, per_run
-from normbench.report import landscape_summary
 from normbench.store import ExperimentStore, load_runs, load_table
 from normbench.sweep import run_experiment
+from normbench.views.export import INSTALL_HINT, histogram_buckets, run_labels
+from normbench.views.summary import landscape_summary
 
 from .conftest import TINY
 

@@ -274,7 +274,7 @@ def test_a_cifar_batch_of_numpy_arrays_still_loads(tmp_path):
 def test_markup_in_values_prints_as_written_in_the_run_log_and_summary(place, tmp_path):
     """Train the three runs whose data.path (unused by the parabola) holds markup and dollars: the run log (stderr)
     and summary's table (stdout) show each value as written; a figure label escapes $ so it is not mathtext."""
-    from normbench.plot import _value_label
+    from normbench.views.style import value_label
 
     runner = CliRunner()
     out = tmp_path / "results"
@@ -285,4 +285,4 @@ def test_markup_in_values_prints_as_written_in_the_run_log_and_summary(place, tm
     for value in ("a[/]b", "[old]", "a$b$"):
         assert f"path={value} seed" in done.output or f"path={value}:" in done.output, done.output
         assert value in table.output, table.output
-    assert _value_label("data.path", "a$b$") == r"path=a\$b\$"
+    assert value_label("data.path", "a$b$") == r"path=a\$b\$"

@@ -16,7 +16,7 @@ from normbench.config import experiment_from_dict
 from normbench.data import batches, build_dataset, steps_per_epoch
 from normbench.engine import train_run
 from normbench.engine.driver import Training
-from normbench.report import landscape_summary
+from normbench.views.summary import landscape_summary
 from tests.test_ics import config, loss_of, plain_model
 
 STEPS = 7
@@ -240,9 +240,9 @@ def test_stored_plotted_and_documented(tmp_path, tiny_raw):
     from rich.console import Console
 
     from normbench.config import experiment_from_dict
-    from normbench.plot import plot_experiment
     from normbench.store import load_table
     from normbench.sweep import run_experiment
+    from normbench.views.render import plot_experiment
     from tests.test_store import documented_columns
 
     tiny_raw["record"] |= {"landscape_every": 4, "running_stats": True, "precise_bn": True}

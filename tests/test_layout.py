@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "normbench"
+VIEWS = PACKAGE / "views"
 
 
 def modules() -> dict[str, Path]:
@@ -76,9 +77,10 @@ def loaded_after(code: str) -> set[str]:
 def test_checking_a_config_loads_no_kernel_and_reading_results_no_torch():
     loaded = loaded_after("from normbench.config import load_experiment\nload_experiment('morvan_tf23')")
     assert not {m for m in loaded if m.startswith("normbench.engine.") and m != "normbench.engine.optim"}, loaded
-    loaded = loaded_after("import normbench.api, normbench.store, normbench.report, normbench.plot")
+    loaded = loaded_after("import normbench.api, normbench.store, normbench.views.summary, normbench.views.render")
     assert "torch" not in loaded
-    assert "torch" not in loaded_after("import normbench.html_report, normbench.finals, normbench.export")
+    assert "torch" not in loaded_after("import normbench.views.html, normbench.finals, normbench.views.export")
+    assert "torch" not in loaded_after("import normbench.labels")
 
 
 # Exceptions that never reach a user as such: each is turned into a UserError where it is caught, or is Ctrl-C.
@@ -122,18 +124,52 @@ def test_the_recorded_points_are_defined_once():
     assert (POINTS, GRAD_POINTS) == (points.FORWARD, points.GRADIENT)
     assert [p.value for p in Point] == [*points.ALL, "all"]
     assert set(points.WORDS) == set(points.ALL)
-    for module in ("plot.py", "html_report.py", "cli.py"):
-        text = (PACKAGE / module).read_text()
-        assert '"grad_pre_norm"' not in text and '"post_norm"' not in text, module
+    for path in [*VIEWS.glob("*.py"), PACKAGE / "cli.py"]:
+        text = path.read_text()
+        assert '"grad_pre_norm"' not in text and '"post_norm"' not in text, path.name
 
 
 def test_the_views_take_no_boolean_flag_by_position():
     """A flag reads as what it is at every call (`overlay=True`), never as a bare True among positions."""
     found = []
-    for name in ("plot.py", "html_report.py", "report.py", "export.py"):
-        for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
+    for path in VIEWS.glob("*.py"):
+        name = path.name
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 positional = node.args.posonlyargs + node.args.args
                 flags = [a.arg for a in positional if a.annotation is not None and ast.unparse(a.annotation) == "bool"]
                 found += [f"{name}:{node.name}({arg})" for arg in flags]
     assert not found, found
+
+
+def test_the_functions_of_the_views_are_short():
+    """Every function of normbench/views/ (its def's lines, docstring included) is at most 60 lines long."""
+    long = []
+    for path in sorted(VIEWS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+                if node.end_lineno - start + 1 > 60:
+                    long.append(f"{path.name}:{node.name} ({node.end_lineno - start + 1} lines)")
+    assert not long, long
+
+
+def test_every_figure_is_one_entry_of_the_table():
+    """Each kind in views/figures.py's table draws with a function of the views, has a caption, names its files by
+    itself, and is listed in docs/architecture.md; nothing else names a figure's kinds (the report reads the table)."""
+    import inspect
+
+    from normbench.views.figures import FIGURES, KINDS, Figure
+
+    assert len(KINDS) == len(FIGURES)
+    docs = (ROOT / "docs" / "architecture.md").read_text()
+    for kind in FIGURES:
+        assert callable(kind.draw) and kind.draw.__module__.startswith("normbench.views."), kind.name
+        fig = Figure(kind.name, ("relu",), "activation-relu", "model.activation = relu", "post_act", "train.lr")
+        alt, caption = kind.caption(fig)
+        assert alt and caption.endswith("."), kind.name
+        assert fig.stem.startswith(kind.name), kind.name
+        assert f"`{kind.name}`" in docs, f"docs/architecture.md does not list the figure {kind.name!r}"
+        assert kind.scope in ("experiment", "group")
+    html = inspect.getsource(__import__("normbench.views.html", fromlist=["x"]))
+    assert "FigureName" not in html and "_caption" not in html and '"units"' not in html

@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from normbench import plot as P
 from normbench.cli import app
+from normbench.points import FORWARD as FORWARD_POINTS
+from normbench.views import data, distributions, figures, render, style, units
+from normbench.views.curves import cost as cost_figure
 
 runner = CliRunner()
 
@@ -44,9 +46,9 @@ def test_percentiles_from_a_histogram_match_numpy_within_a_bin(values):
     lo, hi = np.quantile(values, [0.005, 0.995])
     bins = 30
     hists = pd.DataFrame([stored(values, lo, hi, bins)])
-    got = P.percentiles(hists).iloc[0]
+    got = data.percentiles(hists).iloc[0]
     width = (hi - lo) / bins
-    for q in P.PERCENTILES:
+    for q in data.PERCENTILES:
         want = np.percentile(values, q)
         # Interpolating inside the bin that holds the percentile is off by less than that bin's width; outside
         # the range the answer is the edge (the value lies beyond it).
@@ -61,7 +63,7 @@ def test_percentiles_edge_cases():
             stored(np.zeros(50), -0.5, 0.5, 5),  # a dead layer: one value
         ]
     )
-    got = P.percentiles(rows)
+    got = data.percentiles(rows)
     assert got.iloc[0].isna().all()
     assert got.iloc[1]["p50"] == 0.0 and got.iloc[1]["p80"] == 0.0  # at the edge: the true values lie below
     assert np.allclose(got.iloc[2].to_numpy(), 0.0, atol=0.2)  # inside the one bin holding all values
@@ -72,10 +74,10 @@ def test_percentiles_stay_within_the_recorded_min_and_max():
     over the bin that holds them (which a figure with its own y range would show as a distribution)."""
     dead = np.zeros(300)
     row = stored(dead, 0.0, 0.05, 10) | {"min": 0.0, "max": 0.0}
-    assert (P.percentiles(pd.DataFrame([row])).iloc[0] == 0.0).all()
+    assert (data.percentiles(pd.DataFrame([row])).iloc[0] == 0.0).all()
     values = np.random.default_rng(3).uniform(2.0, 2.01, 1000)  # within the first of 10 bins over [2, 3]
     row = stored(values, 2.0, 3.0, 10) | {"min": values.min(), "max": values.max()}
-    got = P.percentiles(pd.DataFrame([row])).iloc[0]
+    got = data.percentiles(pd.DataFrame([row])).iloc[0]
     assert values.min() <= got.min() and got.max() <= values.max()
 
 
@@ -120,11 +122,11 @@ def test_figure_set_overlay_animation_and_a_second_comparison(tiny_results):
 
 
 def test_a_diverged_run_is_a_labelled_panel_never_data(tiny_results):
-    exp = P.read_experiment(tiny_results)
+    exp = data.read_experiment(tiny_results)
     diverged = exp.runs[exp.runs.status == "diverged"]
     assert len(diverged), "the fixture's no-norm runs are meant to diverge"
-    fig = P._hist(exp, ("relu",), "post_act")
-    runs = P._first_seed(exp.runs)
+    fig = distributions.hist(exp, ("relu",), "post_act")
+    runs = style.first_seed(exp.runs)
     n_layers = exp.tables["histograms"].layer.nunique()
     last_rows = fig.axes[len(runs) * n_layers :]  # the second block of rows: the last recorded step
     for r, (_, run) in enumerate(runs.iterrows()):
@@ -175,8 +177,8 @@ def made_experiment(tmp_path, runs: list[dict], hists=(), layers=(), curves=(), 
     table["diverged_step"] = table.get("diverged_step", pd.Series([None] * len(table))).astype("Int64")
     h = pd.DataFrame(list(hists))
     if len(h):
-        h = h.join(P.percentiles(h))
-    exp = P.ExperimentData(
+        h = h.join(data.percentiles(h))
+    exp = data.ExperimentData(
         dir=tmp_path / "made",
         runs=table,
         all_runs=table,
@@ -187,9 +189,9 @@ def made_experiment(tmp_path, runs: list[dict], hists=(), layers=(), curves=(), 
         config={"record": {"eval_mode": eval_mode, "eval_split": "train"}, "model": {}, "train": {"steps": 20}},
     )
     exp.tables = {
-        "histograms": P.before_divergence(h, table),
-        "layers": P.before_divergence(pd.DataFrame(list(layers)), table),
-        "curves": P.before_divergence(pd.DataFrame(list(curves)), table),
+        "histograms": data.before_divergence(h, table),
+        "layers": data.before_divergence(pd.DataFrame(list(layers)), table),
+        "curves": data.before_divergence(pd.DataFrame(list(curves)), table),
         "landscape": pd.DataFrame(),
     }
     return exp
@@ -217,9 +219,9 @@ def figure_numbers(fig) -> np.ndarray:
 def all_figures(exp):
     """Each figure `normbench plot --overlay --ridge --point all` draws for the experiment, as (name, figure)."""
     out = exp.dir / "figures"
-    with P._loaded([exp]):
-        for job in P._jobs(0, exp, out, "all", "png", overlay=True, ridge=True):
-            yield job.path.name, P.DRAW[job.draw](exp, **job.args)
+    with render._loaded([exp]):
+        for fig in figures.planned(exp, "all", ("overlay", "ridge")):
+            yield (out / fig.path("png")).name, fig.spec.draw(exp, **fig.args())
 
 
 SENTINEL = 4242.0  # what a diverged run "recorded" at and after its divergence step in the test below
@@ -229,13 +231,13 @@ SENTINEL_SHARE = 0.4242
 def test_no_figure_draws_what_a_diverged_run_recorded_at_or_after_its_divergence(tiny_results, monkeypatch):
     """Every value a diverged run has at its divergence step and later is replaced by a finite number no real
     value equals (4242, or 0.4242 for fractions, histograms over [4242, 4243]); no figure may draw it."""
-    load = P.load_table
+    load = data.load_table
 
     def with_sentinels(exp_dir, name, ids):
         table = load(exp_dir, name, ids)
         if table.empty:
             return table
-        runs = P.load_runs(exp_dir)
+        runs = data.load_runs(exp_dir)
         fake = []
         for run in runs[runs.status == "diverged"].itertuples():
             mine = table[table.run_id == run.run_id]
@@ -265,9 +267,9 @@ def test_no_figure_draws_what_a_diverged_run_recorded_at_or_after_its_divergence
             runs.set_index("run_id").diverged_step.astype(float)).fillna(np.inf))]  # fmt: skip
         return pd.concat([kept, fake], ignore_index=True)
 
-    monkeypatch.setattr(P, "load_table", with_sentinels)
+    monkeypatch.setattr(data, "load_table", with_sentinels)
     for compare in (None, "seed"):  # a diverged run beside a healthy one, and a figure of diverged runs only
-        exp = P.read_experiment(tiny_results, compare)
+        exp = data.read_experiment(tiny_results, compare)
         assert (exp.runs.status == "diverged").any()
         for name, fig in all_figures(exp):
             if fig is None:
@@ -277,7 +279,7 @@ def test_no_figure_draws_what_a_diverged_run_recorded_at_or_after_its_divergence
             assert not drawn.any(), f"{name} draws values recorded at or after a divergence"
             texts = [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
             assert not any("4242" in t or "4.2e3" in t for t in texts), name
-            P._done(fig)
+            style.close_figure(fig)
 
 
 def test_units_rows_share_the_step_axis_and_a_diverged_row_says_where_it_stopped(tmp_path):
@@ -292,7 +294,7 @@ def test_units_rows_share_the_step_axis_and_a_diverged_row_says_where_it_stopped
         for layer in (1, 2, 3)
     ]
     exp = made_experiment(tmp_path, runs, layers=layers)
-    fig = P._units(exp, ("relu",))
+    fig = units.units(exp, ("relu",))
     heat = [ax for ax in fig.axes if ax.get_ylabel().endswith("layer")]
     assert len(heat) == 2
     assert heat[0].get_xlim() == heat[1].get_xlim()  # one step axis: the diverged row is not its own -0.5..1.5
@@ -314,8 +316,6 @@ def png_sizes(folder) -> dict[str, tuple[int, int]]:
 
 
 def test_overlays_are_drawn_beside_the_default_figures_and_the_report_names_them(tiny_results):
-    from normbench.html_report import FigureName, _caption
-
     exp = tiny_results
     assert runner.invoke(app, ["plot", str(exp)]).exit_code == 0
     default = png_sizes(exp / "figures")
@@ -329,10 +329,15 @@ def test_overlays_are_drawn_beside_the_default_figures_and_the_report_names_them
     assert {k: with_overlay[k] for k in default} == default
     assert with_overlay["overlay_post_act_activation-relu.png"][1] < default["hist_post_act_activation-relu.png"][1]
 
-    path = exp / "figures" / "overlay_post_act_activation-relu.png"
-    name = FigureName.parse(path, ["activation-relu"])
-    assert (name.kind, name.point, name.group) == ("overlay", "post_act", "activation-relu")
-    alt, caption = _caption(path, name, {"activation-relu": "model.activation = relu"})
+    read = data.read_experiment(exp)
+    (fig,) = [f for f in figures.planned(read, "post_act", ("overlay",)) if f.kind == "overlay"]
+    assert (fig.kind, fig.point, fig.slug, str(fig.path("png"))) == (
+        "overlay",
+        "post_act",
+        "activation-relu",
+        "overlay_post_act_activation-relu.png",
+    )
+    alt, caption = fig.caption()
     assert "overlaid" in alt and "on the same axes" in caption and "model.activation = relu" in caption
     result = runner.invoke(app, ["report", str(exp), "--out", str(exp / "page.html")])
     assert result.exit_code == 0, result.output
@@ -355,10 +360,10 @@ def test_distribution_panels_hold_one_series_each_on_its_own_y_range(tmp_path):
         for rid in scale
         for step in (0, 10, 20)
         for layer in (1, 2)
-        for point in P.FORWARD_POINTS
+        for point in FORWARD_POINTS
     ]
     exp = made_experiment(tmp_path, runs, hists=hists)
-    fig = P._dist(exp, ("relu",))
+    fig = distributions.dist(exp, ("relu",))
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.collections]
     assert len(panels) == 2 * 2 * 3  # runs x layers x points
     spans = {}
@@ -389,7 +394,7 @@ def test_a_blown_up_run_does_not_set_the_cost_axis_and_4_panels_are_2x2(tmp_path
         if c["run_id"] == "anone":
             c["loss"] = {3: 1e21}.get(c["step"], c["loss"]) if c["step"] < 4 else np.inf
     exp = made_experiment(tmp_path, runs, curves=curves, groups=groups)
-    fig = P._cost(exp)
+    fig = cost_figure(exp)
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert len({round(ax.get_position().x0, 3) for ax in panels}) == 2  # 2 columns
     assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 2 rows
@@ -412,19 +417,19 @@ def test_the_seeds_bands_of_two_series_cross_without_blending(tmp_path):
         for r in runs
         for step in range(5)
     ]  # both compared values' bands cover the same losses
-    fig = P._cost(made_experiment(tmp_path, runs, curves=curves))
+    fig = cost_figure(made_experiment(tmp_path, runs, curves=curves))
     bands = fig.axes[0].collections
     assert len(bands) == 2
     assert all((band.get_facecolor()[:, 3] == 0).all() for band in bands)  # nothing translucent to blend
     assert bands[0].get_hatch() != bands[1].get_hatch()
-    assert [matplotlib.colors.to_hex(b.get_edgecolor()[0]) for b in bands] == [c.lower() for c in P.COLORS[:2]]
+    assert [matplotlib.colors.to_hex(b.get_edgecolor()[0]) for b in bands] == [c.lower() for c in style.COLORS[:2]]
 
 
 def test_grids_of_panels_are_as_square_as_three_columns_allow():
     for n, shape in ((1, (1, 1)), (2, (1, 2)), (3, (1, 3)), (4, (2, 2)), (5, (2, 3)), (6, (2, 3)), (7, (3, 3))):
-        fig, axs = P._grid(n, 3, 1.0)
+        fig, axs = style.panel_grid(n, 3, 1.0)
         assert axs.shape == shape and sum(ax.get_visible() for ax in axs.ravel()) == n
-        P._done(fig)
+        style.close_figure(fig)
 
 
 def test_figures_of_one_seed_show_or_state_how_far_the_other_seeds_are(tmp_path):
@@ -441,14 +446,14 @@ def test_figures_of_one_seed_show_or_state_how_far_the_other_seeds_are(tmp_path)
               for rid in dead for step in (0, 10)]  # fmt: skip
     exp = made_experiment(tmp_path, runs, hists=hists, layers=layers)
     # Stated: uniform on [0, 1] against uniform on [0.5, 1.5] is a KS distance of 0.5; the diverged seeds counted.
-    fig = P._hist(exp, ("relu",), "post_act")
+    fig = distributions.hist(exp, ("relu",), "post_act")
     text = " ".join(t.get_text() for t in fig.texts)
     assert "seed 1 of 3 drawn" in text
     assert "histograms at the last step (largest KS distance from the drawn seed's): " in text
     assert "norm=batch 0.50 (layer 1)" in text
     assert "norm=none: 2 diverged" in text
     # Shown: the units figure's column of every seed's last values, from the lowest to the highest.
-    fig = P._units(exp, ("relu",))
+    fig = units.units(exp, ("relu",))
     strips = [ax for ax in fig.axes if ax.get_xlim() == (-0.05, 1.05)]  # the seeds' columns, 0 to 100%
     bars = {tuple(np.round(seg[:, 0], 6)) for ax in strips for c in ax.collections for seg in c.get_segments()}
     assert (0.1, 0.4) in bars  # batch norm's three seeds: 10% to 40% dead
@@ -458,14 +463,14 @@ def test_eval_mode_figures_say_what_step_0_shows(tmp_path):
     runs = [{"run_id": rid, "norm": norm, "seed": 1, "status": "ok"} for rid, norm in (("n", "none"), ("b", "batch"))]
     rng = np.random.default_rng(1)
     hists = [
-        hist_row(rid, step, 1, p, rng.normal(0, 1, 500)) for rid in "nb" for step in (0, 5) for p in P.FORWARD_POINTS
+        hist_row(rid, step, 1, p, rng.normal(0, 1, 500)) for rid in "nb" for step in (0, 5) for p in FORWARD_POINTS
     ]
     layers = [{"run_id": rid, "step": step, "layer": 1, "dead_fraction": 0.2, "saturated_fraction": np.nan}
               for rid in "nb" for step in (0, 5)]  # fmt: skip
     said = "batch norm's running statistics are still their initial mean 0, variance 1"
     for mode, expected in (("eval", True), ("train", False)):
         exp = made_experiment(tmp_path, runs, hists=hists, layers=layers, eval_mode=mode)
-        for draw in (P._units, P._dist, lambda e, g: P._hist(e, g, "post_act")):
+        for draw in (units.units, distributions.dist, lambda e, g: distributions.hist(e, g, "post_act")):
             fig = draw(exp, ("relu",))
             assert any(said in t.get_text() for t in fig.texts) == expected, (mode, draw)
-            P._done(fig)
+            style.close_figure(fig)

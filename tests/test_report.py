@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import normbench
 from normbench import sweep
 from normbench.cli import app
-from normbench.report import GroupKeyError, resolve_keys
+from normbench.views.summary import GroupKeyError, resolve_keys
 
 runner = CliRunner()
 
@@ -125,7 +125,7 @@ def _ids(records: list[dict], norm: str, lr: float) -> list[str]:
 
 
 def test_summary_by_markdown_is_rendered_from_the_json_and_metric_selects_columns(results):
-    from normbench.report import aggregate_markdown
+    from normbench.views.summary import aggregate_markdown
 
     args = ("summary", results / "mixed", "--by", "norm,lr", "--metric", "final_test_accuracy")
     records = json.loads(invoke(*args, "--metric", "final_train_loss", "--format", "json").stdout)
@@ -404,9 +404,9 @@ def test_summary_by_shows_the_precise_statistics_loss_where_recorded(tmp_path, t
     from rich.console import Console
 
     from normbench.config import experiment_from_dict
-    from normbench.report import aggregate_runs, fmt_stats
     from normbench.store import load_table
     from normbench.sweep import run_experiment
+    from normbench.views.summary import aggregate_runs, fmt_stats
 
     tiny_raw["record"]["precise_bn"] = True
     exp = experiment_from_dict(tiny_raw)

@@ -20,12 +20,12 @@ from normbench.claims.schema import (
     Setting,
     Source,
     check_references,
-    filter_label,
     load_claims,
     matches,
 )
 from normbench.claims.statistics import Verdict, compare_verdict, flat_verdict, num, threshold_verdict
 from normbench.config import ConfigError, Experiment
+from normbench.labels import filter_text
 from normbench.safe import esc
 
 VERDICTS = ("supported", "not supported", "inconclusive", "depends on rounding", "not measured yet")
@@ -59,10 +59,10 @@ def evaluate(s: Setting, res: Results) -> tuple[Verdict, str, dict[str, list[flo
         for name, flt in (("a", crit.a), ("b", crit.b)):
             mine = matches(runs, flt)
             sides[name] = (flt, runs[mine], seed_values(s.measure, runs[mine], values[mine]))
-        labels = (filter_label(crit.a), filter_label(crit.b))
+        labels = (filter_text(crit.a), filter_text(crit.b))
         verdict = compare_verdict(crit.kind, sides["a"][2].to_numpy(), sides["b"][2].to_numpy(), crit.margin, labels)
-        text = "; ".join(f"{filter_label(flt)}: {describe_values(v, r)}" for flt, r, v in sides.values())
-        return verdict, text, {filter_label(flt): _listed(v) for flt, _, v in sides.values()}
+        text = "; ".join(f"{filter_text(flt)}: {describe_values(v, r)}" for flt, r, v in sides.values())
+        return verdict, text, {filter_text(flt): _listed(v) for flt, _, v in sides.values()}
     if crit.kind == "flat":
         points, texts = {}, []
         for x, grp in runs.groupby(crit.over, sort=True):
@@ -77,7 +77,7 @@ def evaluate(s: Setting, res: Results) -> tuple[Verdict, str, dict[str, list[flo
         )
     v = seed_values(s.measure, runs, values)
     verdict = threshold_verdict(v.to_numpy(), crit.at_least, crit.at_most)
-    return verdict, describe_values(v, runs), {filter_label(s.where): _listed(v)}
+    return verdict, describe_values(v, runs), {filter_text(s.where): _listed(v)}
 
 
 def describe_values(v: pd.Series, runs: pd.DataFrame | None = None) -> str:

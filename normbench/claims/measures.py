@@ -16,7 +16,7 @@ from pydantic import model_validator
 
 from normbench.config import Strict
 from normbench.finals import CURVE_FINALS, layer_mean, per_run
-from normbench.report import LANDSCAPE, landscape_summary
+from normbench.views.summary import LANDSCAPE, landscape_summary
 
 # The quantities a claim may measure, in the order the claims file's schema lists them; each one is an entry of
 # QUANTITY (at the end of this module): what it reads and how a run's number is computed.
@@ -202,7 +202,7 @@ def _final_value(m: Measure, curves: pd.DataFrame) -> float:
 
 
 def _landscape(m: Measure, table: pd.DataFrame) -> float:
-    """Mean over the measured steps of one of report.landscape_summary's numbers (record.landscape_every): +inf when
+    """Mean over the measured steps of one of landscape_summary's numbers (record.landscape_every): +inf when
     a step's is (a step along the gradient blew up), NaN when a step has none (its start was not finite)."""
     values = landscape_summary(table)[m.column].to_numpy(float)
     return float(values.mean()) if len(values) and not np.isnan(values).any() else math.nan

@@ -117,7 +117,8 @@ def draw_figures(
     """The claims' figures whose experiment was checked, each drawn from OUT/<experiment>/ into OUT/figures/ as
     `normbench plot` draws it (docs/claims.md's figures are these, from the full check). A figure the quick variant
     of an experiment does not give (a final_vs figure needs 3 values of its axis) is left out with a note."""
-    from normbench.plot import NoSuchFigure, PlotError, draw_figure
+    from normbench.views.data import NoSuchFigure, PlotError
+    from normbench.views.render import draw_figure
 
     paths = []
     for f in book.figures:

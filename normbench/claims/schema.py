@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from normbench.claims.measures import Measure
 from normbench.claims.statistics import num
 from normbench.config import PACKAGED_CONFIGS, ConfigError, Experiment, Strict, describe, load_experiment
+from normbench.labels import filter_text
 from normbench.safe import load_yaml
 from normbench.store import same_value
 
@@ -65,11 +66,11 @@ class Criterion(Strict):
             return f"flat within {num(self.below)} along {self.over}"
         if self.kind in ("not_less_than", "not_greater_than"):
             sign = ">=" if self.kind == "not_less_than" else "<="
-            a, b = filter_label(self.a), filter_label(self.b)
+            a, b = filter_text(self.a), filter_text(self.b)
             return f"{a} {sign} {b} {'-' if sign == '>=' else '+'} {num(self.margin)}"
         sign = {"less_than": "<", "greater_than": ">", "equal_within": "~"}[self.kind]
         margin = f" (margin {num(self.margin)})" if self.margin else ""
-        return f"{filter_label(self.a)} {sign} {filter_label(self.b)}{margin}"
+        return f"{filter_text(self.a)} {sign} {filter_text(self.b)}{margin}"
 
 
 class Setting(Strict):
@@ -230,7 +231,7 @@ def check_references(book: ClaimsBook, claims: list[Claim], quick: bool) -> dict
                 if key not in axes:
                     raise ConfigError(f"figure {f.file}: {key!r} is not a grid key of {exp.name} ({', '.join(axes)})")
             if not matches(params, f.where).any():
-                raise ConfigError(f"figure {f.file}: where {filter_label(f.where)} matches no run of {exp.name}")
+                raise ConfigError(f"figure {f.file}: where {filter_text(f.where)} matches no run of {exp.name}")
     return exps
 
 
@@ -279,7 +280,7 @@ def _check_setting(s: Setting, exp: Experiment) -> None:
         if per.max() > 1:
             varying = [k for k in axes if k not in ("seed", over, *flt) and runs[k].astype(str).nunique() > 1]
             raise ValueError(
-                f"{filter_label(flt) or 'all runs'} leaves {per.max()} runs per seed"
+                f"{filter_text(flt) or 'all runs'} leaves {per.max()} runs per seed"
                 + (f" and {over}" if over else "")
                 + f" of {exp.name}: fix {', '.join(varying)} in where"
             )
@@ -290,8 +291,3 @@ def matches(runs: pd.DataFrame, flt: dict[str, Any]) -> pd.Series:
     for key, value in flt.items():
         keep &= runs[key].map(lambda cell, v=value: same_value(cell, v)).astype(bool)
     return keep
-
-
-def filter_label(flt: dict[str, Any] | None) -> str:
-    """{'model.norm': 'batch', 'model.weight_init.std': 0.1} -> 'norm=batch, weight_init.std=0.1'."""
-    return ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in (flt or {}).items())

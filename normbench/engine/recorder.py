@@ -220,7 +220,8 @@ class Recorder:
         the step has just computed, to theta - k * lr * g for each k of record.landscape_scales (lr (M, 1): each
         run's own; with sgd, k = 1 is the very step training takes). One row per point and run: scale k, distance
         ||k lr g||, the loss there and ||g - g'||, g' the gradient there; the start is the row of scale 0.
-        report.landscape_summary turns them into the loss range, the gradient change and the effective beta-smoothness.
+        views.summary.landscape_summary turns them into the loss range, the gradient change and the effective
+        beta-smoothness.
         Nothing is changed: theta is restored bit for bit."""
         which = self._todo("landscape", step, which)
         if not which:

@@ -2,7 +2,7 @@
 
     path = write_report(Path("results/init_scale"))        # -> results/init_scale/report.html
 
-The page holds, for each experiment: the final numbers grouped over seeds (report.aggregate_runs, the table of
+The page holds, for each experiment: the final numbers grouped over seeds (views.summary.aggregate_runs, the table of
 `normbench summary --by`), the figures of `normbench plot` embedded as PNG data, every run's status with its
 divergence step or failure message, the kernel and device that trained it, the versions that trained it and made
 the report, the project's git commit when known, and the resolved config. Nothing is loaded from elsewhere: no
@@ -22,19 +22,32 @@ import struct
 import subprocess
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 
 from normbench.errors import UserError, is_disk_full
-from normbench.points import ALL as ALL_POINTS
-from normbench.points import WORDS as POINT_WORDS
-from normbench.report import (
+from normbench.labels import group_slug, value_text, where_folder
+from normbench.safe import load_yaml
+from normbench.store import (
+    FINISHED,
+    default_compare,
+    experiment_axes,
+    experiment_axis_groups,
+    find_experiments,
+    group_keys,
+    load_runs,
+    write_text_atomic,
+)
+from normbench.version import __version__
+
+if TYPE_CHECKING:
+    from normbench.views.figures import Figure
+from normbench.views.summary import (
     METRICS,
     aggregate_note,
     aggregate_runs,
@@ -46,20 +59,6 @@ from normbench.report import (
     key_columns,
     shown_metrics,
 )
-from normbench.safe import load_yaml
-from normbench.store import (
-    FINISHED,
-    default_compare,
-    experiment_axes,
-    experiment_axis_groups,
-    find_experiments,
-    group_keys,
-    group_slug,
-    load_runs,
-    show_value,
-    write_text_atomic,
-)
-from normbench.version import __version__
 
 
 def write_report(
@@ -99,149 +98,35 @@ class ReportError(UserError):
 
 def experiment_figures(
     exp_dir: Path, console: Console | None = None, runs: pd.DataFrame | None = None, where: list[str] | None = None
-) -> tuple[list[Path], str | None]:
-    """The experiment's PNG figures, drawn now unless figures/ (figures/where-.../ for a selection of `runs`) holds
-    PNGs all newer than runs.parquet; and a note when there are none (e.g. no finished run)."""
-    from normbench.plot import PlotError, plot_experiment, where_folder  # matplotlib: only when drawing
+) -> tuple[list[tuple[Path, Figure]], str | None]:
+    """The experiment's PNG figures (their files and views.figures' Figure objects, in the table's order), drawn now
+    unless figures/ (figures/where-.../ for a selection of `runs`) holds PNGs all newer than runs.parquet; and a note
+    when there are none (e.g. no finished run)."""
+    from normbench.views.data import PlotError, read_experiment  # matplotlib: only when drawing
+    from normbench.views.figures import OPTIONS, planned
+    from normbench.views.render import figure_dir, plot_experiment
 
     subdir = where_folder(where) if where and runs is not None else None
     existing = sorted((exp_dir / "figures" / (subdir or "")).glob("*.png"))
     runs_time = (exp_dir / "runs.parquet").stat().st_mtime
-    if existing and all(p.stat().st_mtime >= runs_time for p in existing):
-        return existing, None
     keep = (lambda r: r.run_id.isin(runs.run_id)) if subdir else None
-
-    status = console.status(f"{exp_dir.name}: drawing the figures") if console else nullcontext()
     try:
-        with status:
-            paths = plot_experiment(exp_dir, compare=None, point="post_act", fmt="png", where=keep, subdir=subdir)
+        if not existing or any(p.stat().st_mtime < runs_time for p in existing):
+            status = console.status(f"{exp_dir.name}: drawing the figures") if console else nullcontext()
+            with status:
+                plot_experiment(exp_dir, compare=None, point="post_act", fmt="png", where=keep, subdir=subdir)
+        exp = read_experiment(exp_dir, None, keep)
     except PlotError as e:
         return [], f"No figures: {e}"
-    return [p for p in paths if p.suffix == ".png"], None
+    folder = figure_dir(exp, subdir, empty=False)
+    # Whatever plot drew there: every point, every option's figures.
+    figures = [(folder / f.path("png"), f) for f in planned(exp, "all", OPTIONS)]
+    return [(path, f) for path, f in figures if path.suffix == ".png" and path.is_file()], None
 
 
-# A figure's file name: <kind>[_<point>][_<group>][_step<N>], the group being the values of the grid keys other
-# than the compared one and seed ('activation-relu', 'all'). Figures of the whole experiment come first, then each
-# group's, kinds in this order; kinds not listed follow in name order.
-EXPERIMENT_KINDS = ("cost", "final_vs")
-GROUP_KINDS = ("hist", "overlay", "ridge", "dist", "grad", "units", "landscape", "running")
-POINT_NAME = re.compile(r"(.+?)_(" + "|".join(ALL_POINTS) + ")")
-
-
-@dataclass(frozen=True)
-class FigureName:
-    kind: str
-    point: str | None
-    group: str | None  # the group's slug; None: a figure of the whole experiment
-
-    @classmethod
-    def parse(cls, path: Path, groups: list[str]) -> FigureName:
-        base = path.stem
-        group = next((g for g in sorted(groups, key=len, reverse=True) if base.endswith("_" + g)), None)
-        head = base[: -len(group) - 1] if group else base
-        m = POINT_NAME.fullmatch(head)
-        kind, point = (m[1], m[2]) if m else (head, None)
-        if group is None and kind.startswith("final_vs_"):
-            kind = "final_vs"
-        return cls(kind, point, group)
-
-    def order(self) -> int:
-        kinds = (*EXPERIMENT_KINDS, *GROUP_KINDS)
-        return kinds.index(self.kind) if self.kind in kinds else len(kinds)
-
-
-def _group_labels(exp_dir: Path, runs: pd.DataFrame) -> dict[str, str]:
-    """Figure-name slugs of the groups `normbench plot` draws by default ('activation-relu') -> readable labels
-    ('model.activation = relu')."""
-    axes = [a for a in experiment_axes(exp_dir) if a in runs.columns]
-    keys = group_keys(axes, experiment_axis_groups(exp_dir), default_compare(axes))
-    labels = {"all": "all runs"}
-    if keys:
-        for values in runs[keys].drop_duplicates().itertuples(index=False):
-            labels[group_slug(keys, tuple(values))] = ", ".join(
-                f"{k} = {show_value(v)}" for k, v in zip(keys, values, strict=True)
-            )
-    return labels
-
-
-def _caption(path: Path, name: FigureName, labels: dict[str, str]) -> tuple[str, str]:
-    """(alt text, caption) of a figure of `normbench plot`, from its file name."""
-    group = labels.get(name.group, name.group) if name.group else ""
-    where = POINT_WORDS.get(name.point, (name.point or "").replace("_", " "))
-    when = "at the first and the last recorded step"
-    if name.kind == "cost":
-        return "Cost curves", (
-            "Cost curves: the loss against the training step, one colour per compared value (model.norm by "
-            "default), one panel per group of the other grid keys; the seeds that did not diverge as their mean with "
-            "a min-max band, which set the y range. A diverged seed is a thin line up to its last finite loss, marked "
-            "there (at the axis's edge, with its value, when it lies beyond the range)."
-        )
-    if name.kind == "final_vs":
-        key = path.stem.removeprefix("final_vs_")
-        return f"Final numbers against {key}", (
-            f"Final numbers against {key}: final training loss (and, for classification, test accuracy), mean "
-            "over seeds with a min-max band, one line per compared value; diverged and failed runs are counted, "
-            "not averaged."
-        )
-    if name.kind == "hist":
-        return f"Histograms {where} {when}, {group}", (
-            f"Histograms of the values {where} {when}: one row per compared value, one column per layer (layer 0: "
-            f"the input), one seed (the figure says how far the other seeds' histograms are from it); {group}. "
-            "Values outside a panel's range and NaN/inf values are shown, not dropped."
-        )
-    if name.kind == "overlay":
-        return f"Histograms {where} {when}, compared runs overlaid, {group}", (
-            f"Histograms of the values {where} {when} with the compared runs on the same axes (--overlay), each an "
-            f"outline in its colour over the union of their ranges: one row per step, one column per layer, one "
-            f"seed; {group}. The grid with one run per row is drawn beside it."
-        )
-    if name.kind == "ridge":
-        return f"Histograms {where} at every recorded step, {group}", (
-            f"Ridge plot: the histograms of the values {where} at every recorded step, offset upwards, one seed; "
-            f"{group}."
-        )
-    if name.kind == "dist":
-        return f"Distributions over training, {group}", (
-            f"Distributions over training: the 1st, 20th, 50th, 80th and 99th percentiles of each layer's values "
-            f"against the step, one row per point and compared value, every panel with its own y range; one seed, "
-            f"with the median's range over the seeds dotted; {group}."
-        )
-    if name.kind == "grad":
-        return f"Gradient norms, {group}", (
-            "Gradient norms of each layer against the step and, where recorded, internal covariate shift as "
-            f"Santurkar et al. measure it (the cosine between a layer's weight gradient before and after the earlier "
-            f"layers' update); {group}."
-        )
-    if name.kind == "units":
-        return f"Dead and saturated units, {group}", (
-            f"Dead units and saturated values of each hidden layer against the step, one row per compared value "
-            f"(one seed), and beside it every seed's values at the end (their range); {group}."
-        )
-    if name.kind == "landscape":
-        return f"Loss landscape along the gradient, {group}", (
-            "The loss landscape along the gradient (Santurkar et al. 2018): at each measured step, the range of the "
-            "loss over steps of several sizes along the gradient, the largest change of the gradient there and the "
-            f"effective beta-smoothness, one seed; {group}. Narrower and lower is smoother."
-        )
-    if name.kind == "running":
-        return f"Running statistics, {group}", (
-            "Batch norm's running statistics against the training set's, per layer, and the training-set loss in "
-            "train mode, eval mode and, at the end, with recomputed statistics (precise BN's, and the population's), "
-            f"one seed; {group}."
-        )
-    words = " ".join(x for x in (name.kind.replace("_", " "), where, group and f"({group})") if x)
-    return words, f"{words[:1].upper()}{words[1:]}."
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-        return struct.unpack(">II", data[16:24])
-    return None
-
-
-def _figure_html(path: Path, name: FigureName, labels: dict[str, str]) -> str:
+def _figure_html(path: Path, figure: Figure) -> str:
     data = path.read_bytes()
-    alt, caption = _caption(path, name, labels)
+    alt, caption = figure.caption()
     size = _png_size(data)
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -251,27 +136,45 @@ def _figure_html(path: Path, name: FigureName, labels: dict[str, str]) -> str:
     )
 
 
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    return None
+
+
 def _figures_html(exp_dir: Path, runs: pd.DataFrame, console: Console | None, where: list[str] | None) -> str:
-    paths, note = experiment_figures(exp_dir, console, runs, where)
+    found, note = experiment_figures(exp_dir, console, runs, where)
     if note:
         return f"<p class=note>{_e(note)}</p>"
-    labels = _group_labels(exp_dir, runs)
-    names = {p: FigureName.parse(p, list(labels)) for p in paths}
-    ordered = sorted(paths, key=lambda p: (names[p].order(), p.stem))
-    parts = [_figure_html(p, names[p], labels) for p in ordered if names[p].group is None]
-    groups: dict[str, list[Path]] = {}
-    for p in ordered:
-        if names[p].group is not None:
-            groups.setdefault(names[p].group, []).append(p)
+    from normbench.views.figures import FIGURES  # matplotlib: only with figures
+
+    kinds = [k.name for k in FIGURES]
+    found.sort(key=lambda pf: (kinds.index(pf[1].kind), pf[0].stem))  # the table's order, then by name
+    parts = [_figure_html(p, f) for p, f in found if f.group is None]
+    groups: dict[str, list[tuple[Path, Figure]]] = {}
+    for slug in _group_slugs(exp_dir, runs):  # the groups in the order of the runs
+        groups[slug] = [(p, f) for p, f in found if f.slug == slug]
+    groups = {slug: figs for slug, figs in groups.items() if figs}
     # Few groups are shown open; many fold away, one summary line each, so the page reads from top to bottom.
     opened = " open" if sum(len(g) for g in groups.values()) <= 10 else ""
     if groups and not opened:
         parts.append(f"<p class=note>The figures of each of the {len(groups)} groups of runs (click to open):</p>")
-    for slug in [g for g in labels if g in groups]:
-        figs = "".join(_figure_html(p, names[p], labels) for p in groups[slug])
-        summary = f"{labels[slug]}: {len(groups[slug])} figures"
-        parts.append(f"<details{opened}><summary>{_e(summary)}</summary>{figs}</details>")
+    for figs in groups.values():
+        summary = f"{figs[0][1].title}: {len(figs)} figures"
+        parts.append(
+            f"<details{opened}><summary>{_e(summary)}</summary>{''.join(_figure_html(*f) for f in figs)}</details>"
+        )
     return "".join(parts)
+
+
+def _group_slugs(exp_dir: Path, runs: pd.DataFrame) -> list[str]:
+    """The slugs of the groups `normbench plot` draws by default ('activation-relu'), in the order of the runs."""
+    axes = [a for a in experiment_axes(exp_dir) if a in runs.columns]
+    keys = group_keys(axes, experiment_axis_groups(exp_dir), default_compare(axes))
+    slugs = ["all"]
+    if keys:
+        slugs += [group_slug(keys, tuple(values)) for values in runs[keys].drop_duplicates().itertuples(index=False)]
+    return list(dict.fromkeys(slugs))
 
 
 # -- tables -------------------------------------------------------------------------------------------------------
@@ -300,7 +203,7 @@ def _aggregate_html(exp_dir: Path, runs: pd.DataFrame, axes: list[str]) -> str:
         rows = []
         for _, r in df.iterrows():
             cls = " class=failed" if r.failed else " class=diverged" if r.diverged else ""
-            cells = [f"<td>{_e(show_value(r[k]))}</td>" for k in keys]
+            cells = [f"<td>{_e(value_text(r[k]))}</td>" for k in keys]
             ok, others = fmt_runs(r)
             spread = f"<span class=spread>{_e(others)}</span>" if others else ""
             cells.append(f"<td>{_e(ok)}{spread}</td>")
@@ -325,7 +228,7 @@ def _runs_html(runs: pd.DataFrame, axes: list[str], *, dropout: bool) -> str:
     for _, r in runs.iterrows():
         status = f"diverged at {r.diverged_step}" if r.status == "diverged" else r.status
         cls = f" class={r.status}" if r.status in ("diverged", "failed") else ""
-        cells = [f"<td>{_e(show_value(r[a]))}</td>" for a in axes] + [f"<td>{_e(status)}</td>"]
+        cells = [f"<td>{_e(value_text(r[a]))}</td>" for a in axes] + [f"<td>{_e(status)}</td>"]
         nums = [
             _na(r.steps_done),
             "inf/NaN" if r.status == "diverged" else fmt_loss(_float(r.final_train_loss)),

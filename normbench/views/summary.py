@@ -31,7 +31,7 @@ from normbench.store import (
     jsonable,
     load_runs,
     resolve_axis,
-    show_value,
+    value_text,
 )
 
 COLUMNS = (
@@ -239,7 +239,7 @@ def aggregate_markdown(records: list[dict[str, Any]], metrics: list[str] | None 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         ok, others = fmt_runs(r)
-        cells = [*([r["experiment"]] if several else []), *(show_value(r[k]) for k in keys)]
+        cells = [*([r["experiment"]] if several else []), *(value_text(r[k]) for k in keys)]
         cells.append(ok + (f", {others}" if others else ""))
         cells += [_median_range(r, m) for m in metrics]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
@@ -248,9 +248,9 @@ def aggregate_markdown(records: list[dict[str, Any]], metrics: list[str] | None 
 
 def _pivot_markdown(records: list[dict[str, Any]], keys: list[str], metric: str) -> str:
     down, across = keys
-    rows = list(dict.fromkeys(show_value(r[down]) for r in records))
-    cols = list(dict.fromkeys(show_value(r[across]) for r in records))
-    cell = {(show_value(r[down]), show_value(r[across])): r for r in records}
+    rows = list(dict.fromkeys(value_text(r[down]) for r in records))
+    cols = list(dict.fromkeys(value_text(r[across]) for r in records))
+    cell = {(value_text(r[down]), value_text(r[across])): r for r in records}
     corner = f"{down.split('.')[-1]} \\ {across.split('.')[-1]}"
     lines = ["| " + " | ".join([corner, *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
     for row in rows:
@@ -401,7 +401,7 @@ def aggregate_table(df: pd.DataFrame, title: str = "", *, dropout: bool = False)
     for _, row in df.iterrows():
         style = "red" if row.failed else "yellow" if row.diverged else None
         ok, others = fmt_runs(row)
-        cells: list[Text] = [Text(show_value(row[k])) for k in keys]
+        cells: list[Text] = [Text(value_text(row[k])) for k in keys]
         cells.append(Text(ok) + (Text("\n" + others) if others else Text()))
         for m in metrics:
             centre, spread = fmt_stats(row, m)

@@ -9,7 +9,7 @@ Each finished run (ok or diverged) becomes LOGDIR/<experiment>/<label>, its labe
 - scalars `loss/<split>/<mode>_mode` and `accuracy/<split>/<mode>_mode` from curves.parquet;
 - scalars `<column>/layer<i>` for every numeric column of layers.parquet (dead_fraction, grad_norm, ...);
 - with record.landscape_every, scalars `landscape/loss_range`, `landscape/grad_change`, `landscape/beta`
-  (report.landscape_summary of landscape.parquet);
+  (views.summary.landscape_summary of landscape.parquet);
 - for every (point, layer) of histograms.parquet, whatever the points are: a histogram `<point>/layer<i>` and
   the scalars `<point>/nan/layer<i>`, `<point>/inf/layer<i>` (counts), `<point>/out_of_range_share/layer<i>`
   ((below + above) / n), `<point>/mean/layer<i>` and `<point>/std/layer<i>`;
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import pandas as pd
 
 from normbench.errors import UserError, is_disk_full
 from normbench.finals import applicable, per_run
+from normbench.labels import run_folder_names
 from normbench.store import FINISHED, experiment_axes, load_runs, load_table, remove_stale, replace_dir
 
 INSTALL_HINT = "TensorBoard export needs the tensorboard package: pip install 'normbench[tensorboard]'"
@@ -132,17 +132,8 @@ def _write_problem(target: Path, e: BaseException) -> str:
 
 
 def run_labels(runs: pd.DataFrame, axes: list[str]) -> dict[str, str]:
-    """run_id -> folder name: the run's grid values (`norm=batch,seed=1`; dotted keys in full where their last
-    parts clash), safe as a file name; the run id where there is no grid or the label would be too long for a file
-    name, and appended where labels clash."""
-    short = [a.split(".")[-1] for a in axes]
-    names = short if len(set(short)) == len(short) else axes
-    labels = {}
-    for row in runs.to_dict("records"):
-        text = ",".join(f"{n}={row[a]}" for n, a in zip(names, axes, strict=True)) or row["run_id"]
-        labels[row["run_id"]] = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text) if len(text) <= 200 else row["run_id"]
-    counts = pd.Series(list(labels.values())).value_counts()
-    return {rid: (f"{lab}_{rid}" if counts[lab] > 1 and lab != rid else lab) for rid, lab in labels.items()}
+    """run_id -> folder name (labels.run_folder_names)."""
+    return run_folder_names(runs.to_dict("records"), axes)
 
 
 # -- the tables -----------------------------------------------------------------------------------------------
@@ -168,7 +159,7 @@ def _write_layers(writer: Any, layers: pd.DataFrame) -> None:
 def _write_landscape(writer: Any, landscape: pd.DataFrame) -> None:
     if landscape.empty:
         return
-    from normbench.report import LANDSCAPE, landscape_summary
+    from normbench.views.summary import LANDSCAPE, landscape_summary
 
     summary = landscape_summary(landscape)
     for col in LANDSCAPE:
