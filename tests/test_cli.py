@@ -396,13 +396,14 @@ def test_ambiguous_short_key_and_a_folder_of_experiments(tmp_path, write_config,
 
 
 def test_plot_where_draws_only_the_matching_runs(examples_dir, monkeypatch):
-    from normbench import plot as plot_module
+    from normbench.store import load_runs
+    from normbench.views import render as plot_module
 
     seen = []
     real = plot_module.plot_experiments
 
     def spy(exps, *args, where=None, **kw):
-        seen.extend(where(plot_module.load_runs(e)).sum() for e in exps)
+        seen.extend(where(load_runs(e)).sum() for e in exps)
         return real(exps, *args, where=where, **kw)
 
     monkeypatch.setattr(plot_module, "plot_experiments", spy)
