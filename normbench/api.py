@@ -27,7 +27,7 @@ import pandas as pd
 from rich.console import Console
 
 from normbench.config import ConfigError, Experiment, apply_override, experiment_from_dict, load_experiment
-from normbench.store import FINISHED, experiment_axes, find_experiments, load_runs, load_table, select_runs
+from normbench.results import FINISHED, experiment_axes, find_experiments, load_runs, load_table, select_runs
 
 TABLES = ("curves", "layers", "histograms", "landscape")
 

@@ -229,17 +229,16 @@ def _readable(path: Path) -> list[Path]:
     it, exit 2), after a note on stderr for each that holds run folders its runs.parquet does not list (which no
     command shows). A runs.parquet that disagrees with the run folders' summary.json is rebuilt from them first,
     with one line saying so: an edited or stale value is never shown as a result."""
-    from normbench.store import (
+    from normbench.results import (
         DamagedResults,
         check_format,
         config_problem,
         damaged_note,
         find_experiments,
         read_summaries,
-        remove_leftovers,
-        repair_runs_table,
         unlisted_note,
     )
+    from normbench.store import remove_leftovers, repair_runs_table
 
     exps = find_experiments(path)
     notes = []
@@ -258,12 +257,12 @@ def _readable(path: Path) -> list[Path]:
 
 
 def _select(exps: list[Path], where: list[str] | None) -> dict[Path, pd.DataFrame | None]:
-    """Each experiment's runs that --where keeps (None: no --where, all of them), by store.select_runs. In a
+    """Each experiment's runs that --where keeps (None: no --where, all of them), by results.select_runs. In a
     folder of several experiments, one whose grid lacks a key or has no matching run is left out with a note on
     stderr; it is an error when none is left."""
     if not where:
         return dict.fromkeys(exps)
-    from normbench.store import SelectionError, experiment_axes, load_runs, parse_where, select_runs
+    from normbench.results import SelectionError, experiment_axes, load_runs, parse_where, select_runs
 
     kept: dict[Path, pd.DataFrame | None] = {}
     reasons = []
@@ -370,7 +369,8 @@ def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from normbench.store import RESULTS_FORMAT, ExperimentStore, run_format
+    from normbench.results import RESULTS_FORMAT, run_format
+    from normbench.store import ExperimentStore
 
     store = ExperimentStore(out_dir, exp.name)
     change = store.change(exp, force)
@@ -484,7 +484,7 @@ def summary(
     per layer. With --by: one row per group of runs."""
     from normbench.finals import FINALS
     from normbench.report import records_csv, summary_records, summary_table
-    from normbench.store import experiment_axes
+    from normbench.results import experiment_axes
 
     if not by and (format is Format.markdown or metric):
         raise fail(f"{'--format markdown' if format is Format.markdown else '--metric'} needs --by")
@@ -532,7 +532,7 @@ def _summary_groups(
         has_dropout,
         resolve_keys_across,
     )
-    from normbench.store import load_runs
+    from normbench.results import load_runs
 
     keys = resolve_keys_across(exps, by)
     tables = [aggregate_runs(e, k, (selected or {}).get(e)) for e, k in zip(exps, keys, strict=True)]
@@ -640,15 +640,15 @@ def check(results: ResultsArg) -> None:
     """Verify each experiment's results format and every run folder against the sizes and checksums written when
     it was committed and the columns its format requires; exit 1 if an experiment is of another format or any run
     is damaged (`normbench run` trains damaged runs again)."""
-    from normbench.store import (
+    from normbench.results import (
         RESULTS_FORMAT,
         DamagedResults,
         check_experiment,
         check_format,
         config_problem,
         experiments_to_check,
-        repair_runs_table,
     )
+    from normbench.store import repair_runs_table
 
     damaged = 0
     exps = experiments_to_check(results)

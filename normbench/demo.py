@@ -27,8 +27,9 @@ from rich.text import Text
 from normbench.claims import STYLE, Measure, Results, check_claims, load_claims, run_values
 from normbench.config import load_experiment
 from normbench.report import aggregate_runs, fmt_percent
+from normbench.results import jsonable, load_runs, load_table
 from normbench.safe import esc
-from normbench.store import jsonable, load_runs, load_table, write_text_atomic
+from normbench.store import write_text_atomic
 
 DEMO_CONFIGS = ("morvan_tf23", "morvan_pt504", "dead_neurons")
 CELL = ["model.activation", "model.norm"]

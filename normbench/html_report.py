@@ -46,8 +46,7 @@ from normbench.report import (
     key_columns,
     shown_metrics,
 )
-from normbench.safe import load_yaml
-from normbench.store import (
+from normbench.results import (
     FINISHED,
     default_compare,
     experiment_axes,
@@ -57,8 +56,9 @@ from normbench.store import (
     group_slug,
     load_runs,
     show_value,
-    write_text_atomic,
 )
+from normbench.safe import load_yaml
+from normbench.store import write_text_atomic
 from normbench.version import __version__
 
 

@@ -61,7 +61,7 @@ from normbench.points import ALL as ALL_POINTS
 from normbench.points import FORWARD as FORWARD_POINTS
 from normbench.points import WORDS as POINT_WORDS
 from normbench.report import landscape_summary
-from normbench.store import (
+from normbench.results import (
     FINISHED,
     SelectionError,
     default_compare,
@@ -72,12 +72,11 @@ from normbench.store import (
     group_slug,
     load_runs,
     load_table,
-    remove_stale_temps,
     resolve_axis,
     show_value,
     tied_with,
-    write_file_atomic,
 )
+from normbench.store import remove_stale_temps, write_file_atomic
 
 # Okabe & Ito's palette: distinguishable with every common colour-vision deficiency.
 COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from normbench.finals import CURVE_FINALS, HEADINGS, applicable, per_run
-from normbench.store import (
+from normbench.results import (
     SelectionError,
     experiment_axes,
     folder_config,

@@ -52,8 +52,9 @@ from normbench.engine import (
 )
 from normbench.engine.plan import memory_available, memory_needed
 from normbench.nn.models import build_model
+from normbench.results import FINISHED, RESULTS_FORMAT, run_format, show_value
 from normbench.safe import esc
-from normbench.store import FINISHED, RESULTS_FORMAT, ExperimentStore, run_format, show_value
+from normbench.store import ExperimentStore
 
 _COLUMNS = (  # the progress bars
     TextColumn("{task.description}"),
@@ -107,7 +108,9 @@ def run_experiment(
     ids = [r.run_id for r in exp.runs] + [rid for rid, _ in listed or []]
     read = {rid: store.read_summary(rid) for rid in dict.fromkeys(ids)}  # every summary.json, read once
     found = {rid: summary for rid, (summary, _) in read.items()}
-    todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed, found[r.run_id])]
+    todo = [
+        r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed=retry_failed, summary=found[r.run_id])
+    ]
     finished = [found[r.run_id] for r in todo if (found[r.run_id] or {}).get("status") in FINISHED and not force]
     older = sum(run_format(s) != RESULTS_FORMAT for s in finished)  # trained again in this format
     # A run folder whose summary.json is damaged (unreadable, of the wrong shape) is a run not finished.

@@ -372,7 +372,7 @@ def test_a_bad_where_is_one_line(examples_dir, command, where, fragments):
 
 
 def test_ambiguous_short_key_and_a_folder_of_experiments(tmp_path, write_config, tiny_raw):
-    from normbench.store import SelectionError, select_runs
+    from normbench.results import SelectionError, select_runs
 
     runs = pd.DataFrame({"run_id": ["a", "b"], "model.weight_init.std": [0.1, 1.0], "data.std": [1, 2]})
     with pytest.raises(SelectionError, match=r"std' matches several grid keys.*model\.weight_init\.std, data\.std"):

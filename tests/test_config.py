@@ -308,7 +308,7 @@ def test_a_bad_zip_is_one_line(write_config, tiny_raw, grid, fragments):
 def test_zipped_keys_are_axes_of_the_results(tmp_path, write_config, tiny_raw):
     import pandas as pd
 
-    from normbench.store import experiment_axes, experiment_axis_groups
+    from normbench.results import experiment_axes, experiment_axis_groups
 
     tiny_raw |= {"seeds": [1], "grid": {"model.norm": ["batch"], "zip": ZIP}}
     result = runner.invoke(app, ["run", str(write_config(tiny_raw)), "--out", str(tmp_path)])
@@ -367,7 +367,7 @@ def test_grid_null_removes_an_axis_so_the_key_can_be_set(write_config, tiny_raw)
 def test_runs_of_one_computation_give_the_same_tables(tmp_path, tiny_raw, kernel):
     """RunConfig.computation leaves out a norm's options in a run without a norm: such runs (BN's momentum and eps
     changed, no BN) train and record bit for bit alike, while with BN the same change gives other numbers."""
-    from normbench.store import load_table
+    from normbench.results import load_table
     from normbench.sweep import run_experiment
 
     tiny_raw["grid"] = {"model.norm": ["none", "batch"]}

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from normbench.cli import app
 from normbench.config import experiment_from_dict
-from normbench.store import load_table
+from normbench.results import load_table
 from normbench.sweep import run_experiment
 
 quiet = Console(quiet=True)

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from normbench.config import load_experiment
 from normbench.plot import plot_experiment
-from normbench.store import load_runs
+from normbench.results import load_runs
 from normbench.sweep import run_experiment
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,8 @@ from normbench.config import experiment_from_dict
 from normbench.export import INSTALL_HINT, histogram_buckets, run_labels
 from normbench.finals import applicable, per_run
 from normbench.report import landscape_summary
-from normbench.store import ExperimentStore, load_runs, load_table
+from normbench.results import load_runs, load_table
+from normbench.store import ExperimentStore
 from normbench.sweep import run_experiment
 
 from .conftest import TINY

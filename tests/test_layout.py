@@ -76,7 +76,7 @@ def loaded_after(code: str) -> set[str]:
 def test_checking_a_config_loads_no_kernel_and_reading_results_no_torch():
     loaded = loaded_after("from normbench.config import load_experiment\nload_experiment('morvan_tf23')")
     assert not {m for m in loaded if m.startswith("normbench.engine.") and m != "normbench.engine.optim"}, loaded
-    loaded = loaded_after("import normbench.api, normbench.store, normbench.report, normbench.plot")
+    loaded = loaded_after("import normbench.api, normbench.results, normbench.store, normbench.report, normbench.plot")
     assert "torch" not in loaded
     assert "torch" not in loaded_after("import normbench.html_report, normbench.finals, normbench.export")
 
@@ -84,7 +84,7 @@ def test_checking_a_config_loads_no_kernel_and_reading_results_no_torch():
 # Exceptions that never reach a user as such: each is turned into a UserError where it is caught, or is Ctrl-C.
 INTERNAL_EXCEPTIONS = {
     "ForbiddenGlobal": "data.py turns it into a DataError naming the file",
-    "YAMLLimit": "config.py and store.py turn it into a ConfigError or DamagedResults naming the file",
+    "YAMLLimit": "config.py and results.py turn it into a ConfigError or DamagedResults naming the file",
     "SweepInterrupted": "Ctrl-C (a KeyboardInterrupt): the CLI prints what was saved and exits 130",
 }
 

@@ -405,7 +405,7 @@ def test_summary_by_shows_the_precise_statistics_loss_where_recorded(tmp_path, t
 
     from normbench.config import experiment_from_dict
     from normbench.report import aggregate_runs, fmt_stats
-    from normbench.store import load_table
+    from normbench.results import load_table
     from normbench.sweep import run_experiment
 
     tiny_raw["record"]["precise_bn"] = True

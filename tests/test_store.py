@@ -13,7 +13,8 @@ from rich.console import Console
 
 from normbench import sweep
 from normbench.config import experiment_from_dict
-from normbench.store import ExperimentStore, load_runs, load_table
+from normbench.results import load_runs, load_table
+from normbench.store import ExperimentStore
 from normbench.sweep import run_experiment
 from tests.conftest import snapshot
 
@@ -417,7 +418,7 @@ def test_the_results_format_is_written_with_every_run_and_folder(done):
     import pyarrow.parquet as pq
 
     from normbench import __version__
-    from normbench.store import COLUMNS, RESULTS_FORMAT
+    from normbench.results import COLUMNS, RESULTS_FORMAT
 
     exp, exp_dir, _ = done
     meta = pq.read_schema(exp_dir / "runs.parquet").metadata

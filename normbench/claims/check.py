@@ -131,7 +131,7 @@ def check_claims(
     OUT/<experiment>-<kernel>/; 'both' as 'auto' and again with 'autograd' wherever 'auto' writes some runs out,
     and a setting whose verdict differs between the two roundings gets the verdict 'depends on rounding' with
     both outcomes. ConfigError for a wrong claims file, config, kernel or --out, before any training."""
-    from normbench.store import DamagedResults
+    from normbench.results import DamagedResults
 
     console = console or Console(stderr=True)
     out = Path(out)
@@ -236,7 +236,7 @@ def verdicts_for(exp_dir: Path, runs: pd.DataFrame | None = None) -> tuple[list[
     the settings of the claims experiment whose folder has this name, judged on the folder's runs by the rules of
     `normbench claims`, with nothing trained. ([], why) when the claims file says nothing about the folder or the
     folder lacks finished runs those settings need (for `normbench report`); (rows, '') otherwise."""
-    from normbench.store import FINISHED, load_runs
+    from normbench.results import FINISHED, load_runs
 
     book = load_claims()
     name = Path(exp_dir).name
