@@ -328,7 +328,7 @@ class ExperimentStore:
 
     # -- what a config does to the folder's runs -------------------------------------------------------------
 
-    def change(self, exp: Experiment, force: bool = False) -> FolderChange:
+    def change(self, exp: Experiment, *, force: bool = False) -> FolderChange:
         """What writing `exp` into this folder does to the runs it lists (its runs.parquet; its config.yaml's grid
         when that table cannot be read), compared as sets of run ids: nothing there yet ('new'), the same runs
         ('same'), more runs ('extends': exp becomes the folder's config), fewer ('within': the folder's config and

@@ -368,7 +368,7 @@ def test_runs_of_one_computation_give_the_same_tables(tmp_path, tiny_raw, kernel
     """RunConfig.computation leaves out a norm's options in a run without a norm: such runs (BN's momentum and eps
     changed, no BN) train and record bit for bit alike, while with BN the same change gives other numbers."""
     from normbench.results import load_table
-    from normbench.sweep import run_experiment
+    from normbench.sweep import SweepOptions, run_experiment
 
     tiny_raw["grid"] = {"model.norm": ["none", "batch"]}
     tiny_raw["model"]["normalize_input"] = True
@@ -377,7 +377,7 @@ def test_runs_of_one_computation_give_the_same_tables(tmp_path, tiny_raw, kernel
     other["model"] |= {"norm_momentum": 0.6, "norm_eps": 1e-3, "norm_affine": False, "norm_groups": 4}
     a, b = experiment_from_dict(tiny_raw), experiment_from_dict(other)
     for exp in (a, b):
-        run_experiment(exp, tmp_path, kernel=kernel, console=Console(quiet=True))
+        run_experiment(exp, tmp_path, SweepOptions(kernel=kernel), console=Console(quiet=True))
     for run_a, run_b in zip(a.runs, b.runs, strict=True):
         assert run_a.run_id != run_b.run_id
         same = run_a.config.computation() == run_b.config.computation()

@@ -137,3 +137,16 @@ def test_the_views_take_no_boolean_flag_by_position():
                 flags = [a.arg for a in positional if a.annotation is not None and ast.unparse(a.annotation) == "bool"]
                 found += [f"{name}:{node.name}({arg})" for arg in flags]
     assert not found, found
+
+
+def test_the_kernel_names_are_defined_once():
+    """registry.KERNEL_NAMES names the kernels: the plan's classes, run's --kernel and the claims check's choices
+    are read from it."""
+    from normbench.claims import KERNELS as CHECK_KERNELS
+    from normbench.cli import CheckKernel, KernelName
+    from normbench.engine import KERNELS
+    from normbench.registry import KERNEL_NAMES
+
+    assert tuple(KERNELS) == KERNEL_NAMES
+    assert [k.value for k in KernelName] == ["auto", *KERNEL_NAMES]
+    assert [k.value for k in CheckKernel] == list(CHECK_KERNELS)
