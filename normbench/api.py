@@ -14,6 +14,10 @@ A config is a file, a packaged config's name, or a dict of the same sections as 
 `--set` items. Errors are the command line's: a normbench.UserError (a ConfigError for what the config or options
 get wrong, a DamagedResults for a results folder that cannot be read, ...), whose message is one line. Nothing here
 imports torch until a run is trained.
+
+The command line is a client of this module: each `normbench` command parses its options and calls one function
+here (run, print_grid, print_summary, plot_folders, report, check, export_tensorboard, catalogue), which prints to
+the consoles it is given.
 """
 
 from __future__ import annotations

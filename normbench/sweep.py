@@ -197,8 +197,8 @@ def _read_folder(exp: Experiment, store: ExperimentStore, change: FolderChange, 
 
 
 def _plan(runs: list[Run], steps_of: dict[str, int], options: SweepOptions, device_type: str) -> Plan:
-    """The plan of `runs` under the sweep's options (on Dask, one unit at a time per call: the cluster decides
-    where units run); a plan that cannot be had is a ConfigError."""
+    """The plan of `runs` under the sweep's options (on Dask, one worker unless told: the cluster decides where
+    units run); a plan that cannot be had is a ConfigError."""
     workers = 1 if options.executor == "dask" and options.workers is None else options.workers
     try:
         return make_plan(
