@@ -10,25 +10,22 @@ A mistake in the user's input (config, option, path) is one line on stderr and e
 
 from __future__ import annotations
 
-import json
 import sys
-from collections import Counter
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-import yaml
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from normbench.config import MAX_AXIS_VALUES, MAX_RUNS, ConfigError, load_experiment, packaged_configs
+from normbench.config import MAX_AXIS_VALUES, MAX_RUNS, load_experiment
 from normbench.errors import UserError, is_disk_full
 from normbench.points import ALL as ALL_POINTS
-from normbench.safe import load_yaml
+from normbench.registry import KERNEL_NAMES
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 
 def _flags_as_flags(params: list) -> list:
@@ -163,17 +160,13 @@ class Executor(StrEnum):
     dask = "dask"
 
 
-class KernelName(StrEnum):
-    auto = "auto"
-    written_out = "written-out"
-    autograd = "autograd"
+def _choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    """An option's choices as an enum built from the one tuple that defines them ('written-out' as written_out)."""
+    return StrEnum(name, {v.replace("-", "_"): v for v in values})
 
 
-class CheckKernel(StrEnum):
-    auto = "auto"
-    written_out = "written-out"
-    autograd = "autograd"
-    both = "both"
+KernelName = _choices("KernelName", ("auto", *KERNEL_NAMES))  # --kernel of run: the kernels, or auto
+CheckKernel = _choices("CheckKernel", ("auto", *KERNEL_NAMES, "both"))  # of claims and demo: claims.KERNELS
 
 
 KernelOpt = Annotated[
@@ -224,66 +217,6 @@ def _load(config: str, overrides: list[str] | None, max_runs: int | None = None)
     return load_experiment(config, overrides or [], max_runs=max_runs)
 
 
-def _readable(path: Path) -> list[Path]:
-    """The experiments under `path`, each of this results format with a readable config.yaml (else one line naming
-    it, exit 2), after a note on stderr for each that holds run folders its runs.parquet does not list (which no
-    command shows). A runs.parquet that disagrees with the run folders' summary.json is rebuilt from them first,
-    with one line saying so: an edited or stale value is never shown as a result."""
-    from normbench.store import (
-        DamagedResults,
-        check_format,
-        config_problem,
-        damaged_note,
-        find_experiments,
-        read_summaries,
-        remove_leftovers,
-        repair_runs_table,
-        unlisted_note,
-    )
-
-    exps = find_experiments(path)
-    notes = []
-    for e in exps:
-        remove_leftovers(e)  # what a killed normbench left: temporaries of dead pids
-        check_format(e)
-        problem = config_problem(e)
-        if problem:
-            raise DamagedResults(problem)
-        summaries = read_summaries(e)  # read once for both checks
-        notes += [repair_runs_table(e, summaries), damaged_note(e, summaries)]
-    notes += [unlisted_note(e) for e in exps]
-    for note in filter(None, notes):
-        err.print(note, markup=False, soft_wrap=True)
-    return exps
-
-
-def _select(exps: list[Path], where: list[str] | None) -> dict[Path, pd.DataFrame | None]:
-    """Each experiment's runs that --where keeps (None: no --where, all of them), by store.select_runs. In a
-    folder of several experiments, one whose grid lacks a key or has no matching run is left out with a note on
-    stderr; it is an error when none is left."""
-    if not where:
-        return dict.fromkeys(exps)
-    from normbench.store import SelectionError, experiment_axes, load_runs, parse_where, select_runs
-
-    kept: dict[Path, pd.DataFrame | None] = {}
-    reasons = []
-    parse_where(where)  # a malformed --where is an error whatever the experiments
-    for e in exps:
-        try:
-            kept[e] = select_runs(load_runs(e), where, experiment_axes(e), e.name)
-        except SelectionError as ex:
-            reasons.append(str(ex))
-    if not kept:
-        raise fail(reasons[0] if len(exps) == 1 else f"no experiment has a run matching --where: {'; '.join(reasons)}")
-    for reason in reasons:
-        err.print(f"left out: {reason}", soft_wrap=True, markup=False)
-    return kept
-
-
-def _kept(runs: pd.DataFrame | None, run_id: str) -> bool:
-    return runs is None or run_id in set(runs.run_id)
-
-
 @app.command(epilog=_examples("run"), short_help="Train every run of a config's grid that has not finished yet.")
 def run(
     config: ConfigArg,
@@ -328,19 +261,20 @@ def run(
         if value is not None and value < 1:
             raise fail(f"{option} {value}: give a whole number of at least 1")
     exp = _load(config, set_, max_runs)
+    from normbench import api
+
     if dry_run:
-        _print_grid(exp, out_dir, force)
+        api.print_grid(exp, out_dir, force=force, stdout=out, err=err)
         return
     if executor is Executor.dask and not scheduler:
         raise fail("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
     from normbench.sweep import SweepInterrupted  # torch: after the config is known to be good
 
     try:
-        from normbench.sweep import run_experiment
-
-        table = run_experiment(
+        table = api.run(
             exp,
-            out_dir,
+            out=out_dir,
+            console=err,
             force=force,
             retry_failed=retry_failed,
             workers=workers,
@@ -350,7 +284,6 @@ def run(
             stack=stack,
             compile=compile_,
             device=device.value,
-            console=err,
         )
     except SweepInterrupted as e:  # Ctrl-C: what was saved and how to resume, exit 130 as a shell expects
         typer.echo(str(e), err=True)
@@ -362,30 +295,6 @@ def run(
     err.print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {out_dir / exp.name}", markup=False)
     if counts.get("failed"):  # diverged is a result; failed is an error (see its summary.json), and scripts should know
         raise typer.Exit(code=1)
-
-
-def _print_grid(exp, out_dir: Path, force: bool = False) -> None:
-    """The grid with run ids and what is finished, then one line on stderr saying what the run would do to the
-    folder (or the refusal the run would give, exit 2)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from normbench.store import RESULTS_FORMAT, ExperimentStore, run_format
-
-    store = ExperimentStore(out_dir, exp.name)
-    change = store.change(exp, force)
-    if change.case == "refused":
-        raise fail(change.message)
-    title = Text(f"{exp.name}: {len(exp.runs)} runs (dry run: nothing trained or written)")
-    table = Table(title=title, title_justify="left")
-    for col in ("run id", *exp.axes, "state"):
-        table.add_column(Text(col))
-    for run in exp.runs:
-        s = store.summary(run.run_id)
-        state = "to train" if s is None or run_format(s) != RESULTS_FORMAT else s["status"]
-        table.add_row(run.run_id, *(Text(str(v)) for v in run.params.values()), Text(str(state)))
-    out.print(table)
-    err.print(change.message, markup=False, soft_wrap=True)
 
 
 @app.command(epilog=_examples("validate"), short_help="Check a config and print the size of its grid.")
@@ -402,36 +311,12 @@ def validate(config: ConfigArg, set_: SetOpt = None, max_runs: MaxRunsOpt = None
     )
 
 
-def _also(aliases: tuple[str, ...]) -> str:
-    return f" Also: {', '.join(aliases)}." if aliases else ""
-
-
 @app.command("list", short_help="The registries and the packaged configs, with their descriptions.")
 def list_() -> None:
     """What the registries hold and the packaged configs, each with its description."""
+    from normbench.api import catalogue
 
-    from normbench.config import resolve_config_path
-    from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS
-
-    sections = [
-        (title, [(name, reg.help(name) + _also(reg.aliases(name))) for name in reg])
-        for title, reg in (
-            ("norms", NORMS),
-            ("activations", ACTIVATIONS),
-            ("inits", INITS),
-            ("optimizers", OPTIMIZERS),
-            ("datasets", DATASETS),
-            ("models", MODELS),
-        )
-    ]
-    configs = []
-    for name in packaged_configs():
-        try:
-            raw = load_yaml(resolve_config_path(name).read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):  # listed without a description
-            raw = None
-        configs.append((name, str(raw.get("description") or "") if isinstance(raw, dict) else ""))
-    sections.append(("configs (run by name, e.g. `normbench run morvan_tf23`)", configs))
+    sections = catalogue()
     # A terminal gets each description wrapped under itself; a pipe one line per entry, whole, for grep.
     width = out.width if out.is_terminal else None
     column = 2 + max(len(name) for _, rows in sections for name, _ in rows) + 2
@@ -482,82 +367,15 @@ def summary(
 ) -> None:
     """One record per run: status, diverged step, final losses (and accuracies), grid parameters, dead/saturated
     per layer. With --by: one row per group of runs."""
+    from normbench.api import print_summary
     from normbench.finals import FINALS
-    from normbench.store import experiment_axes
-    from normbench.views.summary import records_csv, summary_records, summary_table
 
     if not by and (format is Format.markdown or metric):
         raise fail(f"{'--format markdown' if format is Format.markdown else '--metric'} needs --by")
     for m in metric or []:
         if m not in FINALS:
             raise fail(f"--metric {m!r}: not a final number; choose from {', '.join(FINALS)}")
-    selected = _select(_readable(results), where)
-    exps = list(selected)
-    if by:
-        _summary_groups(exps, [k for item in by for k in item.split(",") if k], format, selected, metric)
-        return
-    records = [r for e in exps for r in summary_records(e) if _kept(selected[e], r["run_id"])]
-    if format is Format.json:
-        sys.stdout.write(json.dumps(records, indent=2) + "\n")
-    elif format is Format.csv:
-        sys.stdout.write(records_csv(records))
-    else:
-        for e in exps:
-            recs = [r for r in records if r["experiment"] == e.name]
-            out.print(summary_table(recs, experiment_axes(e), title=e.name))
-    for e in exps:
-        missing = sum(r["status"] == "missing" for r in records if r["experiment"] == e.name)
-        if missing:
-            total = sum(r["experiment"] == e.name for r in records)
-            err.print(
-                f"{e.name}: {missing} of {total} runs not finished yet (`normbench run` trains them)", markup=False
-            )
-
-
-def _summary_groups(
-    exps: list[Path],
-    by: list[str],
-    format: Format,
-    selected: dict[Path, pd.DataFrame | None] | None = None,
-    metrics: list[str] | None = None,
-) -> None:
-    import pandas as pd
-
-    from normbench.store import load_runs
-    from normbench.views.summary import (
-        aggregate_csv,
-        aggregate_markdown,
-        aggregate_records,
-        aggregate_runs,
-        aggregate_table,
-        has_dropout,
-        resolve_keys_across,
-    )
-
-    keys = resolve_keys_across(exps, by)
-    tables = [aggregate_runs(e, k, (selected or {}).get(e)) for e, k in zip(exps, keys, strict=True)]
-    for e, k in zip(exps, keys, strict=True):
-        if len(k) < len(by):
-            keys_text = ", ".join(k) or "nothing (all runs)"
-            err.print(
-                f"{e.name}: grouped by {keys_text}: the other keys are not its grid keys", soft_wrap=True, markup=False
-            )
-    if metrics:
-        tables = [
-            t[[c for c in t.columns if "." not in c or c.rsplit(".", 1)[0] in metrics or c in k]]
-            for t, k in zip(tables, keys, strict=True)
-        ]
-    if format is Format.json:
-        sys.stdout.write(json.dumps([r for t in tables for r in aggregate_records(t)], indent=2) + "\n")
-    elif format is Format.markdown:
-        sys.stdout.write(aggregate_markdown([r for t in tables for r in aggregate_records(t)]))
-    elif format is Format.csv:
-        sys.stdout.write(aggregate_csv(pd.concat(tables, ignore_index=True)))
-    else:
-        for e, t in zip(exps, tables, strict=True):
-            runs = (selected or {}).get(e)
-            dropout = has_dropout(load_runs(e) if runs is None else runs, e)
-            out.print(aggregate_table(t, title=e.name, dropout=dropout))
+    print_summary(results, fmt=format.value, by=by, where=where, metrics=metric, stdout=out, err=err)
 
 
 @app.command(epilog=_examples("plot"), short_help="Draw each experiment's figures.")
@@ -587,32 +405,19 @@ def plot(
 ) -> None:
     """Write the figures of each experiment to OUT/<name>/figures/ (OUT/<name>/figures/by-<key>/ with a --compare
     other than the default, a where-... folder inside it with --where)."""
-    from rich.progress import Progress
+    from normbench.api import plot_folders
 
-    from normbench.labels import where_folder
-    from normbench.views.render import plot_experiments
-
-    selected = _select(_readable(results), where)
-    exps = list(selected)
-    # A run id is the hash of the run's config, so one set of ids serves every experiment.
-    keep = {rid for runs in selected.values() if runs is not None for rid in runs.run_id}
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("drawing figures", total=None)
-        paths = plot_experiments(
-            exps,
-            compare=compare,
-            point=point.value,
-            fmt=format.value,
-            overlay=overlay,
-            animate=animate,
-            ridge=ridge,
-            where=(lambda runs: runs.run_id.isin(keep)) if where else None,
-            subdir=where_folder(where) if where else None,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    for e in exps:
-        mine = [p for p in paths if e in p.parents]
-        err.print(f"{e.name}: {len(mine)} figures -> {mine[0].parent if mine else e / 'figures'}", markup=False)
+    plot_folders(
+        results,
+        compare=compare,
+        point=point.value,
+        fmt=format.value,
+        overlay=overlay,
+        animate=animate,
+        ridge=ridge,
+        where=where,
+        err=err,
+    )
 
 
 @app.command(short_help="One self-contained HTML page of an experiment's results.")
@@ -627,13 +432,9 @@ def report(
     """One self-contained HTML page: final numbers over seeds, the figures, every run's status, engine and device,
     versions, the project's git commit and the resolved config. Figures are drawn unless DIR/<name>/figures/
     holds PNGs newer than the results."""
-    from normbench.views.html import write_report
+    from normbench.api import report as write_report
 
-    selected = _select(_readable(results), where)  # a wrong folder or --where: one line before anything is drawn
-    if out_file is not None and out_file.is_dir():
-        raise fail(f"--out {out_file} is a folder; give the file to write, e.g. {out_file / 'report.html'}")
-    path = write_report(results, out_file, console=err, where=where, selected=selected)
-    err.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)", soft_wrap=True, markup=False)
+    write_report(results, out_file, where=where, err=err)
 
 
 @app.command(short_help="Verify every run's files against their checksums, and the results format.")
@@ -641,60 +442,9 @@ def check(results: ResultsArg) -> None:
     """Verify each experiment's results format and every run folder against the sizes and checksums written when
     it was committed and the columns its format requires; exit 1 if an experiment is of another format or any run
     is damaged (`normbench run` trains damaged runs again)."""
-    from normbench.store import (
-        RESULTS_FORMAT,
-        DamagedResults,
-        check_experiment,
-        check_format,
-        config_problem,
-        experiments_to_check,
-        repair_runs_table,
-    )
+    from normbench.api import check as check_results
 
-    damaged = 0
-    exps = experiments_to_check(results)
-    for e in exps:
-        if not (e / "runs.parquet").is_file():
-            err.print(f"{e / 'runs.parquet'} is missing; `normbench run` writes it again", markup=False, soft_wrap=True)
-            damaged += 1
-        else:
-            try:
-                check_format(e)
-            except DamagedResults as ex:  # another format, or runs.parquet unreadable: one line, the next experiment
-                err.print(str(ex), markup=False, soft_wrap=True)
-                damaged += 1
-                continue
-        problem = config_problem(e)
-        if problem:
-            err.print(problem, markup=False, soft_wrap=True)
-            damaged += 1
-        if (e / "runs.parquet").is_file():
-            try:
-                rebuilt = repair_runs_table(e)
-            except DamagedResults as ex:
-                rebuilt = str(ex)
-            if rebuilt:
-                err.print(rebuilt, markup=False, soft_wrap=True)
-                damaged += 1
-        rows = check_experiment(e)
-        bad = [r for r in rows if r["problems"]]
-        damaged += len(bad)
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in rows).items()))
-        found = f"{len(rows)} run folders ({counts})" if rows else "no run folders (runs/ is empty or missing)"
-        out.print(f"{e.name}: results format {RESULTS_FORMAT}, {found}, {len(bad)} damaged", markup=False)
-        for r in bad:
-            out.print(f"  {e / 'runs' / r['run_id']} ({r['status']}): {'; '.join(r['problems'])}", markup=False)
-        unlisted = [r for r in rows if not r["listed"]]
-        if unlisted:
-            older = sum(r["format"] != RESULTS_FORMAT for r in unlisted)
-            err.print(
-                f"{e}: {len(unlisted)} of these run folders are not listed in runs.parquet (left by an earlier config "
-                f"or another normbench version{f'; {older} in another results format' if older else ''}): summary, "
-                "plot and report do not show them",
-                markup=False,
-                soft_wrap=True,
-            )
-    if damaged:
+    if check_results(results, stdout=out, err=err):
         raise typer.Exit(code=1)
 
 
@@ -710,19 +460,11 @@ def export(
 ) -> None:
     """Write every run's curves, layer statistics and histograms for another tool: --tensorboard writes one
     TensorBoard run per run (view with `tensorboard --logdir LOGDIR`)."""
-    from normbench.views.export import export_tensorboard, summary_writer_class
+    from normbench.api import export_tensorboard
 
     if not tensorboard:
         raise fail("say what to export: --tensorboard")
-    summary_writer_class()  # the missing extra is one line, before any folder is read
-    exps = _readable(results)
-    for e in exps:
-        rep = export_tensorboard(e, logdir)
-        skipped = f", {rep.missing} not trained yet" if rep.missing else ""
-        failed = f", {rep.failed} failed (status text only)" if rep.failed else ""
-        runs = f"{rep.exported} run{'s' if rep.exported != 1 else ''}"
-        err.print(f"{e.name}: {runs}{failed}{skipped} -> {rep.path}", soft_wrap=True, markup=False)
-    err.print(f"view: tensorboard --logdir {logdir}", soft_wrap=True, markup=False)
+    export_tensorboard(results, logdir, err=err)
 
 
 @app.command(short_help="Check the source articles' claims against measured numbers.")

@@ -26,8 +26,9 @@ from rich.text import Text
 
 from normbench.claims import STYLE, Measure, Results, check_claims, load_claims, run_values
 from normbench.config import load_experiment
+from normbench.results import jsonable, load_runs, load_table
 from normbench.safe import esc
-from normbench.store import jsonable, load_runs, load_table, write_text_atomic
+from normbench.store import write_text_atomic
 from normbench.views.summary import aggregate_runs, fmt_percent
 
 DEMO_CONFIGS = ("morvan_tf23", "morvan_pt504", "dead_neurons")

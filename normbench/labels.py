@@ -25,7 +25,7 @@ from typing import Any
 
 
 def plain(v: Any) -> Any:
-    """A grid value as plain Python (as store.jsonable makes it): numpy scalars and arrays (parquet's lists) as
+    """A grid value as plain Python (as results.jsonable makes it): numpy scalars and arrays (parquet's lists) as
     numbers and lists, NaN/inf as None."""
     if isinstance(v, float):
         return v if math.isfinite(v) else None

@@ -1,8 +1,8 @@
 """Run an experiment's grid: every run not yet finished, each committed as it ends.
 
     table = run_experiment(load_experiment("configs/morvan_tf23.yaml"), out="results")
-    table = run_experiment(exp, workers=2)                                    # 2 local processes
-    table = run_experiment(exp, executor="dask", scheduler="tcp://host:8786")  # a Dask cluster
+    table = run_experiment(exp, "results", SweepOptions(workers=2))           # 2 local processes
+    table = run_experiment(exp, "results", SweepOptions(executor="dask", scheduler="tcp://host:8786"))  # Dask
 
 An exception inside one run marks that run 'failed' (with its error) and the sweep goes on; a diverged run is
 not a failure. runs.parquet is rewritten after every committed run, so `summary` and `plot` work on a sweep in
@@ -23,8 +23,10 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -40,6 +42,7 @@ from rich.progress import (
 from normbench.config import ConfigError, Experiment, Run, RunConfig
 from normbench.data import DataError, build_dataset
 from normbench.engine import (
+    Plan,
     PlanError,
     RunFailure,
     RunResult,
@@ -53,8 +56,9 @@ from normbench.engine import (
 from normbench.engine.plan import memory_available, memory_needed
 from normbench.labels import settings
 from normbench.nn.models import build_model
+from normbench.results import FINISHED, RESULTS_FORMAT, run_format
 from normbench.safe import esc
-from normbench.store import FINISHED, RESULTS_FORMAT, ExperimentStore, run_format
+from normbench.store import ExperimentStore, FolderChange
 
 _COLUMNS = (  # the progress bars
     TextColumn("{task.description}"),
@@ -66,114 +70,185 @@ _COLUMNS = (  # the progress bars
 )
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep trains (`normbench run`'s options; run_experiment says what each does)."""
+
+    force: bool = False  # train every run again, finished or not
+    retry_failed: bool = False  # train the runs recorded as failed again
+    workers: int | None = None  # local worker processes (None: one per core when the grid is large enough)
+    executor: str = "local"  # 'local' or 'dask'
+    scheduler: str | None = None  # the Dask scheduler's address, with executor 'dask'
+    kernel: str = "auto"  # 'auto', or a name of engine.KERNELS
+    stack: int | None = None  # at most this many runs of one structure train together
+    compile: bool | None = None  # compile the written-out kernel's step (None: when it pays back)
+    device: str = "cpu"  # 'cpu', 'cuda' or 'auto'
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What the folder holds of the runs a sweep is asked for, read once when it starts."""
+
+    found: dict[str, dict | None]  # run id -> its summary (None: not committed, or damaged)
+    todo: list[Run]  # the runs to train
+    damaged_ids: set[str]  # runs of `todo` whose folders are damaged, moved aside before training
+    damaged: int  # how many finished runs are trained again for damaged files
+    older: int  # how many finished runs are trained again for another results format
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one sweep trains and where it commits it: _train_and_commit's arguments."""
+
+    exp: Experiment
+    store: ExperimentStore
+    plan: Plan
+    steps_of: dict[str, int]  # run id -> training steps (the progress bars)
+    found: dict[str, dict | None]  # the runs' summaries when the sweep started
+    listed: list[tuple[str, dict]] | None  # the runs runs.parquet lists when not exp's
+    client: Any  # a Dask client, or None
+    device: str
+    console: Console
+
+    @property
+    def todo(self) -> list[Run]:
+        return [run for unit in self.plan.units for run in unit.runs]
+
+
 def run_experiment(
     exp: Experiment,
     out: Path | str = "results",
+    options: SweepOptions = SweepOptions(),  # frozen: one shared default is safe
     *,
-    force: bool = False,
-    retry_failed: bool = False,
-    workers: int | None = None,
-    executor: str = "local",
-    scheduler: str | None = None,
-    kernel: str = "auto",
-    stack: int | None = None,
-    compile: bool | None = None,
-    device: str = "cpu",
     console: Console | None = None,
 ) -> pd.DataFrame:
     """Train the runs of `exp` not finished yet and return runs.parquet's rows of exp's runs.
 
     The folder OUT/<name> keeps what it holds (ExperimentStore.change): a grid that extends the folder's becomes
     its config, one within it trains what is missing and leaves the folder's config and list as they are, and one
-    that would no longer list some of the folder's runs, or a folder of another results format (unless `force`,
-    which trains every run again in this format), is a ConfigError before anything is written.
+    that would no longer list some of the folder's runs, or a folder of another results format (unless
+    `options.force`, which trains every run again in this format), is a ConfigError before anything is written.
 
-    The plan (engine/plan.py) groups the runs into stacks of one structure (at most `stack` runs; 1 trains each
-    run alone), each trained by one call of the driver on `kernel` ('auto': the written-out kernel where it
-    supports the config, else autograd), compiled or not (`compile` None: when it pays back). executor 'local'
-    trains the stacks in this process (workers 1, with a progress bar per step) or in worker processes of one
-    thread each (workers None: one per core when the grid is large enough); 'dask' sends each stack to the Dask
-    cluster at `scheduler`. In every case the results come back here and are committed by this process alone,
-    one atomic folder per run. `device` is 'cpu', 'cuda' or 'auto' (the GPU if PyTorch sees one).
+    The plan (engine/plan.py) groups the runs into stacks of one structure (at most `options.stack` runs; 1 trains
+    each run alone), each trained by one call of the driver on `options.kernel` ('auto': the written-out kernel
+    where it supports the config, else autograd), compiled or not (`options.compile` None: when it pays back).
+    executor 'local' trains the stacks in this process (workers 1, with a progress bar per step) or in worker
+    processes of one thread each (workers None: one per core when the grid is large enough); 'dask' sends each
+    stack to the Dask cluster at `options.scheduler`. In every case the results come back here and are committed
+    by this process alone, one atomic folder per run. `options.device` is 'cpu', 'cuda' or 'auto' (the GPU if
+    PyTorch sees one).
     """
     console = console or Console(stderr=True)
     try:
-        dev = resolve_device(device)
+        dev = resolve_device(options.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     preflight(exp)
     store = ExperimentStore(out, exp.name)
-    change = store.change(exp, force)
-    listed = change.listed  # the runs runs.parquet lists when not exp's (a grid within the folder's)
-    ids = [r.run_id for r in exp.runs] + [rid for rid, _ in listed or []]
-    read = {rid: store.read_summary(rid) for rid in dict.fromkeys(ids)}  # every summary.json, read once
+    change = store.change(exp, force=options.force)
+    state = _read_folder(exp, store, change, options)
+    steps_of = {r.run_id: total_steps(r.config, build_dataset(r.config.data)) for r in state.todo}
+    plan = _plan(state.todo, steps_of, options, dev.type)  # checked before anything is written
+    if change.case == "refused":
+        raise ConfigError(change.message)
+    client = _dask_client(options.scheduler) if options.executor == "dask" and state.todo else None
+    try:
+        store.prepare(exp, keep_config=change.case == "within")
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write the results there ({e.strerror or e})") from None
+    claimed = [r for r in state.todo if store.claim(r.run_id)]  # runs another `normbench run` trains are left to it
+    try:
+        if len(claimed) < len(state.todo):  # the stacks of the runs left to this process
+            plan = _plan(claimed, steps_of, options, dev.type)
+        job = _Job(exp, store, plan, steps_of, state.found, change.listed, client, str(dev), console)
+        _say_what_it_does(job, change, state, options)
+        if not options.force:
+            _move_aside([r.run_id for r in claimed if r.run_id in state.damaged_ids], store, console)
+        _train(job, busy=len(state.todo) - len(claimed))
+    finally:
+        for run in claimed:
+            store.release(run.run_id)
+    table = store.write_runs_table(exp, listed=change.listed)  # read back: another invocation may have committed
+    mine = {r.run_id for r in exp.runs}
+    return table if change.listed is None else table[table.run_id.isin(mine)].reset_index(drop=True)
+
+
+def _read_folder(exp: Experiment, store: ExperimentStore, change: FolderChange, options: SweepOptions) -> _Found:
+    """Every summary.json of the runs asked for and of those the folder lists, read once: which runs to train, and
+    which of them finished with damaged files or in another results format."""
+    ids = [r.run_id for r in exp.runs] + [rid for rid, _ in change.listed or []]
+    read = {rid: store.read_summary(rid) for rid in dict.fromkeys(ids)}
     found = {rid: summary for rid, (summary, _) in read.items()}
-    todo = [r for r in exp.runs if force or not store.is_done(r.run_id, retry_failed, found[r.run_id])]
-    finished = [found[r.run_id] for r in todo if (found[r.run_id] or {}).get("status") in FINISHED and not force]
+    todo = [
+        r
+        for r in exp.runs
+        if options.force or not store.is_done(r.run_id, retry_failed=options.retry_failed, summary=found[r.run_id])
+    ]
+    finished = [found[r.run_id] for r in todo if (found[r.run_id] or {}).get("status") in FINISHED]
+    finished = [] if options.force else finished
     older = sum(run_format(s) != RESULTS_FORMAT for s in finished)  # trained again in this format
     # A run folder whose summary.json is damaged (unreadable, of the wrong shape) is a run not finished.
     unreadable = {r.run_id for r in todo if read[r.run_id][1]}
-    damaged = len(finished) - older + len(unreadable)
     damaged_ids = unreadable | {
         r.run_id
         for r in todo
         if (found[r.run_id] or {}).get("status") in FINISHED and run_format(found[r.run_id]) == RESULTS_FORMAT
     }
-    steps_of = {r.run_id: total_steps(r.config, build_dataset(r.config.data)) for r in todo}
-    if executor == "dask":
-        workers = 1 if workers is None else workers  # the cluster decides where units run
+    return _Found(found, todo, damaged_ids, damaged=len(finished) - older + len(unreadable), older=older)
+
+
+def _plan(runs: list[Run], steps_of: dict[str, int], options: SweepOptions, device_type: str) -> Plan:
+    """The plan of `runs` under the sweep's options (on Dask, one worker unless told: the cluster decides where
+    units run); a plan that cannot be had is a ConfigError."""
+    workers = 1 if options.executor == "dask" and options.workers is None else options.workers
     try:
-        plan = make_plan(
-            todo, steps_of, kernel=kernel, stack=stack, workers=workers, compile=compile, device_type=dev.type
+        return make_plan(
+            runs,
+            steps_of,
+            kernel=options.kernel,
+            stack=options.stack,
+            workers=workers,
+            compile=options.compile,
+            device_type=device_type,
         )
     except PlanError as e:
         raise ConfigError(str(e)) from None
-    if change.case == "refused":
-        raise ConfigError(change.message)
-    client = _dask_client(scheduler) if executor == "dask" and todo else None  # before anything is written
+
+
+def _say_what_it_does(job: _Job, change: FolderChange, state: _Found, options: SweepOptions) -> None:
+    """The lines a sweep starts with: what it does to the folder, how many runs it trains and how, and the
+    finished runs kept from another kernel."""
+    exp, todo, console = job.exp, job.todo, job.console
+    busy = len(state.todo) - len(todo)
+    skipped = len(exp.runs) - len(todo) - busy
+    where = f" on dask at {options.scheduler}" if options.executor == "dask" else ""
+    if change.case in ("extends", "within", "retrain"):
+        console.print(change.message, markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold]{esc(exp.name)}[/]: {len(exp.runs)} runs, {len(todo)} to train"
+        + (f", {skipped} already finished (--force to redo)" if skipped else "")
+        + (f", {busy} being trained by another normbench run" if busy else "")
+        + (f", {state.damaged} of them finished but with damaged files" if state.damaged else "")
+        + (f", {state.older} of them finished in another results format" if state.older else "")
+        + (f": {esc(job.plan.describe())}{esc(where)}, {job.device}" if todo else "")
+        + f" -> {esc(job.store.dir)}"
+    )
+    _say_other_kernels(exp.runs, todo, state.found, options.kernel, console)
+
+
+def _train(job: _Job, *, busy: int) -> None:
+    """_train_and_commit, with Ctrl-C turned into SweepInterrupted saying what was saved (`busy`: the runs another
+    `normbench run` trains)."""
+    committed: list[str] = []
     try:
-        store.prepare(exp, keep_config=change.case == "within")
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot write the results there ({e.strerror or e})") from None
-    claimed = [r for r in todo if store.claim(r.run_id)]  # runs another `normbench run` trains are left to it
-    busy = len(todo) - len(claimed)
-    try:
-        if busy:
-            todo = claimed
-            plan = make_plan(
-                todo, steps_of, kernel=kernel, stack=stack, workers=workers, compile=compile, device_type=dev.type
-            )
-        skipped = len(exp.runs) - len(todo) - busy
-        where = f" on dask at {scheduler}" if executor == "dask" else ""
-        if change.case in ("extends", "within", "retrain"):
-            console.print(change.message, markup=False, highlight=False, soft_wrap=True)
-        console.print(
-            f"[bold]{esc(exp.name)}[/]: {len(exp.runs)} runs, {len(todo)} to train"
-            + (f", {skipped} already finished (--force to redo)" if skipped else "")
-            + (f", {busy} being trained by another normbench run" if busy else "")
-            + (f", {damaged} of them finished but with damaged files" if damaged else "")
-            + (f", {older} of them finished in another results format" if older else "")
-            + (f": {esc(plan.describe())}{esc(where)}, {dev}" if todo else "")
-            + f" -> {esc(store.dir)}"
-        )
-        _say_other_kernels(exp.runs, todo, found, kernel, console)
-        if not force:
-            _move_aside([r.run_id for r in todo if r.run_id in damaged_ids], store, console)
-        committed: list[str] = []
-        try:
-            _train_and_commit(exp, store, plan, todo, steps_of, client, str(dev), console, found, listed, committed)
-        except KeyboardInterrupt:
-            kept = len(exp.runs) - len(todo) - busy + len(committed)
-            raise SweepInterrupted(
-                f"interrupted: {len(committed)} runs of this sweep were saved ({kept} of {len(exp.runs)} finished in "
-                f"{store.dir}); running the same command again resumes with the {len(exp.runs) - kept} others"
-            ) from None
-    finally:
-        for run in todo:
-            store.release(run.run_id)
-    table = store.write_runs_table(exp, listed=listed)  # read back from disk: another invocation may have committed
-    mine = {r.run_id for r in exp.runs}
-    return table if listed is None else table[table.run_id.isin(mine)].reset_index(drop=True)
+        _train_and_commit(job, committed)
+    except KeyboardInterrupt:
+        total, store = len(job.exp.runs), job.store
+        kept = total - len(job.todo) - busy + len(committed)
+        raise SweepInterrupted(
+            f"interrupted: {len(committed)} runs of this sweep were saved ({kept} of {total} finished in "
+            f"{store.dir}); running the same command again resumes with the {total - kept} others"
+        ) from None
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -208,28 +283,26 @@ def _move_aside(run_ids: list[str], store: ExperimentStore, console) -> None:
         )
 
 
-def _train_and_commit(
-    exp, store, plan, todo, steps_of, client, device: str, console, found: dict, listed, committed: list
-) -> None:
-    """Train the plan's units and commit each run as its outcome arrives, runs.parquet after each. `found`: the
-    runs' summaries as read when the sweep started (None: not committed); `listed`: the runs runs.parquet lists
-    when not exp's; `committed`: gets the id of each run committed."""
-    known = dict(found)
+def _train_and_commit(job: _Job, committed: list[str]) -> None:
+    """Train the job's plan and commit each run as its outcome arrives, runs.parquet after each. `committed`: gets
+    the id of each run committed."""
+    store, plan, todo, console = job.store, job.plan, job.todo, job.console
+    known = dict(job.found)
     try:
-        store.write_runs_table(exp, known, listed)  # summary and plot work from the first committed run on
+        store.write_runs_table(job.exp, known, job.listed)  # summary and plot work from the first committed run on
     except OSError as e:
         raise ConfigError(f"cannot write {store.dir / 'runs.parquet'} ({e.strerror or e})") from None
     with Progress(*_COLUMNS, console=console, transient=True, disable=not todo) as bar:
         runs_task = bar.add_task("runs", total=len(todo))
-        if client is None and plan.workers == 1:
-            outcomes = _in_process(plan.units, bar, steps_of, device)
+        if job.client is None and plan.workers == 1:
+            outcomes = _in_process(plan.units, bar, job.steps_of, job.device)
         else:
-            outcomes = _elsewhere(plan.units, plan.workers, client, device)
+            outcomes = _elsewhere(plan.units, plan.workers, job.client, job.device)
         for run, outcome in outcomes:
             try:
                 known[run.run_id] = store.write_run(run, outcome)
                 committed.append(run.run_id)
-                store.write_runs_table(exp, known, listed)
+                store.write_runs_table(job.exp, known, job.listed)
             except OSError as e:
                 raise ConfigError(
                     f"cannot write run {run.run_id} under {store.dir} ({e.strerror or e}); "
@@ -268,7 +341,7 @@ def _say_other_kernels(runs: list[Run], todo: list[Run], found: dict, kernel: st
         )
 
 
-def train_unit(configs: list[dict], kernel: str, compile: bool, on_step=None, *, device: str = "cpu") -> list[Outcome]:
+def train_unit(configs: list[dict], kernel: str, *, compile: bool, on_step=None, device: str = "cpu") -> list[Outcome]:
     """Train one unit where it lands (this process, a local worker, a Dask worker); configs travel as JSON-able
     data, failures come back as data. When a stack fails, its runs are trained again one by one, so that one
     broken run is recorded as failed (with its error) and the others are not."""
@@ -278,11 +351,16 @@ def train_unit(configs: list[dict], kernel: str, compile: bool, on_step=None, *,
     except Exception as e:
         if len(configs) == 1:
             return [RunFailure.from_exception(e)]
-    return [train_unit([c], kernel, compile, on_step, device=device)[0] for c in configs]
+    return [train_unit([c], kernel, compile=compile, on_step=on_step, device=device)[0] for c in configs]
 
 
-def _payload(unit: Unit) -> tuple[list[dict], str, bool]:
-    return [r.config.model_dump(mode="json") for r in unit.runs], unit.kernel, unit.compile
+def _payload(unit: Unit) -> dict[str, Any]:
+    """train_unit's arguments for `unit`, as data a worker process or a Dask worker receives."""
+    return {
+        "configs": [r.config.model_dump(mode="json") for r in unit.runs],
+        "kernel": unit.kernel,
+        "compile": unit.compile,
+    }
 
 
 def _in_process(
@@ -292,7 +370,7 @@ def _in_process(
         label = f"stack of {len(unit.runs)} runs" if len(unit.runs) > 1 else _label(unit.runs[0])
         task = bar.add_task(f"  {esc(label)}", total=steps_of[unit.runs[0].run_id])
         progress = lambda s, t=task: bar.update(t, completed=s)  # noqa: E731
-        outcomes = train_unit(*_payload(unit), on_step=progress, device=device)
+        outcomes = train_unit(**_payload(unit), on_step=progress, device=device)
         bar.remove_task(task)
         yield from zip(unit.runs, outcomes, strict=True)
 
@@ -337,7 +415,7 @@ def _on_dask(units: list[Unit], client, device: str) -> Iterator[tuple[Run, Outc
     from dask.distributed import wait
 
     futures = {
-        client.submit(train_unit, *_payload(u), device=device, key=f"normbench-{u.runs[0].run_id}", pure=False): u.runs
+        client.submit(train_unit, **_payload(u), device=device, key=f"normbench-{u.runs[0].run_id}", pure=False): u.runs
         for u in units
     }
     pending, alone_since = set(futures), None
@@ -403,7 +481,7 @@ def _pool_round(units, indices, workers, device, attempts):
         with _callers_main_hidden(), _sigint_ignored():
             for i in indices:
                 attempts[i] += 1
-                futures[pool.submit(train_unit, *_payload(units[i]), device=device)] = i
+                futures[pool.submit(train_unit, **_payload(units[i]), device=device)] = i
         for future in concurrent.futures.as_completed(futures):
             try:
                 outcomes = future.result()

@@ -372,7 +372,7 @@ def test_a_bad_where_is_one_line(examples_dir, command, where, fragments):
 
 
 def test_ambiguous_short_key_and_a_folder_of_experiments(tmp_path, write_config, tiny_raw):
-    from normbench.store import SelectionError, select_runs
+    from normbench.results import SelectionError, select_runs
 
     runs = pd.DataFrame({"run_id": ["a", "b"], "model.weight_init.std": [0.1, 1.0], "data.std": [1, 2]})
     with pytest.raises(SelectionError, match=r"std' matches several grid keys.*model\.weight_init\.std, data\.std"):
@@ -396,7 +396,7 @@ def test_ambiguous_short_key_and_a_folder_of_experiments(tmp_path, write_config,
 
 
 def test_plot_where_draws_only_the_matching_runs(examples_dir, monkeypatch):
-    from normbench.store import load_runs
+    from normbench.results import load_runs
     from normbench.views import render as plot_module
 
     seen = []

@@ -11,7 +11,7 @@ from normbench.cli import app
 from normbench.config import experiment_from_dict
 from normbench.data import build_dataset
 from normbench.engine import total_steps, train_run
-from normbench.store import load_table
+from normbench.results import load_table
 
 TINY_CNN = {
     "name": "tiny_cnn",

@@ -308,7 +308,7 @@ def test_a_bad_zip_is_one_line(write_config, tiny_raw, grid, fragments):
 def test_zipped_keys_are_axes_of_the_results(tmp_path, write_config, tiny_raw):
     import pandas as pd
 
-    from normbench.store import experiment_axes, experiment_axis_groups
+    from normbench.results import experiment_axes, experiment_axis_groups
 
     tiny_raw |= {"seeds": [1], "grid": {"model.norm": ["batch"], "zip": ZIP}}
     result = runner.invoke(app, ["run", str(write_config(tiny_raw)), "--out", str(tmp_path)])
@@ -367,8 +367,8 @@ def test_grid_null_removes_an_axis_so_the_key_can_be_set(write_config, tiny_raw)
 def test_runs_of_one_computation_give_the_same_tables(tmp_path, tiny_raw, kernel):
     """RunConfig.computation leaves out a norm's options in a run without a norm: such runs (BN's momentum and eps
     changed, no BN) train and record bit for bit alike, while with BN the same change gives other numbers."""
-    from normbench.store import load_table
-    from normbench.sweep import run_experiment
+    from normbench.results import load_table
+    from normbench.sweep import SweepOptions, run_experiment
 
     tiny_raw["grid"] = {"model.norm": ["none", "batch"]}
     tiny_raw["model"]["normalize_input"] = True
@@ -377,7 +377,7 @@ def test_runs_of_one_computation_give_the_same_tables(tmp_path, tiny_raw, kernel
     other["model"] |= {"norm_momentum": 0.6, "norm_eps": 1e-3, "norm_affine": False, "norm_groups": 4}
     a, b = experiment_from_dict(tiny_raw), experiment_from_dict(other)
     for exp in (a, b):
-        run_experiment(exp, tmp_path, kernel=kernel, console=Console(quiet=True))
+        run_experiment(exp, tmp_path, SweepOptions(kernel=kernel), console=Console(quiet=True))
     for run_a, run_b in zip(a.runs, b.runs, strict=True):
         assert run_a.run_id != run_b.run_id
         same = run_a.config.computation() == run_b.config.computation()

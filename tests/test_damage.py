@@ -519,6 +519,31 @@ def _wait_for_runs(runs_dir: Path, n: int, proc: subprocess.Popen, limit: float 
     pytest.fail(f"fewer than {n} runs committed in {limit} s")
 
 
+def _wait_until_training(proc: subprocess.Popen, count: int, limit: float = 120.0) -> None:
+    """Until `count` of the sweep's worker processes are each computing (a second of CPU time more than when first
+    seen): they are training, not starting or waiting for a stack."""
+    from tests.test_workers import children
+
+    def cpu_s(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    first: dict[int, float] = {}
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        workers = [p for p in children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        for pid in workers:
+            first.setdefault(pid, cpu_s(pid))
+        if sum(cpu_s(pid) - first[pid] >= 1.0 for pid in workers) >= count:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"fewer than {count} worker processes training after {limit} s")
+
+
 def test_ctrl_c_stops_a_sweep_of_long_stacks_at_once(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while 2 worker processes train stacks
     that take minutes: the sweep exits 130 with one line saying what was saved and how to resume, no worker prints
@@ -532,8 +557,8 @@ def test_ctrl_c_stops_a_sweep_of_long_stacks_at_once(tmp_path):
         text=True,
         start_new_session=True,
     )
-    _wait_for_runs(out / "long" / "runs", 32, proc)  # the fast runs are committed, the slow stacks are training
-    time.sleep(2)
+    _wait_for_runs(out / "long" / "runs", 32, proc)  # the fast runs are committed
+    _wait_until_training(proc, 2)  # the slow stacks are training
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -577,7 +602,10 @@ def test_a_lost_dask_scheduler_is_one_line_and_keeps_the_finished_runs(tmp_path)
     try:
         cfg = _long_config(tmp_path, long_steps=200_000)
         out = tmp_path / "results"
-        time.sleep(3)
+        from distributed import Client
+
+        with Client(address, timeout="120s") as client:  # the scheduler answers and a worker is registered
+            client.wait_for_workers(1, timeout=120)
         proc = subprocess.Popen(
             [
                 sys.executable,

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from normbench.cli import app
 from normbench.config import load_experiment
 from normbench.demo import DEMO_CONFIGS, cells, markdown
-from normbench.store import load_runs
+from normbench.results import load_runs
 from normbench.sweep import run_experiment
 
 quiet = Console(quiet=True)

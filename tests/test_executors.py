@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from normbench.cli import app
 from normbench.config import experiment_from_dict
-from normbench.store import load_table
-from normbench.sweep import run_experiment
+from normbench.results import load_table
+from normbench.sweep import SweepOptions, run_experiment
 
 quiet = Console(quiet=True)
 
@@ -39,7 +39,7 @@ def same_results(a, b) -> None:
 
 def test_local_worker_processes_match_in_process(reference, tmp_path):
     exp, ref_dir = reference
-    run_experiment(exp, tmp_path, workers=2, console=quiet)
+    run_experiment(exp, tmp_path, SweepOptions(workers=2), console=quiet)
     same_results(ref_dir, tmp_path / exp.name)
 
 
@@ -49,7 +49,7 @@ def test_dask_cluster_matches_in_process(reference, tmp_path):
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:
-        run_experiment(exp, tmp_path, executor="dask", scheduler=cluster.scheduler_address, console=quiet)
+        run_experiment(exp, tmp_path, SweepOptions(executor="dask", scheduler=cluster.scheduler_address), console=quiet)
     same_results(ref_dir, tmp_path / exp.name)
 
 
@@ -92,8 +92,8 @@ def test_stacks_sent_to_workers_match_stacks_in_process(tmp_path):
             "grid": {"model.norm": ["none", "batch"]},
         }
     )
-    run_experiment(exp, tmp_path / "a", workers=1, console=quiet)
-    run_experiment(exp, tmp_path / "b", workers=2, console=quiet)
+    run_experiment(exp, tmp_path / "a", SweepOptions(workers=1), console=quiet)
+    run_experiment(exp, tmp_path / "b", SweepOptions(workers=2), console=quiet)
     same_results(tmp_path / "a" / "stacks", tmp_path / "b" / "stacks")
 
 
@@ -109,5 +109,5 @@ def test_a_dask_cluster_without_workers_ends_the_sweep_with_one_line(tmp_path, m
     exp = experiment_from_dict({**TINY, "seeds": [1]})
     cluster = distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None)
     with cluster, pytest.raises(ConfigError, match="no worker for 2 s; 4 runs were not trained"):
-        run_experiment(exp, tmp_path, executor="dask", scheduler=cluster.scheduler_address, console=quiet)
+        run_experiment(exp, tmp_path, SweepOptions(executor="dask", scheduler=cluster.scheduler_address), console=quiet)
     assert set(pd.read_parquet(tmp_path / exp.name / "runs.parquet").status) == {"missing"}

@@ -7,7 +7,7 @@ import pytest
 from rich.console import Console
 
 from normbench.config import load_experiment
-from normbench.store import load_runs
+from normbench.results import load_runs
 from normbench.sweep import run_experiment
 from normbench.views.render import plot_experiment
 

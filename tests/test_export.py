@@ -19,7 +19,8 @@ from normbench import sweep
 from normbench.cli import app
 from normbench.config import experiment_from_dict
 from normbench.finals import applicable, per_run
-from normbench.store import ExperimentStore, load_runs, load_table
+from normbench.results import load_runs, load_table
+from normbench.store import ExperimentStore
 from normbench.sweep import run_experiment
 from normbench.views.export import INSTALL_HINT, histogram_buckets, run_labels
 from normbench.views.summary import landscape_summary

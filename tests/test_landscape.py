@@ -240,7 +240,7 @@ def test_stored_plotted_and_documented(tmp_path, tiny_raw):
     from rich.console import Console
 
     from normbench.config import experiment_from_dict
-    from normbench.store import load_table
+    from normbench.results import load_table
     from normbench.sweep import run_experiment
     from normbench.views.render import plot_experiment
     from tests.test_store import documented_columns
@@ -264,7 +264,7 @@ def test_an_experiment_without_the_landscape_has_no_landscape_rows(tmp_path, tin
     from rich.console import Console
 
     from normbench.config import experiment_from_dict
-    from normbench.store import load_table
+    from normbench.results import load_table
     from normbench.sweep import run_experiment
 
     exp = experiment_from_dict(tiny_raw)

@@ -77,7 +77,9 @@ def loaded_after(code: str) -> set[str]:
 def test_checking_a_config_loads_no_kernel_and_reading_results_no_torch():
     loaded = loaded_after("from normbench.config import load_experiment\nload_experiment('morvan_tf23')")
     assert not {m for m in loaded if m.startswith("normbench.engine.") and m != "normbench.engine.optim"}, loaded
-    loaded = loaded_after("import normbench.api, normbench.store, normbench.views.summary, normbench.views.render")
+    loaded = loaded_after(
+        "import normbench.api, normbench.results, normbench.store, normbench.views.summary, normbench.views.render"
+    )
     assert "torch" not in loaded
     assert "torch" not in loaded_after("import normbench.views.html, normbench.finals, normbench.views.export")
     assert "torch" not in loaded_after("import normbench.labels")
@@ -86,7 +88,7 @@ def test_checking_a_config_loads_no_kernel_and_reading_results_no_torch():
 # Exceptions that never reach a user as such: each is turned into a UserError where it is caught, or is Ctrl-C.
 INTERNAL_EXCEPTIONS = {
     "ForbiddenGlobal": "data.py turns it into a DataError naming the file",
-    "YAMLLimit": "config.py and store.py turn it into a ConfigError or DamagedResults naming the file",
+    "YAMLLimit": "config.py and results.py turn it into a ConfigError or DamagedResults naming the file",
     "SweepInterrupted": "Ctrl-C (a KeyboardInterrupt): the CLI prints what was saved and exits 130",
 }
 
@@ -173,3 +175,16 @@ def test_every_figure_is_one_entry_of_the_table():
         assert kind.scope in ("experiment", "group")
     html = inspect.getsource(__import__("normbench.views.html", fromlist=["x"]))
     assert "FigureName" not in html and "_caption" not in html and '"units"' not in html
+
+
+def test_the_kernel_names_are_defined_once():
+    """registry.KERNEL_NAMES names the kernels: the plan's classes, run's --kernel and the claims check's choices
+    are read from it."""
+    from normbench.claims import KERNELS as CHECK_KERNELS
+    from normbench.cli import CheckKernel, KernelName
+    from normbench.engine import KERNELS
+    from normbench.registry import KERNEL_NAMES
+
+    assert tuple(KERNELS) == KERNEL_NAMES
+    assert [k.value for k in KernelName] == ["auto", *KERNEL_NAMES]
+    assert [k.value for k in CheckKernel] == list(CHECK_KERNELS)

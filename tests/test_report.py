@@ -404,7 +404,7 @@ def test_summary_by_shows_the_precise_statistics_loss_where_recorded(tmp_path, t
     from rich.console import Console
 
     from normbench.config import experiment_from_dict
-    from normbench.store import load_table
+    from normbench.results import load_table
     from normbench.sweep import run_experiment
     from normbench.views.summary import aggregate_runs, fmt_stats
 

@@ -13,8 +13,9 @@ from rich.console import Console
 
 from normbench import sweep
 from normbench.config import experiment_from_dict
-from normbench.store import ExperimentStore, load_runs, load_table
-from normbench.sweep import run_experiment
+from normbench.results import load_runs, load_table
+from normbench.store import ExperimentStore
+from normbench.sweep import SweepOptions, run_experiment
 from tests.conftest import snapshot
 
 DOCS = Path(__file__).parent.parent / "docs" / "results-format.md"
@@ -74,7 +75,7 @@ def test_rerun_skips_finished_runs_and_force_reruns(done, monkeypatch):
     run_experiment(exp, exp_dir.parent, console=quiet)
     assert calls == []
     assert mtimes == {p: p.stat().st_mtime_ns for p in (exp_dir / "runs").glob("*/summary.json")}
-    run_experiment(exp, exp_dir.parent, force=True, console=quiet)
+    run_experiment(exp, exp_dir.parent, SweepOptions(force=True), console=quiet)
     assert len(calls) == 8
 
 
@@ -107,7 +108,10 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_raw, mon
     monkeypatch.setattr(sweep, "train_stack", real)
     assert run_experiment(exp, tmp_path, console=quiet).set_index("run_id").loc[bad, "status"] == "failed"
     assert (
-        run_experiment(exp, tmp_path, retry_failed=True, console=quiet).set_index("run_id").loc[bad, "status"] == "ok"
+        run_experiment(exp, tmp_path, SweepOptions(retry_failed=True), console=quiet)
+        .set_index("run_id")
+        .loc[bad, "status"]
+        == "ok"
     )
 
 
@@ -147,12 +151,12 @@ def test_resuming_with_another_kernel_keeps_the_runs_and_says_so(tmp_path, tiny_
     from io import StringIO
 
     exp = experiment_from_dict({**tiny_raw, "seeds": [1]})
-    run_experiment(exp, tmp_path, kernel="autograd", console=quiet)
+    run_experiment(exp, tmp_path, SweepOptions(kernel="autograd"), console=quiet)
     said = StringIO()
     table = run_experiment(exp, tmp_path, console=Console(file=said, width=200))
     assert set(table["engine.kernel"]) == {"autograd"} and set(table.status) == {"ok"}
     assert "4 finished run(s) were trained by autograd" in said.getvalue()
-    table = run_experiment(exp, tmp_path, force=True, console=quiet)
+    table = run_experiment(exp, tmp_path, SweepOptions(force=True), console=quiet)
     assert set(table["engine.kernel"]) == {"written-out"}
     assert set(table["engine.dtype"]) == {"float32"} and set(table["engine.threads"]) == {1}
 
@@ -417,7 +421,7 @@ def test_the_results_format_is_written_with_every_run_and_folder(done):
     import pyarrow.parquet as pq
 
     from normbench import __version__
-    from normbench.store import COLUMNS, RESULTS_FORMAT
+    from normbench.results import COLUMNS, RESULTS_FORMAT
 
     exp, exp_dir, _ = done
     meta = pq.read_schema(exp_dir / "runs.parquet").metadata

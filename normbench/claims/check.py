@@ -26,6 +26,7 @@ from normbench.claims.schema import (
 from normbench.claims.statistics import Verdict, compare_verdict, flat_verdict, num, threshold_verdict
 from normbench.config import ConfigError, Experiment
 from normbench.labels import filter_text
+from normbench.registry import KERNEL_NAMES
 from normbench.safe import esc
 
 VERDICTS = ("supported", "not supported", "inconclusive", "depends on rounding", "not measured yet")
@@ -111,7 +112,7 @@ def not_measured_row(c: Claim, src: Source) -> Row:
     )
 
 
-KERNELS = ("auto", "written-out", "autograd", "both")
+KERNELS = ("auto", *KERNEL_NAMES, "both")
 
 
 def check_claims(
@@ -131,7 +132,7 @@ def check_claims(
     OUT/<experiment>-<kernel>/; 'both' as 'auto' and again with 'autograd' wherever 'auto' writes some runs out,
     and a setting whose verdict differs between the two roundings gets the verdict 'depends on rounding' with
     both outcomes. ConfigError for a wrong claims file, config, kernel or --out, before any training."""
-    from normbench.store import DamagedResults
+    from normbench.results import DamagedResults
 
     console = console or Console(stderr=True)
     out = Path(out)
@@ -172,11 +173,11 @@ def _train(
     or both names joined when a grid mixes them)."""
     from normbench.engine import PlanError, kernel_for
     from normbench.store import ExperimentStore
-    from normbench.sweep import run_experiment
+    from normbench.sweep import SweepOptions, run_experiment
 
     for key, exp in exps.items():  # a kernel that cannot train an experiment is refused before any training
         try:
-            for r in exp.runs if kernel in ("written-out", "autograd") else []:
+            for r in exp.runs if kernel in KERNEL_NAMES else []:
                 kernel_for(r.config, kernel)
         except PlanError as e:
             raise ConfigError(f"claims experiment {key!r}: {e}") from None
@@ -193,7 +194,7 @@ def _train(
         for k in kernels:
             start = time.monotonic()
             e = exp if k == "auto" else book.experiment(key, quick, k)
-            table = run_experiment(e, out, kernel=k, force=force, console=console)
+            table = run_experiment(e, out, SweepOptions(kernel=k, force=force), console=console)
             used = "+".join(sorted(set(table["engine.kernel"].dropna()))) or k
             results[key][used] = Results(table, exp_dir=ExperimentStore(out, e.name).dir)
             console.print(
@@ -236,7 +237,7 @@ def verdicts_for(exp_dir: Path, runs: pd.DataFrame | None = None) -> tuple[list[
     the settings of the claims experiment whose folder has this name, judged on the folder's runs by the rules of
     `normbench claims`, with nothing trained. ([], why) when the claims file says nothing about the folder or the
     folder lacks finished runs those settings need (for `normbench report`); (rows, '') otherwise."""
-    from normbench.store import FINISHED, load_runs
+    from normbench.results import FINISHED, load_runs
 
     book = load_claims()
     name = Path(exp_dir).name
@@ -244,7 +245,7 @@ def verdicts_for(exp_dir: Path, runs: pd.DataFrame | None = None) -> tuple[list[
         (key, quick, kernel)
         for key in book.experiments
         for quick in (False, True)
-        for kernel in (None, "written-out", "autograd")
+        for kernel in (None, *KERNEL_NAMES)
         if book.folder(key, quick, kernel) == name and (not quick or book.experiments[key].quick)
     ]
     claims = [c.of_experiments([k for k, _, _ in found]) for c in book.claims]

@@ -100,7 +100,7 @@ class Results:
 
     def table(self, name: str) -> pd.DataFrame:
         if name not in self._tables:
-            from normbench.store import FINISHED, load_table
+            from normbench.results import FINISHED, load_table
 
             ids = self.runs.loc[self.runs.status.isin(FINISHED), "run_id"].tolist()
             self._tables[name] = load_table(self.exp_dir, name, ids) if self.exp_dir is not None else pd.DataFrame()

@@ -14,8 +14,8 @@ from normbench.claims.measures import Measure
 from normbench.claims.statistics import num
 from normbench.config import PACKAGED_CONFIGS, ConfigError, Experiment, Strict, describe, load_experiment
 from normbench.labels import filter_text
+from normbench.results import same_value
 from normbench.safe import load_yaml
-from normbench.store import same_value
 
 
 class Source(Strict):

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from normbench.store import tied_with
+from normbench.results import tied_with
 from normbench.views.data import ExperimentData
 from normbench.views.seeds import short_number
 from normbench.views.style import (

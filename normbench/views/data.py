@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from normbench.errors import UserError
-from normbench.store import (
+from normbench.results import (
     FINISHED,
     SelectionError,
     default_compare,

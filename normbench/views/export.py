@@ -43,7 +43,8 @@ import pandas as pd
 from normbench.errors import UserError, is_disk_full
 from normbench.finals import applicable, per_run
 from normbench.labels import run_folder_names
-from normbench.store import FINISHED, experiment_axes, load_runs, load_table, remove_stale, replace_dir
+from normbench.results import FINISHED, experiment_axes, load_runs, load_table
+from normbench.store import remove_stale, replace_dir
 
 INSTALL_HINT = "TensorBoard export needs the tensorboard package: pip install 'normbench[tensorboard]'"
 EVENT_FILE_PREFIX = "events.out.tfevents."

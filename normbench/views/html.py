@@ -32,8 +32,7 @@ from rich.console import Console
 
 from normbench.errors import UserError, is_disk_full
 from normbench.labels import group_slug, value_text, where_folder
-from normbench.safe import load_yaml
-from normbench.store import (
+from normbench.results import (
     FINISHED,
     default_compare,
     experiment_axes,
@@ -41,8 +40,9 @@ from normbench.store import (
     find_experiments,
     group_keys,
     load_runs,
-    write_text_atomic,
 )
+from normbench.safe import load_yaml
+from normbench.store import write_text_atomic
 from normbench.version import __version__
 
 if TYPE_CHECKING:

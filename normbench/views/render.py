@@ -19,7 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from normbench.store import default_compare, remove_stale_temps, write_file_atomic
+from normbench.results import default_compare
+from normbench.store import remove_stale_temps, write_file_atomic
 from normbench.views.data import ExperimentData, NoSuchFigure, read_experiment
 from normbench.views.figures import Figure, planned
 from normbench.views.style import DPI, close_figure

@@ -24,14 +24,14 @@ from rich.table import Table
 from rich.text import Text
 
 from normbench.finals import CURVE_FINALS, HEADINGS, applicable, per_run
-from normbench.store import (
+from normbench.labels import value_text
+from normbench.results import (
     SelectionError,
     experiment_axes,
     folder_config,
     jsonable,
     load_runs,
     resolve_axis,
-    value_text,
 )
 
 COLUMNS = (
@@ -150,7 +150,7 @@ GroupKeyError = SelectionError  # a --by key that is not a grid key (or matches 
 
 
 def resolve_keys(exp_dir: Path, keys: list[str], *, skip_absent: bool = False) -> list[str]:
-    """Grid keys by their dotted name or an unambiguous last part: 'norm' -> 'model.norm' (store.resolve_axis).
+    """Grid keys by their dotted name or an unambiguous last part: 'norm' -> 'model.norm' (results.resolve_axis).
     In the given order, each once. A key that matches no grid key is an error, or left out with `skip_absent`;
     one that matches several is always an error."""
     axes = experiment_axes(exp_dir)
