@@ -282,7 +282,7 @@ class ModelConfig(Strict):
             )
         if self.name == "lstm" and self.activation != "tanh":
             raise ValueError(f"activation {self.activation}: the lstm's activation is tanh (model.activation tanh)")
-        if recurrent and self.norm == "batch" and self.norm_paths != "input":
+        if recurrent and getattr(self.norm_class(), "whole_sequence", False) and self.norm_paths != "input":
             raise ValueError(
                 "norm batch shares its statistics over time, so it needs the whole sequence at once: a recurrence can "
                 "have it on the input-to-hidden path only (norm_paths input, as Laurent et al.), or use batch_step"

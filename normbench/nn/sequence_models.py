@@ -48,15 +48,22 @@ def _norm(cfg: ModelConfig, width: int, max_steps: int, name: str | None = None)
 
 
 class Inputs(nn.Module):
-    """Layer 0: the values of the sequence (or the embedded tokens), recorded as they are."""
+    """Layer 0: the values of the sequence, or the tokens embedded (a linear map of the one-hot tokens plus a
+    learned embedding of each position up to max_steps), recorded as they are."""
 
-    def __init__(self, embed: nn.Module | None = None):
+    def __init__(self, embed: nn.Linear | None = None, max_steps: int = 0):
         super().__init__()
         self.embed = embed or nn.Identity()
+        self.position = nn.Parameter(torch.zeros(max_steps, embed.out_features)) if embed is not None else None
         self.norm, self.act = nn.Identity(), nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.embed(x)))
+        h = self.embed(x)
+        if self.position is not None:
+            if x.shape[1] > len(self.position):
+                raise ValueError(f"the transformer has positions for {len(self.position)} steps, got {x.shape[1]}")
+            h = h + self.position[: x.shape[1]]
+        return self.act(self.norm(h))
 
 
 class SequenceModel(nn.Module):
@@ -70,8 +77,12 @@ class SequenceModel(nn.Module):
         h = self.layer0(values)
         for i in range(1, self.depth + 1):
             h = getattr(self, f"layer{i}")(h, mask)
+        h = self.last_layer(h, mask)
         last = (mask.sum(1) - 1).clamp(min=0)  # (N,) each sequence's last real step
         return self.head(h[torch.arange(len(h)), last])
+
+    def last_layer(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return h
 
 
 class RNNLayer(nn.Module):
@@ -212,35 +223,24 @@ class TransformerBlock(nn.Module):
 
 class Transformer(SequenceModel):
     """A transformer encoder: the input's features (one-hot tokens) embedded by a linear map plus a learned position
-    embedding, model.depth blocks of model.width, model.heads heads, a final norm with placement pre (Xiong et
+    embedding (layer0), model.depth blocks of model.width, model.heads heads, a final norm with placement pre (Xiong et
     al.), then a linear head."""
 
     def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], out_features: int):
         super().__init__()
         max_steps, features = input_shape[0], input_shape[1] - 1
         self.depth = cfg.depth
-        self.layer0 = Inputs(nn.Linear(features, cfg.width))
+        self.layer0 = Inputs(nn.Linear(features, cfg.width), max_steps)
         for i in range(1, cfg.depth + 1):
             self.add_module(f"layer{i}", TransformerBlock(cfg, max_steps))
-        self.position = nn.Parameter(torch.zeros(max_steps, cfg.width))
         self.final_norm = _norm(cfg, cfg.width, max_steps, cfg.norm if cfg.placement == "pre" else "none")
         self.head = nn.Linear(cfg.width, out_features)
         init_weights(self, cfg.weight_init, cfg.bias_init)
         with torch.no_grad():
-            self.position.normal_(0.0, 0.02)
+            self.layer0.position.normal_(0.0, 0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values, mask = unpack_sequences(x)
-        steps = values.shape[1]
-        if steps > self.position.shape[0]:
-            raise ValueError(f"the transformer has positions for {self.position.shape[0]} steps, got {steps}")
-        self.last_mask = mask
-        h = self.layer0(values) + self.position[:steps]
-        for i in range(1, self.depth + 1):
-            h = getattr(self, f"layer{i}")(h, mask)
-        h = self.final_norm(h, mask)
-        last = (mask.sum(1) - 1).clamp(min=0)
-        return self.head(h[torch.arange(len(h)), last])
+    def last_layer(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.final_norm(h, mask)
 
 
 MODELS.register("rnn", help="Elman RNN (model.depth layers of model.width), norms by model.norm_paths")(RNN)
