@@ -203,6 +203,11 @@ class ModelConfig(Strict):
     bn_gamma: PositiveFloat = Field(
         0.1, description="rnn, lstm: initial gamma of batch and batch_step norms (Cooijmans et al.'s 0.1)"
     )
+    norm_mask: bool = Field(
+        True,
+        description="rnn, lstm, transformer: padded positions stay out of batch statistics; false lets them in as "
+        "zeros (only to show what that costs; batch and batch_step norms only)",
+    )
     heads: int = Field(2, gt=0, description="transformer: attention heads (they divide model.width)")
     attention: Literal["padding", "causal"] = Field(
         "padding", description="transformer: attend to every real step, or (causal) to the real steps up to one's own"
@@ -250,6 +255,8 @@ class ModelConfig(Strict):
         if self.name in SEQUENCE_MODELS:
             self._fits_sequences()
             return self
+        if not self.norm_mask:
+            raise ValueError(f"norm_mask is for the sequence models (rnn, lstm, transformer), not the {self.name}")
         if self.placement in ("pre", "post"):
             raise ValueError(f"placement {self.placement} is the transformer's; the {self.name} takes before or after")
         if self.kernel % 2 == 0:
@@ -287,6 +294,8 @@ class ModelConfig(Strict):
                 "norm batch shares its statistics over time, so it needs the whole sequence at once: a recurrence can "
                 "have it on the input-to-hidden path only (norm_paths input, as Laurent et al.), or use batch_step"
             )
+        if not self.norm_mask and not getattr(self.norm_class(), "batch_statistics", False):
+            raise ValueError(f"norm_mask false changes batch statistics only; norm {self.norm} has none")
         if self.name == "transformer" and self.norm == "batch_step":
             raise ValueError("norm batch_step is for recurrences; the transformer takes none, batch, layer or rms")
         if self.name == "transformer" and self.width % self.heads:
@@ -424,6 +433,7 @@ LATER_OPTIONS: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
     ("model", "norm_paths"): lambda d: d["model"]["name"] not in ("rnn", "lstm"),
     ("model", "bn_gamma"): lambda d: d["model"]["name"] not in ("rnn", "lstm"),
     ("model", "heads"): lambda d: d["model"]["name"] != "transformer",
+    ("model", "norm_mask"): lambda d: d["model"]["norm_mask"],
     ("model", "attention"): lambda d: d["model"]["name"] != "transformer",
 }
 

@@ -89,26 +89,37 @@ def test_a_padded_batch_equals_each_sequence_alone(name, norm, options):
         torch.testing.assert_close(m(alone)[0], together[n], **TOL)
 
 
-def reference_rnn(m, x: torch.Tensor, mask: torch.Tensor, norm: str) -> torch.Tensor:
+def reference_rnn(m, x: torch.Tensor, mask: torch.Tensor, norm: str, masked: bool = True) -> torch.Tensor:
     """The Elman RNN of `m`'s parameters, written out: batch norm on the real rows only, by F.batch_norm (per step for
-    batch_step; over the real positions of every sequence concatenated for batch, input path only)."""
+    batch_step; over the real positions of every sequence concatenated for batch, input path only). masked False
+    (model.norm_mask false): F.batch_norm on every row, a padded row's values as 0."""
     values = unpack_sequences(x)[0]
     h_in = values
     for i in (1, 2):
         layer = getattr(m, f"layer{i}")
         wx = h_in @ layer.fc.weight.T  # (N, T, H)
         width = wx.shape[-1]
-        if norm == "batch":
+        if norm == "batch" and masked:
             rows = F.batch_norm(wx[mask], None, None, layer.norm.weight, layer.norm.bias, training=True, eps=1e-5)
             wx = wx.masked_scatter(mask[..., None], rows)
+        elif norm == "batch":
+            rows = wx.masked_fill(~mask[..., None], 0.0).reshape(-1, width)
+            rows = F.batch_norm(rows, None, None, layer.norm.weight, layer.norm.bias, training=True, eps=1e-5)
+            wx = rows.reshape(wx.shape)
         h = torch.zeros(len(x), width, dtype=x.dtype)
         out = torch.zeros(len(x), mask.shape[1], width, dtype=x.dtype)
         for t in range(mask.shape[1]):
             real = mask[:, t]
             a_x, a_h = wx[real, t], h[real] @ layer.rec.weight.T
             if norm == "batch_step":
+                a_x, a_h = wx[:, t], h @ layer.rec.weight.T
+                if not masked:  # every row counts, a padded one as 0
+                    a_x, a_h = a_x.masked_fill(~real[:, None], 0.0), a_h.masked_fill(~real[:, None], 0.0)
+                else:
+                    a_x, a_h = a_x[real], a_h[real]
                 a_x = F.batch_norm(a_x, None, None, layer.norm.weight, layer.norm.bias, training=True, eps=1e-5)
                 a_h = F.batch_norm(a_h, None, None, layer.norm_h.weight, layer.norm_h.bias, training=True, eps=1e-5)
+                a_x, a_h = (a_x, a_h) if masked else (a_x[real], a_h[real])
             h = h.clone()
             h[real] = torch.tanh(a_x + a_h + layer.b)
             out[:, t] = h
@@ -124,6 +135,17 @@ def test_batch_norms_of_a_padded_batch_against_the_brute_force_recurrence(norm, 
     x, mask = batch()
     x, mask = x[:, :5], mask[:, :5]
     torch.testing.assert_close(m(x), reference_rnn(m, x, mask, norm), **TOL)
+
+
+@pytest.mark.parametrize(("norm", "paths"), [("batch_step", "both"), ("batch", "input")])
+def test_batch_norms_counting_the_padding_against_the_brute_force_recurrence(norm, paths):
+    """model.norm_mask false: the statistics count every padded position as 0, every step included (each step has
+    all N rows, so no step is left out as above); the default differs on the same batch."""
+    m = model("rnn", norm, norm_paths=paths, norm_mask=False)
+    x, mask = batch()
+    torch.testing.assert_close(m(x), reference_rnn(m, x, mask, norm, masked=False), **TOL)
+    masked = model("rnn", norm, norm_paths=paths)
+    assert not torch.allclose(masked(x), m(x))
 
 
 def test_per_step_batch_norm_beyond_the_training_length_uses_the_last_steps_statistics():
@@ -186,6 +208,8 @@ def seq_cfg(name: str, **data) -> dict:
         ({"model": {"name": "mlp", "norm": "batch_step"}}, "unknown norm"),
         ({"model": {"name": "transformer", "placement": "before"}}, "pre or post"),
         ({"model": {"name": "mlp"}}, "do not fit"),
+        ({"model": {"name": "rnn", "norm": "layer", "norm_mask": False}}, "batch statistics only"),
+        ({"model": {"name": "mlp", "norm": "batch", "norm_mask": False}, "data": {"name": "digits"}}, "sequence models"),
     ],
 )
 def test_config_mistakes_are_one_line(change, message):
@@ -200,6 +224,7 @@ def test_transformer_placement_defaults_to_pre_and_old_run_ids_stay():
     # the new keys are off for the mlp: its run ids are those of before the sequence models
     assert "norm_paths" not in RunConfig().identity()["model"]
     assert "warmup" not in RunConfig().identity()["train"]
+    assert "norm_mask" not in RunConfig().identity()["model"]
 
 
 SMALL = {

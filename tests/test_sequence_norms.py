@@ -152,3 +152,28 @@ def test_per_position_norms_against_torch(name):
 def test_shared_batch_norm_refuses_one_step():
     with pytest.raises(ValueError, match="whole sequence"):
         make("batch")(torch.zeros(N, C, dtype=torch.float64), t=0)
+
+
+@pytest.mark.parametrize("name", ["batch", "batch_step"])
+def test_unmasked_batch_norms_count_the_padding_as_zeros(name):
+    """model.norm_mask false (mask_statistics=False): the statistics of F.batch_norm on every position, the padded
+    ones as 0 (shared over time: all N*T rows; per step: all N rows of each step); what it ignores is still only
+    the padding's values, and the padding still comes out as 0."""
+    x, mask = padded()
+    zeroed = x.masked_fill(~mask[..., None], 0.0)
+    norm = make(name, momentum=0.3, mask_statistics=False)
+    y = norm(x.masked_fill(~mask[..., None], float("inf")), mask)
+    if name == "batch":
+        rm, rv = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
+        ref = F.batch_norm(zeroed.reshape(N * T, C), rm, rv, *gamma_beta(norm), training=True, momentum=0.3)
+        torch.testing.assert_close(y[mask], ref.reshape(N, T, C)[mask], **TOL)
+        torch.testing.assert_close(norm.running_var, rv, **TOL)
+    else:
+        rm, rv = torch.zeros(T, C, dtype=torch.float64), torch.ones(T, C, dtype=torch.float64)
+        for t in range(T):
+            ref = F.batch_norm(zeroed[:, t], rm[t], rv[t], *gamma_beta(norm), training=True, momentum=0.3)
+            torch.testing.assert_close(y[mask[:, t], t], ref[mask[:, t]], **TOL)
+        torch.testing.assert_close(norm.running_var_t, rv, **TOL)
+    assert (y[~mask] == 0).all()
+    masked = make(name, momentum=0.3)(x, mask)  # the default differs: the padding is really counted
+    assert not torch.allclose(masked[mask], y[mask])

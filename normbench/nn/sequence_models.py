@@ -44,6 +44,8 @@ def _norm(cfg: ModelConfig, width: int, max_steps: int, name: str | None = None)
     cls = SEQUENCE_NORMS.get(name)
     gamma = cfg.bn_gamma if getattr(cls, "batch_statistics", False) and cfg.name != "transformer" else None
     opts = dict(eps=cfg.norm_eps, momentum=cfg.norm_momentum, affine=cfg.norm_affine, max_steps=max_steps)
+    if not cfg.norm_mask:
+        opts["mask_statistics"] = False
     return cls(width, gamma=gamma, **opts)
 
 

@@ -15,7 +15,9 @@
 | rms        | C at each position, no centring (Zhang & Sennrich)          | -                                      |
 
 Padded positions never enter a statistic (nor the running ones), and come out as 0; their values, however large,
-change nothing at a real position. gamma and beta are per channel and shared over time (rms has gamma only, as
+change nothing at a real position. The one exception is asked for: `mask_statistics=False` (model.norm_mask false)
+lets a batch norm's statistics count every padded position as a 0, as a norm blind to the mask would, to show what
+that costs. gamma and beta are per channel and shared over time (rms has gamma only, as
 its paper and torch.nn.RMSNorm). Normalizing variances are population variances; running variances are unbiased,
 as PyTorch's batch norm keeps them. `batch` needs the whole sequence at once (its statistics span every step), so a
 recurrence can use it on the input-to-hidden path only (Laurent et al.'s sequence-wise normalization); the others
@@ -38,10 +40,19 @@ class SequenceNorm(nn.Module):
     default_gamma = 1.0
 
     def __init__(
-        self, num_features: int, *, eps=1e-5, momentum=0.1, affine=True, gamma: float | None = None, max_steps=1
+        self,
+        num_features: int,
+        *,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        gamma: float | None = None,
+        max_steps=1,
+        mask_statistics=True,
     ):
         super().__init__()
         self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.mask_statistics = mask_statistics
         g = self.default_gamma if gamma is None else gamma
         self.weight = nn.Parameter(torch.full((num_features,), float(g))) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
@@ -54,7 +65,8 @@ class SequenceNorm(nn.Module):
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         keep = mask[..., None]
         # Padding is set to 0 before any arithmetic: an inf there would otherwise turn a gradient into NaN.
-        y = self.normalize(torch.where(keep, x, 0.0), keep.to(x.dtype), t or 0)
+        counted = keep if self.mask_statistics else torch.ones_like(keep)  # what the statistics count
+        y = self.normalize(torch.where(keep, x, 0.0), counted.to(x.dtype), t or 0)
         y = torch.where(keep, y, 0.0)
         return y[:, 0] if step else y
 
@@ -65,7 +77,8 @@ class SequenceNorm(nn.Module):
         return x_hat * self.weight + self.bias if self.affine else x_hat
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+        unmasked = "" if self.mask_statistics else ", mask_statistics=False"
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}{unmasked}"
 
 
 @SEQUENCE_NORMS.register("none", aliases=("identity",))
