@@ -209,7 +209,7 @@ def seq_cfg(name: str, **data) -> dict:
         ({"model": {"name": "transformer", "placement": "before"}}, "pre or post"),
         ({"model": {"name": "mlp"}}, "do not fit"),
         ({"model": {"name": "rnn", "norm": "layer", "norm_mask": False}}, "batch statistics only"),
-        ({"model": {"name": "mlp", "norm": "batch", "norm_mask": False}, "data": {"name": "digits"}}, "sequence models"),
+        ({"model": {"name": "mlp", "norm": "batch", "norm_mask": False}, "data": {"name": "digits"}}, "sequence"),
     ],
 )
 def test_config_mistakes_are_one_line(change, message):
