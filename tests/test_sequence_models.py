@@ -238,6 +238,7 @@ SMALL = {
         "train.batch_size=20",
         "seeds=[1]",
     ],
+    "seq_lstm_batch_size": ["data.n=16", "data.n_test=10", "train.epochs=1", "seeds=[1]"],
     "seq_transformer": ["data.n=40", "data.n_test=10", "train.epochs=1", "train.batch_size=20", "seeds=[1]"],
 }
 
