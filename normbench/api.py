@@ -253,7 +253,7 @@ def catalogue() -> list[tuple[str, list[tuple[str, str]]]]:
     import yaml
 
     from normbench.config import packaged_configs, resolve_config_path
-    from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS
+    from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, SEQUENCE_NORMS
     from normbench.safe import load_yaml
 
     def also(aliases: tuple[str, ...]) -> str:
@@ -263,6 +263,7 @@ def catalogue() -> list[tuple[str, list[tuple[str, str]]]]:
         (title, [(name, reg.help(name) + also(reg.aliases(name))) for name in reg])
         for title, reg in (
             ("norms", NORMS),
+            ("sequence norms", SEQUENCE_NORMS),
             ("activations", ACTIVATIONS),
             ("inits", INITS),
             ("optimizers", OPTIMIZERS),

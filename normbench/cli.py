@@ -483,6 +483,15 @@ def claims(
         Path | None, typer.Option("--claims", help="Another claims file (default: the packaged configs/claims.yaml).")
     ] = None,
     kernel: KernelOpt = CheckKernel.auto,
+    update: Annotated[
+        Path | None,
+        typer.Option(
+            "--update",
+            metavar="FILE",
+            help="Also put the --only claims' rows into FILE, an earlier check's claims.json of the same mode and "
+            "kernel, in place of their old rows (the others stay).",
+        ),
+    ] = None,
 ) -> None:
     """Check every testable claim of the source articles against measured numbers: trains the runs that are
     missing, then prints one verdict per claim and setting (supported, not supported, inconclusive, not measured
@@ -490,7 +499,16 @@ def claims(
     Exit 0 whatever the verdicts."""
     from normbench.claims import run_claims
 
-    run_claims(out_dir, quick=quick, only=only, path=claims_file, kernel=kernel.value, console=out, progress=err)
+    run_claims(
+        out_dir,
+        quick=quick,
+        only=only,
+        path=claims_file,
+        kernel=kernel.value,
+        update=update,
+        console=out,
+        progress=err,
+    )
 
 
 @app.command(short_help="Time the ways of training side by side.")

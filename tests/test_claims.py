@@ -507,3 +507,37 @@ def test_a_figure_the_quick_variant_lacks_is_left_out_with_a_note(tmp_path, tiny
     raw["figures"][0]["figure"] = "cost"
     [path] = draw_figures(ClaimsBook.model_validate(raw), tmp_path, True, {"tiny"}, Console(file=io.StringIO()))
     assert path == tmp_path / "figures" / "f.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_update_puts_the_checked_claims_rows_into_an_earlier_claims_json(tmp_path):
+    """--update: the checked claims' old rows go, the new ones take their place in the claims file's order, the
+    others stay as they were; seconds add up and each partial check is listed; another mode is refused."""
+    from dataclasses import asdict
+
+    from normbench.claims import Row
+    from normbench.claims.output import update_claims_file
+
+    book = load_claims()
+    first, second, third = (c.id for c in book.claims[:3])
+
+    def row(claim_id: str, verdict: str) -> Row:
+        return Row(claim_id, "c", "s", None, "a setting", "e", "m", "k", "x", verdict, "why")
+
+    path = tmp_path / "claims.json"
+    old = [row(first, "supported"), row(second, "inconclusive"), row("gone-from-the-file", "supported")]
+    doc = {"mode": "full", "kernel": "both", "seconds": 100.0, "claims": [asdict(r) for r in old]}
+    path.write_text(json.dumps(doc))
+    new = [row(third, "not supported"), row(second, "supported"), row(second, "supported")]
+    update_claims_file(path, new, book, [second, third], quick=False, seconds=20.0, kernel="both")
+    got = json.loads(path.read_text())
+    assert [(r["claim_id"], r["verdict"]) for r in got["claims"]] == [
+        (first, "supported"),
+        (second, "supported"),
+        (second, "supported"),
+        (third, "not supported"),
+    ]
+    assert got["seconds"] == 120.0 and got["updates"][0]["claims"] == [second, third]
+    with pytest.raises(ConfigError, match="one table mixes no two"):
+        update_claims_file(path, new, book, [second], quick=True, seconds=1.0, kernel="both")
+    result = runner.invoke(app, ["claims", "--update", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--only" in result.output

@@ -111,6 +111,38 @@ def write_claims_files(
     return [md, js]
 
 
+def update_claims_file(
+    path: Path, rows: list[Row], book: ClaimsBook, checked: list[str], quick: bool, seconds: float, kernel: str
+) -> Path:
+    """Put the rows of the claims just checked (ids `checked`) into an earlier check's claims.json of the same mode
+    and kernel: their old rows go, the others stay, every row in the claims file's order (a row of a claim the file
+    no longer has is dropped). Its `seconds` become the sum of both checks', and `updates` lists each partial check
+    (the claims, when, how long), so the file still says how its rows were measured. ConfigError for a file of
+    another mode or kernel, or one that is not a claims.json."""
+    from normbench.store import write_text_atomic
+
+    mode = "quick" if quick else "full"
+    try:
+        doc = json.loads(Path(path).read_text())
+        old = [Row(**r) for r in doc["claims"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--update {path}: not a claims.json of `normbench claims` ({e})") from None
+    if doc.get("mode") != mode or doc.get("kernel", "auto") != kernel:
+        raise ConfigError(
+            f"--update {path}: its rows are of a {doc.get('mode')} check with --kernel {doc.get('kernel', 'auto')}, "
+            f"these of a {mode} check with --kernel {kernel}: one table mixes no two"
+        )
+    order = {c.id: i for i, c in enumerate(book.claims)}
+    kept = [r for r in old if r.claim_id in order and r.claim_id not in checked]
+    merged = sorted(kept + rows, key=lambda r: order[r.claim_id])  # stable: a claim's settings keep their order
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    doc["updates"] = [*doc.get("updates", []), {"claims": list(checked), "finished_at": now, "seconds": seconds}]
+    doc["seconds"] = (doc.get("seconds") or 0.0) + seconds
+    doc["claims"] = [asdict(r) for r in merged]
+    write_text_atomic(Path(path), json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
 def draw_figures(
     book: ClaimsBook, out: Path, quick: bool, experiments: set[str], progress: Console, kernel: str = "auto"
 ) -> list[Path]:
@@ -150,17 +182,26 @@ def run_claims(
     only: list[str] | None = None,
     path: Path | None = None,
     kernel: str = "auto",
+    update: Path | None = None,
     console: Console,
     progress: Console,
 ) -> list[Row]:
-    """`normbench claims`: load, run, measure, print the table, write claims.md and claims.json, draw the figures."""
+    """`normbench claims`: load, run, measure, print the table, write claims.md and claims.json, draw the figures;
+    with `update`, also put the checked claims' rows into that earlier claims.json (update_claims_file)."""
     start = time.monotonic()
     book = load_claims(path)
+    if update is not None and not only:
+        raise ConfigError("--update replaces the rows of the claims named by --only; without --only, write OUT afresh")
+    if update is not None and not Path(update).is_file():
+        raise ConfigError(f"--update {update}: no such file")
     rows = check_claims(book, out, quick=quick, only=only, kernel=kernel, console=progress)
     seconds = time.monotonic() - start
     console.print(claims_table(rows, title=f"claims ({'quick' if quick else 'full'} mode): {counts(rows)}"))
     for p in write_claims_files(rows, Path(out), quick, seconds, kernel):
         progress.print(f"-> {p}", highlight=False, markup=False)
+    if update is not None:
+        ids = [c.id for c in book.select(only)]
+        progress.print(f"-> {update_claims_file(update, rows, book, ids, quick, seconds, kernel)}", highlight=False)
     checked = {s.experiment for c in book.select(only) for s in c.settings}
     draw_figures(book, Path(out), quick, checked, progress, kernel)
     progress.print(f"claims checked in {time.monotonic() - start:.0f} s", highlight=False)
