@@ -411,12 +411,13 @@ def list_() -> None:
     """What the registries hold and the packaged configs, each with its description."""
 
     from normbench.config import resolve_config_path
-    from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS
+    from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, SEQUENCE_NORMS
 
     sections = [
         (title, [(name, reg.help(name) + _also(reg.aliases(name))) for name in reg])
         for title, reg in (
             ("norms", NORMS),
+            ("sequence norms", SEQUENCE_NORMS),
             ("activations", ACTIVATIONS),
             ("inits", INITS),
             ("optimizers", OPTIMIZERS),

@@ -38,7 +38,17 @@ from pydantic import (
 )
 
 from normbench.errors import UserError
-from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, Registry, UnknownName
+from normbench.registry import (
+    ACTIVATIONS,
+    DATASETS,
+    INITS,
+    MODELS,
+    NORMS,
+    OPTIMIZERS,
+    SEQUENCE_NORMS,
+    Registry,
+    UnknownName,
+)
 from normbench.safe import MAX_YAML_BYTES, YAMLLimit, load_yaml, quoted, short
 
 PACKAGED_CONFIGS = [Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs"]
@@ -93,6 +103,7 @@ def _name_in(registry: Registry[Any]):
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
 Range = tuple[float, float]
 
 
@@ -108,8 +119,27 @@ class DataConfig(Strict):
     path: str | None = Field(None, description="folder of the files of mnist, fashion_mnist, cifar10")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: share held out for the test split")
     preprocess: Literal["none", "zscore", "pca", "zca"] = "none"
+    permuted: bool = Field(False, description="sequential_digits: the pixels in a fixed random order")
+    permutation_seed: int = Field(0, description="sequential_digits: the seed of that order")
+    seq_length: tuple[PositiveInt, PositiveInt] = Field(
+        (10, 20), description="adding: [shortest, longest] training sequence, drawn per sequence"
+    )
+    test_length: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="adding: [shortest, longest] test sequence (null: seq_length)"
+    )
+    pairs: tuple[PositiveInt, PositiveInt] = Field((2, 4), description="recall: [fewest, most] key-value pairs")
+    vocab: int = Field(8, ge=2, le=1000, description="recall: distinct keys, and values (the classes)")
 
     _name = field_validator("name")(_name_in(DATASETS))
+
+    @field_validator("seq_length", "test_length", "pairs")
+    @classmethod
+    def _ordered_pair(cls, v: tuple[int, int] | None, info: ValidationInfo) -> tuple[int, int] | None:
+        if v is not None and not v[0] <= v[1] <= 10_000:
+            raise ValueError(f"[shortest, longest] with shortest <= longest <= 10000, got [{v[0]}, {v[1]}]")
+        if v is not None and info.field_name != "pairs" and v[0] < 2:
+            raise ValueError(f"adding sequences need two steps at least, got [{v[0]}, {v[1]}]")
+        return v
 
     @model_validator(mode="after")
     def _range(self) -> DataConfig:
@@ -141,7 +171,11 @@ class ModelConfig(Strict):
     norm_momentum: float = Field(0.1, ge=0, le=1, description="PyTorch convention: weight of the new batch")
     norm_affine: bool = True
     normalize_input: bool = Field(False, description="apply the norm to the input x too (layer 0)")
-    placement: Literal["before", "after"] = Field("before", description="norm before or after the activation")
+    placement: Literal["before", "after", "pre", "post"] = Field(
+        "before",
+        description="mlp, cnn: norm before or after the activation; transformer: pre (each residual branch starts "
+        "with its norm) or post (a norm after each residual sum); a transformer's default is pre",
+    )
     weight_init: InitConfig = InitConfig()
     bias_init: float = 0.0
     bias: Literal["auto"] | bool = Field(
@@ -160,8 +194,28 @@ class ModelConfig(Strict):
     channels: list[Annotated[int, Field(gt=0)]] = Field([16, 32], min_length=1, description="cnn: channels per block")
     kernel: int = Field(3, gt=0, description="cnn: odd convolution kernel size")
     pool: Literal["max", "avg", "none"] = Field("max", description="cnn: 2x2 pooling after each block")
+    norm_paths: Literal["both", "input", "sum"] = Field(
+        "both",
+        description="rnn, lstm: the norm on the input-to-hidden and hidden-to-hidden paths separately (Cooijmans et "
+        "al.; the lstm's cell too), on the input-to-hidden path only (Laurent et al.), or (rnn) on their sum "
+        "(Ba et al.)",
+    )
+    bn_gamma: PositiveFloat = Field(
+        0.1, description="rnn, lstm: initial gamma of batch and batch_step norms (Cooijmans et al.'s 0.1)"
+    )
+    heads: int = Field(2, gt=0, description="transformer: attention heads (they divide model.width)")
+    attention: Literal["padding", "causal"] = Field(
+        "padding", description="transformer: attend to every real step, or (causal) to the real steps up to one's own"
+    )
 
     _name = field_validator("name")(_name_in(MODELS))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transformer_placement(cls, v: Any) -> Any:
+        if isinstance(v, dict) and str(v.get("name", "")).lower() == "transformer" and "placement" not in v:
+            return v | {"placement": "pre"}
+        return v
 
     @field_validator("norm_noise", mode="before")
     @classmethod
@@ -179,12 +233,25 @@ class ModelConfig(Strict):
         return v
 
     _activation = field_validator("activation")(_name_in(ACTIVATIONS))
-    _norm = field_validator("norm")(_name_in(NORMS))
+
+    @field_validator("norm")
+    @classmethod
+    def _norm(cls, v: str, info: ValidationInfo) -> str:
+        return (SEQUENCE_NORMS if info.data.get("name") in SEQUENCE_MODELS else NORMS).canonical(v)
+
+    def norm_class(self) -> Any:
+        """The class of model.norm, from the registry of this model's norms."""
+        return (SEQUENCE_NORMS if self.name in SEQUENCE_MODELS else NORMS).get(self.norm)
 
     @model_validator(mode="after")
     def _fits(self, info: ValidationInfo) -> ModelConfig:
         if _grid_base(info):
             return self
+        if self.name in SEQUENCE_MODELS:
+            self._fits_sequences()
+            return self
+        if self.placement in ("pre", "post"):
+            raise ValueError(f"placement {self.placement} is the transformer's; the {self.name} takes before or after")
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd (got {self.kernel}) so that 'same' padding keeps the size")
         if self.name == "mlp" and self.norm == "instance":
@@ -198,6 +265,32 @@ class ModelConfig(Strict):
             if bad:
                 raise ValueError(f"norm_groups {self.norm_groups} does not divide the layer width(s) {bad}")
         return self
+
+    def _fits_sequences(self) -> None:
+        recurrent = self.name in ("rnn", "lstm")
+        if self.normalize_input:
+            raise ValueError(f"model.normalize_input: the {self.name} model has no input norm")
+        if self.dropout:
+            raise ValueError(f"model.dropout: the {self.name} model has no dropout")
+        if recurrent and self.placement != "before":
+            raise ValueError(f"placement {self.placement}: the {self.name} model places its norms by norm_paths")
+        if self.name == "transformer" and self.placement not in ("pre", "post"):
+            raise ValueError(f"placement {self.placement}: the transformer takes pre or post")
+        if self.name == "lstm" and self.norm_paths == "sum":
+            raise ValueError(
+                "norm_paths sum is the rnn's (Ba et al.'s norm of the summed inputs); the lstm takes both or input"
+            )
+        if self.name == "lstm" and self.activation != "tanh":
+            raise ValueError(f"activation {self.activation}: the lstm's activation is tanh (model.activation tanh)")
+        if recurrent and getattr(self.norm_class(), "whole_sequence", False) and self.norm_paths != "input":
+            raise ValueError(
+                "norm batch shares its statistics over time, so it needs the whole sequence at once: a recurrence can "
+                "have it on the input-to-hidden path only (norm_paths input, as Laurent et al.), or use batch_step"
+            )
+        if self.name == "transformer" and self.norm == "batch_step":
+            raise ValueError("norm batch_step is for recurrences; the transformer takes none, batch, layer or rms")
+        if self.name == "transformer" and self.width % self.heads:
+            raise ValueError(f"model.heads {self.heads} does not divide model.width {self.width}")
 
 
 class TrainConfig(Strict):
@@ -214,6 +307,7 @@ class TrainConfig(Strict):
     steps: int | None = Field(None, gt=0, description="parameter updates (default 251 unless epochs is given)")
     epochs: int | None = Field(None, gt=0, description="passes over the training set, instead of steps")
     batch_size: Literal["full"] | Annotated[int, Field(gt=0)] = "full"
+    warmup: int = Field(0, ge=0, description="steps of linear learning-rate warm-up: update t uses lr * t / warmup")
 
     _optimizer = field_validator("optimizer")(_name_in(OPTIMIZERS))
 
@@ -316,9 +410,26 @@ LATER_OPTIONS: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
     ("record", "landscape_scales"): lambda d: d["record"]["landscape_every"] is None,
     ("record", "running_stats"): lambda d: not d["record"]["running_stats"],
     ("record", "precise_bn"): lambda d: not d["record"]["precise_bn"],
-    ("model", "norm_noise"): lambda d: not getattr(NORMS.get(d["model"]["norm"]), "noisy", False),
+    ("model", "norm_noise"): lambda d: (
+        d["model"]["name"] in SEQUENCE_MODELS or not getattr(NORMS.get(d["model"]["norm"]), "noisy", False)
+    ),
     ("model", "dropout"): lambda d: d["model"]["dropout"] == 0,
+    ("train", "warmup"): lambda d: d["train"]["warmup"] == 0,
+    ("data", "permuted"): lambda d: d["data"]["name"] != "sequential_digits",
+    ("data", "permutation_seed"): lambda d: d["data"]["name"] != "sequential_digits",
+    ("data", "seq_length"): lambda d: d["data"]["name"] != "adding",
+    ("data", "test_length"): lambda d: d["data"]["name"] != "adding",
+    ("data", "pairs"): lambda d: d["data"]["name"] != "recall",
+    ("data", "vocab"): lambda d: d["data"]["name"] != "recall",
+    ("model", "norm_paths"): lambda d: d["model"]["name"] not in ("rnn", "lstm"),
+    ("model", "bn_gamma"): lambda d: d["model"]["name"] not in ("rnn", "lstm"),
+    ("model", "heads"): lambda d: d["model"]["name"] != "transformer",
+    ("model", "attention"): lambda d: d["model"]["name"] != "transformer",
 }
+
+# The models that read sequences (nn/sequence_models.py), their norms from SEQUENCE_NORMS, and their data sets.
+SEQUENCE_MODELS = ("rnn", "lstm", "transformer")
+SEQUENCE_DATA = ("sequential_digits", "adding", "recall")
 
 
 # A norm's own options, which change nothing in a run without a norm.
@@ -347,7 +458,13 @@ class RunConfig(Strict):
             )
         if self.data.preprocess == "pca" and self.model.name == "cnn":
             raise ValueError("data.preprocess pca gives flat vectors, not images: use zca with a cnn")
-        if self.train.batch_size == 1 and getattr(NORMS.get(self.model.norm), "batch_statistics", False):
+        sequences, seq_data = self.model.name in SEQUENCE_MODELS, self.data.name in SEQUENCE_DATA
+        if sequences != seq_data:
+            raise ValueError(
+                f"model {self.model.name} and data {self.data.name} do not fit: the rnn, lstm and transformer read "
+                f"sequences ({', '.join(SEQUENCE_DATA)}); the mlp and cnn read the others"
+            )
+        if self.train.batch_size == 1 and getattr(self.model.norm_class(), "batch_statistics", False):
             raise ValueError(
                 f"train.batch_size 1 with {self.model.norm} norm: batch statistics of a single sample are undefined "
                 "(use a batch of 2 or more, or a per-sample norm such as layer or group)"

@@ -10,6 +10,13 @@
 | mnist         | IDX files in data.path (train-images-idx3-ubyte...)  | 10 classes              | (1, 28, 28)|
 | fashion_mnist | the same IDX format and file names                   | 10 classes              | (1, 28, 28)|
 | cifar10       | the python pickle batches in data.path               | 10 classes              | (3, 32, 32)|
+| seq. digits   | sequential_digits: the digits pixel by pixel (data.permuted) | 10 classes      | (64, 1 + 1)|
+| adding        | generated: the adding problem (lengths: data.seq_length)     | regression      | (T, 2 + 1) |
+| recall        | generated: associative recall (data.pairs key-value pairs)   | data.vocab classes | (T, 2 vocab + 2) |
+
+A sequence data set's x is (N, T, C + 1): T steps of C features, then the padding mask as a last feature (1 at a
+real step, 0 at padding, every padded step after the real ones), so that batches, splits and stacks of runs carry
+the mask with the values; `unpack_sequences` gives (values, mask) back, as the sequence models read them.
 
 Images are scaled to [0, 1], then `data.preprocess` (as in cs231n's notes on data preprocessing), fitted on the
 training split only:
@@ -99,6 +106,99 @@ def digits(cfg: DataConfig) -> Dataset:
     n_test = round(len(y) * cfg.test_fraction)
     test, train = order[:n_test], order[n_test:]
     return _images(cfg, x[train], y[train], x[test], y[test])
+
+
+def pack_sequences(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, T, C) values and an (N, T) bool mask -> x (N, T, C + 1), padded values set to 0."""
+    values = torch.where(mask[..., None], values, 0.0)
+    return torch.cat([values, mask[..., None].to(values.dtype)], -1)
+
+
+def unpack_sequences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, T, C + 1) -> values (N, T, C) and the mask (N, T), True at real steps."""
+    return x[..., :-1], x[..., -1] > 0.5
+
+
+def _padded(seqs: list[np.ndarray]) -> torch.Tensor:
+    """Sequences of (length, C) -> x (N, max length, C + 1), padded after their ends."""
+    steps, features = max(len(s) for s in seqs), seqs[0].shape[1]
+    values, mask = np.zeros((len(seqs), steps, features), np.float32), np.zeros((len(seqs), steps), bool)
+    for n, s in enumerate(seqs):
+        values[n, : len(s)], mask[n, : len(s)] = s, True
+    return pack_sequences(torch.from_numpy(values), torch.from_numpy(mask))
+
+
+@DATASETS.register("sequential_digits", aliases=("seq_digits",))
+def sequential_digits(cfg: DataConfig) -> Dataset:
+    """The digits read pixel by pixel, 64 steps of one value in [0, 1] (the 8x8 sequential MNIST of Cooijmans et
+    al.), in a fixed random order of the pixels with data.permuted (data.permutation_seed); digits' split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.data.astype(np.float32) / 16.0  # (1797, 64), row by row
+    if cfg.permuted:
+        x = x[:, np.random.RandomState(cfg.permutation_seed).permutation(64)]
+    y = bunch.target.astype(np.int64)
+    order = np.random.RandomState(cfg.seed).permutation(len(y))
+    n_test = round(len(y) * cfg.test_fraction)
+    test, train = order[:n_test][: cfg.n_test], order[n_test:][: cfg.n]
+    seqs = torch.from_numpy(x)[..., None]  # (N, 64, 1)
+    every = torch.ones(seqs.shape[:2], dtype=torch.bool)
+    pack = pack_sequences(seqs, every)
+    return Dataset(pack[train], torch.from_numpy(y[train]), pack[test], torch.from_numpy(y[test]), "classification", 10)
+
+
+@DATASETS.register("adding")
+def adding(cfg: DataConfig) -> Dataset:
+    """The adding problem (Hochreiter & Schmidhuber 1997): each step a value U(0, 1) and a marker; two steps are
+    marked, one in each half of the sequence; the target is the sum of the two marked values. Each sequence's
+    length is drawn from data.seq_length (both ends included), the test split's from data.test_length (default
+    the same), so that the test may be longer than any training sequence. data.n (default 1000) and data.n_test
+    (default 200) sequences."""
+    rng = np.random.RandomState(cfg.seed)
+
+    def make(n: int, lengths: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs, sums = [], []
+        for length in rng.randint(lengths[0], lengths[1] + 1, size=n):
+            s = np.zeros((length, 2), np.float32)
+            s[:, 0] = rng.uniform(0, 1, length)
+            first, second = rng.randint(0, length // 2), rng.randint(length // 2, length)
+            s[[first, second], 1] = 1.0
+            seqs.append(s)
+            sums.append(s[first, 0] + s[second, 0])
+        return _padded(seqs), torch.tensor(sums, dtype=torch.float32)[:, None]
+
+    x_train, y_train = make(1000 if cfg.n is None else cfg.n, cfg.seq_length)
+    n_test = 200 if cfg.n_test is None else cfg.n_test
+    x_test, y_test = make(n_test, cfg.test_length or cfg.seq_length) if n_test else (None, None)
+    return Dataset(x_train, y_train, x_test, y_test, task="regression")
+
+
+@DATASETS.register("recall", aliases=("associative_recall",))
+def recall(cfg: DataConfig) -> Dataset:
+    """Associative recall: k1 v1 k2 v2 ... kP vP ? kq, predict the value that followed the key kq. Keys are
+    distinct among data.vocab keys, values any of data.vocab values, tokens one-hot (2 vocab + 1 features: keys,
+    values, the query marker); P is drawn per sequence from data.pairs, so batches are padded. data.n (default
+    2000) and data.n_test (default 500) sequences; data.vocab classes."""
+    rng = np.random.RandomState(cfg.seed)
+    v = cfg.vocab
+    if cfg.pairs[1] > v:
+        raise DataError(f"data.pairs: up to {cfg.pairs[1]} distinct keys, but data.vocab is {v}")
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs, answers = [], []
+        for pairs in rng.randint(cfg.pairs[0], cfg.pairs[1] + 1, size=n):
+            keys, values = rng.choice(v, pairs, replace=False), rng.randint(0, v, pairs)
+            q = rng.randint(pairs)
+            tokens = [t for k, val in zip(keys, values, strict=True) for t in (k, v + val)] + [2 * v, keys[q]]
+            seqs.append(np.eye(2 * v + 1, dtype=np.float32)[tokens])
+            answers.append(values[q])
+        return _padded(seqs), torch.tensor(answers, dtype=torch.int64)
+
+    x_train, y_train = make(2000 if cfg.n is None else cfg.n)
+    n_test = 500 if cfg.n_test is None else cfg.n_test
+    x_test, y_test = make(n_test) if n_test else (None, None)
+    return Dataset(x_train, y_train, x_test, y_test, "classification", v)
 
 
 def _idx(path: Path) -> np.ndarray:

@@ -195,7 +195,7 @@ def point_shape(model: ModelConfig, layer: int, point: str) -> Shape:
     normed = model.norm != "none" and (layer > 0 or model.normalize_input)
     if layer == 0:  # the data, then maybe the input norm, then the identity
         return {"pre_norm": FREE}.get(point, CENTRED if normed else FREE)
-    if model.placement == "before":  # fc -> norm -> act
+    if model.placement != "after":  # fc -> norm -> act (and the sequence models: norm, ..., act)
         post_norm = CENTRED if normed else FREE
         shapes = {"pre_norm": FREE, "post_norm": post_norm, "post_act": after_activation(model.activation, post_norm)}
         return shapes[point]

@@ -1,4 +1,5 @@
-"""Name -> thing registries for every swappable piece (norms, activations, inits, optimizers, datasets, models).
+"""Name -> thing registries for every swappable piece (norms, sequence norms, activations, inits, optimizers,
+datasets, models).
 
 The registries themselves live here, below everything that uses them; each names the module that fills it
 (its provider), imported the first time a name is looked up. So the config schema can check names against the
@@ -37,10 +38,10 @@ def _key(name: str) -> str:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, provider: str | None = None):
+    def __init__(self, kind: str, *providers: str):
         self.kind = kind
-        self.provider = provider  # the module whose import registers the items
-        self._loaded = provider is None
+        self.providers = providers  # the modules whose import registers the items
+        self._loaded = not providers
         self._items: dict[str, T] = {}  # canonical name -> item, in registration order
         self._lookup: dict[str, str] = {}  # normalized name or alias -> canonical name
         self._help: dict[str, str] = {}
@@ -64,7 +65,8 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
-            importlib.import_module(self.provider)
+            for provider in self.providers:
+                importlib.import_module(provider)
 
     def canonical(self, name: str) -> str:
         """The registered spelling of `name`, or UnknownName listing the choices."""
@@ -101,8 +103,9 @@ class Registry(Generic[T]):
 
 # Every registry of the project, with the module that fills it.
 NORMS: Registry[Any] = Registry("norm", "normbench.nn.norms")
+SEQUENCE_NORMS: Registry[Any] = Registry("sequence norm", "normbench.nn.sequence_norms")  # rnn, lstm, transformer
 ACTIVATIONS: Registry[Any] = Registry("activation", "normbench.nn.activations")
 INITS: Registry[Any] = Registry("init", "normbench.nn.models")
-MODELS: Registry[Any] = Registry("model", "normbench.nn.models")
+MODELS: Registry[Any] = Registry("model", "normbench.nn.models", "normbench.nn.sequence_models")
 DATASETS: Registry[Any] = Registry("dataset", "normbench.data")
 OPTIMIZERS: Registry[Any] = Registry("optimizer", "normbench.engine.optim")

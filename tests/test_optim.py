@@ -52,3 +52,23 @@ def test_a_frozen_model_keeps_its_parameters():
     before = theta.clone()
     FlatOptimizer(cfgs).step(theta, torch.tensor([[1.0] * 4, [float("nan")] * 4]), torch.tensor([True, False]))
     assert torch.equal(theta[1], before[1]) and not torch.equal(theta[0], before[0])
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS.names())
+def test_linear_warmup_equals_torch_linear_lr(kind):
+    """train.warmup w: update t takes lr * min(1, t / w), as torch.optim.lr_scheduler.LambdaLR with that factor."""
+    cfg = RunConfig.model_validate({"train": {"optimizer": kind, "lr": 0.1, "warmup": 4}})
+    theta = torch.randn(1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    p = torch.nn.Parameter(theta[0].clone())
+    ref = torch_optimizer([p], cfg.train)
+    sched = torch.optim.lr_scheduler.LambdaLR(ref, lambda step: min(1.0, (step + 1) / 4))
+    flat = FlatOptimizer([cfg], dtype=torch.float64)
+    active = torch.ones(1, dtype=torch.bool)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(7):
+        grad = torch.randn(1, 5, dtype=torch.float64, generator=g)
+        flat.step(theta, grad, active)
+        p.grad = grad[0].clone()
+        ref.step()
+        sched.step()
+        torch.testing.assert_close(theta[0], p.detach(), rtol=1e-13, atol=1e-13)

@@ -136,20 +136,31 @@ class AutogradKernel:
     def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe:
         with self._mode(mode), _capture(self.models) as found:
             out = self._outputs(x)
-        # The gradient at each hidden layer's norm input, the very tensor its forward hook saw (a sum of the
+        # The gradient at each hidden layer's norm input, the very tensors its forward hook saw (a sum of the
         # models' losses: each model's value depends on its own loss only).
         pre = [key for key in found if key[0] > 0 and key[1] == "pre_norm"]
-        also = [v for key in pre for v in found[key]]
+        also = [v for key in pre for calls in found[key] for v in calls]
         grad, at_pre = self._grads(losses(out, y, self.classification)[0], also)
-        m = len(self.models)
-        found.update({(i, "grad_pre_norm"): at_pre[k * m : (k + 1) * m] for k, (i, _) in enumerate(pre)})
+        it = iter(at_pre)
+        for i, _ in pre:
+            found[(i, "grad_pre_norm")] = [[next(it) for _ in calls] for calls in found[(i, "pre_norm")]]
         stacked: dict[tuple[int, ...], torch.Tensor] = {}  # one tensor for points that are the same values
         for values in found.values():
-            if tuple(map(id, values)) not in stacked:
-                rows = [v.detach().movedim(1, 0).reshape(v.shape[1], -1) for v in values]
-                stacked[tuple(map(id, values))] = torch.stack(rows)
-        points = {key: stacked[tuple(map(id, values))] for key, values in found.items()}
+            ids = tuple(id(v) for calls in values for v in calls)
+            if ids not in stacked:
+                stacked[ids] = torch.stack([_rows(calls, m) for calls, m in zip(values, self.models, strict=True)])
+        points = {key: stacked[tuple(id(v) for calls in values for v in calls)] for key, values in found.items()}
         return Probe(points, grad, _importance(self.models))
+
+
+def _rows(calls: list[torch.Tensor], model: nn.Module) -> torch.Tensor:
+    """A point's values in one model's forward as (C, K), channels by values. A sequence model's (N, T, C), or
+    (N, C) once per step of a recurrence, keeps the real positions of its last forward's mask only."""
+    if not getattr(model, "sequence", False):
+        (v,) = calls
+        return v.detach().movedim(1, 0).reshape(v.shape[1], -1)
+    v = calls[0] if len(calls) == 1 and calls[0].dim() == 3 else torch.stack(calls, 1)  # (N, T, C)
+    return v.detach()[model.last_mask].T
 
 
 def check_forward_order(names: list[str]) -> None:
@@ -167,23 +178,27 @@ def check_forward_order(names: list[str]) -> None:
 
 @contextmanager
 def _capture(models: list[nn.Module]):
-    """{(layer, point): [each model's values (N, C, ...)]} from every recorded layer's norm and activation, in
-    the order of the models, during the forwards inside."""
-    found: dict[tuple[int, str], list[torch.Tensor]] = {}
+    """{(layer, point): for each model, in their order, the values of each call (N, C, ...)} from every recorded
+    layer's norm and activation during the forwards inside. A module called once per step of a recurrence gives
+    one (N, C) per step."""
+    found: dict[tuple[int, str], list[list[torch.Tensor]]] = {}
     handles = []
 
-    def keep(key, value):
-        found.setdefault(key, []).append(value)
+    def keep(key, j, value):
+        calls = found.setdefault(key, [[] for _ in models])
+        calls[j].append(value)
 
-    for m in models:
+    for j, m in enumerate(models):
         for i, block in enumerate(recorded_layers(m)):
 
-            def on_norm(module, inputs, output, i=i):
-                keep((i, "pre_norm"), inputs[0])
-                keep((i, "post_norm"), output)
+            def on_norm(module, inputs, output, i=i, j=j):
+                keep((i, "pre_norm"), j, inputs[0])
+                keep((i, "post_norm"), j, output)
 
             handles.append(block.norm.register_forward_hook(on_norm))
-            handles.append(block.act.register_forward_hook(lambda mod, inp, out, i=i: keep((i, "post_act"), out)))
+            handles.append(
+                block.act.register_forward_hook(lambda mod, inp, out, i=i, j=j: keep((i, "post_act"), j, out))
+            )
     try:
         yield found
     finally:

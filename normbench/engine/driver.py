@@ -208,7 +208,7 @@ class Training:
                 update = self.opt.peek(kernel.theta, kernel.grad, active)
                 rec.ics(step, active.nonzero().flatten().tolist(), *batch, update)
             if rc.landscape_every is not None and step % rc.landscape_every == 0:
-                rec.landscape(step, active.nonzero().flatten().tolist(), *batch, loss, self.opt.lr)
+                rec.landscape(step, active.nonzero().flatten().tolist(), *batch, loss, self.opt.next_lr())
             kernel.commit(active)
             self.opt.step(kernel.theta, kernel.grad, active)
             if on_step is not None:

@@ -6,7 +6,7 @@ with and without weight decay, against torch.optim on each model separately, in 
 
 Adding an optimizer is one function and one `register` line: fn(g, state, t, lr, cfg) -> the update to subtract,
 where g is the gradient with weight decay added, state a dict the rule keeps its buffers in, t the step (1, 2, ...)
-and lr an (M, 1) column.
+and lr an (M, 1) column (train.lr, times the linear warm-up's share in the first train.warmup updates).
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ def _adam(g, state, t, lr, c):
     return (lr / (1 - b1**t)) * m / (v.sqrt() / (1 - b2**t) ** 0.5 + 1e-8)
 
 
+def warmup_factor(t: int, warmup: int) -> float:
+    """The share of lr that update t (1, 2, ...) takes under a linear warm-up of `warmup` updates (0: none)."""
+    return min(1.0, t / warmup) if warmup else 1.0
+
+
 class FlatOptimizer:
     """The configured rule over the whole matrix; a model that is not active (diverged) keeps its parameters."""
 
@@ -63,9 +68,13 @@ class FlatOptimizer:
         self.state: dict[str, torch.Tensor] = {}
         self.t = 0
 
+    def next_lr(self) -> torch.Tensor:
+        """The (M, 1) learning rates the next update takes (warm-up included)."""
+        return self.lr * warmup_factor(self.t + 1, self.cfg.warmup)
+
     def _update(self, theta: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         g = grad.add(theta, alpha=self.cfg.weight_decay) if self.cfg.weight_decay else grad
-        return self.rule(g, state, t, self.lr, self.cfg)
+        return self.rule(g, state, t, self.lr * warmup_factor(t, self.cfg.warmup), self.cfg)
 
     @torch.no_grad()
     def step(self, theta: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> None:

@@ -140,7 +140,12 @@ def memory_needed(cfg: RunConfig, input_shape: tuple[int, ...], n_samples: int, 
     each hidden layer's values at its three recorded points and the autograd copies of them (about six per
     layer). An estimate from below: if it does not fit, the run cannot."""
     mc = cfg.model
-    if mc.name == "mlp":
+    if mc.name in ("rnn", "lstm", "transformer"):  # (T, C + 1) inputs; per step of a layer: 4 width gates or MLP
+        steps, width = input_shape[0], mc.width
+        per_layer = 4 * width * width * (2 if mc.name == "lstm" else 3)
+        params = input_shape[1] * 4 * width + mc.depth * per_layer + width * outputs + steps * width
+        values = steps * mc.depth * 4 * width
+    elif mc.name == "mlp":
         widths = [math.prod(input_shape)] + [mc.width] * mc.depth
         params = sum(a * b + 3 * b for a, b in itertools.pairwise(widths)) + widths[-1] * outputs + outputs
         values = sum(widths[1:])
