@@ -3,7 +3,8 @@
     OUT/<name>/config.yaml            the resolved experiment config (after --set)
     OUT/<name>/runs.parquet           one row per run of the current grid (docs/results-format.md)
     OUT/<name>/runs/<run_id>/         config.yaml, summary.json, curves/layers/histograms.parquet
-                                      (and landscape.parquet when record.landscape_every is set)
+                                      (and landscape.parquet when record.landscape_every is set,
+                                      time.parquet for a sequence model with record.time)
     OUT/<name>/figures/               written by `normbench plot`
 
 A run folder is built under a temporary name and renamed into place whole, so a run is either finished or
@@ -36,6 +37,7 @@ import yaml
 from normbench.errors import UserError
 from normbench.finals import CURVE_FINALS, from_tables
 from normbench.labels import value_text
+from normbench.points import TIME_COLUMNS
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
 from normbench.safe import YAMLLimit, load_yaml, quoted, short
 
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from normbench.engine.driver import RunFailure, RunResult
 
 TABLES = ("curves", "layers", "histograms")
-OPTIONAL_TABLES = ("landscape",)  # written by the runs that record them
+OPTIONAL_TABLES = ("landscape", "time")  # written by the runs that record them
 # What produced a run (summary.json's "engine", runs.parquet's engine.* columns): see docs/results-format.md.
 ENGINE = ("kernel", "compiled", "device", "dtype", "threads", "torch", "stack")
 FINISHED = ("ok", "diverged")
@@ -108,6 +110,7 @@ COLUMNS = {
         "max",
     ),
     "landscape": ("run_id", "step", "scale", "distance", "loss", "grad_change"),
+    "time": ("run_id", "step", "layer", "t", "point", *TIME_COLUMNS),
 }
 
 
