@@ -376,7 +376,8 @@ def time_unit_metrics(
 
 
 def time_grad_norms(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """||dL/dh_t||: the norm of the gradient (M, N, T, C) over the real sequences and channels at each time step t,
-    in float64, (M, T)."""
+    """||dL/dh_t|| at each time step t: each real sequence's norm of the gradient (M, N, T, C) over the channels, then
+    their root mean square over the sequences real at t (so that sequences ending before t do not pull it down),
+    in float64, (M, T); NaN at a step with no real position."""
     g = torch.where(mask[..., None], grad.detach().to(torch.float64), 0.0)
-    return torch.linalg.vector_norm(g, dim=(1, 3)).cpu()
+    return (g.square().sum((1, 3)) / mask.sum(1)).sqrt().cpu()

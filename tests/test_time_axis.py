@@ -17,6 +17,9 @@ from normbench.engine.autograd import AutogradKernel
 from normbench.nn.models import build_model
 from normbench.points import TIME_PERCENTILES
 from normbench.record import time_grad_norms, time_percentiles, time_unit_metrics
+from normbench.views import figures, over_time
+from normbench.views.data import read_experiment
+from normbench.views.style import first_seed
 
 M, N, T, C = 2, 5, 7, 4
 LENGTHS = [[7, 3, 5, 1, 6], [2, 7, 7, 4, 3]]  # each model's sequences (their masks may differ)
@@ -74,8 +77,9 @@ def tiny_rnn_config(**record) -> RunConfig:
 
 
 def reference_state_grads(m, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """||dL/dh_t|| over the real sequences at each t, in float64: the Elman recurrence written out, each h_t a
-    tensor of its own whose gradient autograd keeps; L = mean over the samples of the squared error."""
+    """||dL/dh_t|| per sequence, its root mean square over the real sequences at each t, in float64: the Elman
+    recurrence written out, each h_t a tensor of its own whose gradient autograd keeps; L = mean over the samples of
+    the squared error."""
     layer = m.layer1
     w, u, b = (p.detach().double().requires_grad_() for p in (layer.fc.weight, layer.rec.weight, layer.b))
     hw, hb = m.head.weight.detach().double(), m.head.bias.detach().double()
@@ -92,12 +96,11 @@ def reference_state_grads(m, x: torch.Tensor, y: torch.Tensor, mask: torch.Tenso
     out = hs[torch.arange(len(x)), last] @ hw.T + hb
     loss = (out - y.double()).square().sum(1).mean()
     loss.backward()
-    return np.array(
-        [
-            np.sqrt(sum(float(s.grad[k].square().sum()) for k in range(len(x)) if mask[k, t]))
-            for t, s in enumerate(states)
-        ]
-    )
+    norms = []
+    for t, s in enumerate(states):
+        per_sequence = [float(s.grad[k].square().sum()) for k in range(len(x)) if mask[k, t]]
+        norms.append(np.sqrt(np.mean(per_sequence)))  # the root mean square over the sequences real at t
+    return np.array(norms)
 
 
 def test_the_gradient_at_each_hidden_state_against_a_float64_recurrence():
@@ -122,22 +125,32 @@ def test_the_gradient_at_each_hidden_state_against_a_float64_recurrence():
 SMALL = ["data.n=40", "data.n_test=20", "train.epochs=1", "train.batch_size=20", "seeds=[1]"]
 
 
-def test_time_table_through_run_and_open_results_leaves_the_other_tables_as_they_were(tmp_path):
+def test_time_table_through_run_open_results_and_plot_leaves_the_other_tables_as_they_were(tmp_path):
     raw = {
         "name": "t",
         "data": {"name": "sequential_digits", "n": 40, "n_test": 20},
-        "model": {"name": "rnn", "depth": 1, "width": 6, "activation": "tanh", "norm": "layer"},
+        "model": {"name": "rnn", "depth": 1, "width": 6, "activation": "tanh"},
         "train": {"epochs": 1, "batch_size": 20},
         "record": {"hist_every": 1, "eval_split": "test"},
+        "grid": {
+            "zip": [
+                {"model.norm": "batch_step", "model.norm_paths": "both"},
+                {"model.norm": "batch_step", "model.norm_paths": "input"},
+                {"model.norm": "layer", "model.norm_paths": "both"},
+            ]
+        },
     }
     on = run(raw, out=tmp_path / "on", quiet=True)
     off = run(raw, ["record.time=false"], out=tmp_path / "off", quiet=True)
-    assert on.run_id[0] != off.run_id[0]  # record.time is part of a sequence run's id
+    assert set(on.run_id).isdisjoint(off.run_id)  # record.time is part of a sequence run's id
     res_on, res_off = open_results(tmp_path / "on" / "t"), open_results(tmp_path / "off" / "t")
     time = res_on.time()
     assert res_off.time().empty
+    order = ["model.norm", "model.norm_paths", "step", "split", "mode", "layer", "point"]
     for name in ("curves", "layers", "histograms"):
         a, b = (r.table(name).drop(columns="run_id") for r in (res_on, res_off))
+        by = [c for c in order if c in a.columns]
+        a, b = (t.sort_values(by, ignore_index=True) for t in (a, b))
         pd.testing.assert_frame_equal(a, b)
     assert set(time.step) == {0, 1, 2}
     assert set(time.point) == {"pre_norm", "post_norm", "post_act", "pre_norm_h", "post_norm_h", "state"}
@@ -145,6 +158,29 @@ def test_time_table_through_run_and_open_results_leaves_the_other_tables_as_they
     assert time[time.point == "state"].grad_norm.gt(0).all()
     assert time[time.point == "post_act"].saturated_fraction.between(0, 1).all()
     assert time[time.point == "pre_norm"].grad_norm.isna().all()
+
+    # The figures over time: for the runs that recorded time only; variants named by every key that tells them apart.
+    exp_on, exp_off = (read_experiment(tmp_path / d / "t") for d in ("on", "off"))
+    kinds = {"time_units", "time_grad", "time_dist"}
+    assert kinds <= {f.kind for f in figures.planned(exp_on)}
+    assert not kinds & {f.kind for f in figures.planned(exp_off)}
+    (group,) = [g for g, _ in exp_on.groups()]
+    fig = over_time.time_grad(exp_on, group)
+    labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert labels == [
+        "norm=batch_step, norm_paths=both",
+        "norm=batch_step, norm_paths=input",
+        "norm=layer, norm_paths=both",
+    ]
+    last = exp_on.tables["time"]
+    last = last[(last.point == "post_act") & (last.step == 2)]
+    fig = over_time.time_units(exp_on, group)
+    images = [im.get_array() for ax in fig.axes for im in ax.images]
+    first = first_seed(exp_on.runs)
+    for image, (_, r) in zip(images, first.iterrows(), strict=True):
+        want = last[last.run_id == r.run_id].sort_values("t").saturated_fraction.to_numpy()
+        np.testing.assert_array_equal(np.ma.filled(image, np.nan)[0], want)
+    assert fig.axes[-1].get_ylabel() == "share of saturated values"
 
 
 def test_record_time_changes_nothing_for_the_mlp():
