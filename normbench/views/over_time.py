@@ -13,9 +13,11 @@ import pandas as pd
 
 from normbench.views.data import ExperimentData
 from normbench.views.style import (
+    BROKEN,
     COLORS,
     WIDTH,
     compared_variants,
+    eval_start_note,
     figure_title,
     first_seed,
     fitted_suptitle,
@@ -100,10 +102,13 @@ def time_grad(exp: ExperimentData, group: Any):
         ax.set_title(f"step {step}")
         ax.set_xlabel("time step t")
         ax.grid(alpha=0.3, which="both")
-    axs[0][0].set_ylabel("‖dL/dh_t‖ per sequence (RMS over the real ones)")
+    axs[0][0].set_ylabel("‖dL/dh_t‖, RMS over sequences")
     axs[0][-1].legend(fontsize=7, loc="best")
     fitted_suptitle(fig, figure_title(exp, group, runs, "gradient through time"), 9)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    said = eval_start_note(exp, runs, shown)
+    fig.tight_layout(rect=(0, 0.05 if said else 0, 1, 0.94))
+    if said:
+        fig.text(0.01, 0.01, f"on the {exp.mode_text()}; {said}", fontsize=6.5, color=BROKEN, wrap=True)
     return fig
 
 
