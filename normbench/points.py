@@ -15,9 +15,11 @@ Over time (a sequence model's time table, record.time), in every hidden layer, b
 """
 
 FORWARD = ("pre_norm", "post_norm", "post_act")  # in every recorded layer
+PRE_NORM, POST_NORM, POST_ACT = FORWARD
 GRADIENT = ("grad_pre_norm", "grad_weight")  # in every hidden layer
 ALL = (*FORWARD, *GRADIENT)
-OVER_TIME = (*FORWARD, "pre_norm_h", "post_norm_h", "state")  # the time table's points
+STATE = "state"
+OVER_TIME = (*FORWARD, "pre_norm_h", "post_norm_h", STATE)  # the time table's points
 
 TIME_PERCENTILES = (1, 20, 50, 80, 99)  # as the distribution figure's (views/data.py)
 TIME_COLUMNS = (  # the time table's columns after step, layer, t, point (docs/results-format.md)

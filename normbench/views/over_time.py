@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from normbench.points import POST_ACT, POST_NORM, STATE
 from normbench.views.data import ExperimentData
 from normbench.views.style import (
     BROKEN,
@@ -44,7 +45,7 @@ def time_units(exp: ExperimentData, group: Any):
     """Saturated values (dead units where the activation has no saturated region) per layer and time step at the last
     recorded step, one panel per variant, one colour scale from 0 to 1."""
     runs, variants = _variants(exp, group)
-    rows = _time_rows(exp, runs, "post_act")
+    rows = _time_rows(exp, runs, POST_ACT)
     metric = "saturated_fraction" if rows.saturated_fraction.notna().any() else "dead_fraction"
     what = "saturated values" if metric == "saturated_fraction" else "dead units"
     step = int(rows.step.max())
@@ -86,7 +87,7 @@ def time_grad(exp: ExperimentData, group: Any):
     """||dL/dh_t|| against the time step t (log scale) at the first and the last recorded step, one line per variant
     (a dashed line per further layer)."""
     runs, variants = _variants(exp, group)
-    rows = _time_rows(exp, runs, "state")
+    rows = _time_rows(exp, runs, STATE)
     steps = sorted(rows.step.unique())
     shown = [steps[0], steps[-1]] if len(steps) > 1 else steps
     fig, axs = subplots(1, len(shown), (WIDTH, 3.4), sharey=True)
@@ -116,7 +117,7 @@ def time_dist(exp: ExperimentData, group: Any):
     """The values after the norm against the time step at the last recorded step: the median, 20-80 and 1-99
     percentile bands, one panel per variant (each with its own y range), one panel row per layer."""
     runs, variants = _variants(exp, group)
-    rows = _time_rows(exp, runs, "post_norm")
+    rows = _time_rows(exp, runs, POST_NORM)
     step = int(rows.step.max())
     layers = sorted(rows.layer.unique())
     fig, axs = subplots(len(layers), len(variants), (WIDTH, 0.6 + 2.1 * len(layers)), sharex=True)
