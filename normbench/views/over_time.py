@@ -74,7 +74,8 @@ def time_units(exp: ExperimentData, group: Any):
         said = f" (mean {shares.mean():.1%}, max {shares.max():.1%})" if len(shares) else " (nothing recorded)"
         ax.set_title(label + said, loc="left")
     axs.ravel()[len(variants) - 1].set_xlabel("time step t (gray: no real position)")
-    fig.subplots_adjust(right=0.88, hspace=0.6)
+    height, panel = fig.get_figheight(), 0.35 + 0.28 * len(layers)  # inches: a title above, the t axis below
+    fig.subplots_adjust(right=0.88, top=1 - 0.75 / height, bottom=0.5 / height, hspace=0.45 / panel)
     bar = fig.add_axes((0.905, 0.15, 0.015, 0.7))
     fig.colorbar(
         matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), cmap), cax=bar, label=f"share of {what}"
