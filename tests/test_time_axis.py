@@ -18,8 +18,8 @@ from normbench.nn.models import build_model
 from normbench.points import TIME_PERCENTILES
 from normbench.record import time_grad_norms, time_percentiles, time_unit_metrics
 from normbench.views import figures, over_time
-from normbench.views.data import read_experiment
-from normbench.views.style import first_seed
+from normbench.views.data import ExperimentData, read_experiment
+from normbench.views.style import compared_variants, first_seed, run_label, variant_label
 
 M, N, T, C = 2, 5, 7, 4
 LENGTHS = [[7, 3, 5, 1, 6], [2, 7, 7, 4, 3]]  # each model's sequences (their masks may differ)
@@ -188,3 +188,26 @@ def test_record_time_changes_nothing_for_the_mlp():
     base = experiment_from_dict({"name": "m", "data": {"name": "quadratic"}})
     assert "time" not in RunConfig().identity()["record"]
     assert exp.runs[0].run_id == base.runs[0].run_id
+
+
+@pytest.mark.parametrize(
+    ("paths", "labels"),
+    [
+        (["both", "both", "input"], ["norm=none", "norm=batch_step", "norm=batch"]),  # paths follow the norm
+        (
+            ["both", "input", "both"],
+            ["norm=batch_step, norm_paths=both", "norm=batch_step, norm_paths=input", "norm=layer, norm_paths=both"],
+        ),
+    ],
+)
+def test_variants_are_named_by_the_zipped_keys_that_tell_them_apart_only(tmp_path, paths, labels):
+    norms = ["none", "batch_step", "batch"] if paths[1] == "both" else ["batch_step", "batch_step", "layer"]
+    runs = pd.DataFrame(
+        {"run_id": list("abcdef"), "model.norm": norms * 2, "model.norm_paths": paths * 2, "seed": [1, 1, 1, 2, 2, 2]}
+    )
+    tied = [["model.norm", "model.norm_paths"], ["seed"]]
+    exp = ExperimentData(tmp_path, runs, runs, ["model.norm", "model.norm_paths", "seed"], tied, "model.norm", [], {})
+    variants = compared_variants(exp, runs)
+    assert [variant_label(exp, runs, v) for v, _ in variants] == labels
+    assert [len(r) for _, r in variants] == [2, 2, 2]  # each variant's two seeds
+    assert [run_label(exp, runs, r) for _, r in runs.iloc[:3].iterrows()] == labels

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from normbench.labels import setting, settings
+from normbench.labels import setting, settings, value_text
 from normbench.store import tied_with
 from normbench.views.data import ExperimentData
 
@@ -68,9 +68,10 @@ def variant_keys(exp: ExperimentData, runs: pd.DataFrame) -> list[str]:
     a zipped key that only follows the compared one adds nothing to a label."""
     if not exp.compare:
         return []
-    same = runs.groupby(exp.compare, sort=False, dropna=False)
     tied = [k for k in tied_with(exp.tied, exp.compare) if k != exp.compare and k in runs.columns]
-    return [exp.compare, *(k for k in tied if (same[k].nunique(dropna=False) > 1).any())]
+    texts = runs[tied].map(value_text)  # a list value (parquet's array) as its text: comparable, hashable
+    same = texts.groupby(runs[exp.compare].map(value_text), sort=False)
+    return [exp.compare, *(k for k in tied if (same[k].nunique() > 1).any())]
 
 
 def compared_variants(exp: ExperimentData, runs: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
@@ -86,13 +87,16 @@ def variant_label(exp: ExperimentData, runs: pd.DataFrame, value: Any) -> str:
     """A variant of `runs` in a figure: 'norm=batch_step, norm_paths=input' (every key of variant_keys,
     labels.settings, printed literally); 'all runs' without a compared key."""
     keys = variant_keys(exp, runs)
-    return settings(keys, value, show=literal) if keys else "all runs"
+    values = value if len(keys) > 1 else (value,)  # one key's value may itself be a tuple (a list-valued key)
+    return settings(keys, values, show=literal) if keys else "all runs"
 
 
 def run_label(exp: ExperimentData, runs: pd.DataFrame, run: pd.Series) -> str:
     """variant_label of the variant of `runs` that `run` belongs to."""
     keys = variant_keys(exp, runs)
-    return variant_label(exp, runs, tuple(run[k] for k in keys)) if keys else "all runs"
+    if not keys:
+        return "all runs"
+    return variant_label(exp, runs, tuple(run[k] for k in keys) if len(keys) > 1 else run[keys[0]])
 
 
 def figure_title(exp: ExperimentData, group: Any, runs: pd.DataFrame, what: str) -> str:
