@@ -33,7 +33,7 @@ from rich.console import Console
 from normbench.config import ConfigError, Experiment, apply_override, experiment_from_dict, load_experiment
 from normbench.results import FINISHED, experiment_axes, find_experiments, load_runs, load_table, select_runs
 
-TABLES = ("curves", "layers", "histograms", "landscape")
+TABLES = ("curves", "layers", "histograms", "landscape", "time")
 
 
 def load_config(config: str | Path | Mapping[str, Any] | Experiment, overrides: Iterable[str] = ()) -> Experiment:
@@ -112,6 +112,10 @@ class Results:
 
     def histograms(self, where: Iterable[str] = ()) -> pd.DataFrame:
         return self.table("histograms", where)
+
+    def time(self, where: Iterable[str] = ()) -> pd.DataFrame:
+        """A sequence model's statistics at each time step (time.parquet; empty for runs that recorded none)."""
+        return self.table("time", where)
 
 
 def open_results(path: str | Path) -> Results:

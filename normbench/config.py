@@ -401,6 +401,11 @@ class RecordConfig(Strict):
     precise_bn: bool = Field(
         False, description="after training, the losses with running statistics recomputed on the training set"
     )
+    time: bool = Field(
+        True,
+        description="sequence models: per time step statistics at each histogram step (time.parquet); no effect on "
+        "the mlp and cnn",
+    )
 
     @field_validator("landscape_scales")
     @classmethod
@@ -419,6 +424,7 @@ LATER_OPTIONS: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
     ("record", "landscape_scales"): lambda d: d["record"]["landscape_every"] is None,
     ("record", "running_stats"): lambda d: not d["record"]["running_stats"],
     ("record", "precise_bn"): lambda d: not d["record"]["precise_bn"],
+    ("record", "time"): lambda d: d["model"]["name"] not in SEQUENCE_MODELS or not d["record"]["time"],
     ("model", "norm_noise"): lambda d: (
         d["model"]["name"] in SEQUENCE_MODELS or not getattr(NORMS.get(d["model"]["norm"]), "noisy", False)
     ),

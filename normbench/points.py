@@ -7,11 +7,28 @@ command line's --point all read these.
     post_act       the output of the activation   (layer 0, the input, has the identity as activation)
     grad_pre_norm  d(loss)/d(pre_norm): the backpropagated gradient, in every hidden layer
     grad_weight    d(loss)/d(W): the layer's weight gradient, in every hidden layer
+
+Over time (a sequence model's time table, record.time), in every hidden layer, besides the forward points:
+    pre_norm_h     the input of the hidden-to-hidden norm (rnn, lstm with model.norm_paths both or input)
+    post_norm_h    its output
+    state          the hidden state h_t (the transformer's: the block's output at position t), with dL/dh_t
 """
 
 FORWARD = ("pre_norm", "post_norm", "post_act")  # in every recorded layer
+PRE_NORM, POST_NORM, POST_ACT = FORWARD
 GRADIENT = ("grad_pre_norm", "grad_weight")  # in every hidden layer
 ALL = (*FORWARD, *GRADIENT)
+STATE = "state"
+OVER_TIME = (*FORWARD, "pre_norm_h", "post_norm_h", STATE)  # the time table's points
+
+TIME_PERCENTILES = (1, 20, 50, 80, 99)  # as the distribution figure's (views/data.py)
+TIME_COLUMNS = (  # the time table's columns after step, layer, t, point (docs/results-format.md)
+    "n",
+    *(f"p{q}" for q in TIME_PERCENTILES),
+    "saturated_fraction",
+    "dead_fraction",
+    "grad_norm",
+)
 
 WORDS = {  # a figure's title, the report's captions
     "pre_norm": "before the norm",
@@ -19,4 +36,9 @@ WORDS = {  # a figure's title, the report's captions
     "post_act": "after the activation",
     "grad_pre_norm": "gradient dL/dz at the norm's input",
     "grad_weight": "weight gradient dL/dW",
+}
+TIME_WORDS = WORDS | {  # the time table's points
+    "pre_norm_h": "before the hidden-to-hidden norm",
+    "post_norm_h": "after the hidden-to-hidden norm",
+    "state": "hidden state h_t",
 }

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from normbench.points import FORWARD, GRADIENT
+from normbench.points import FORWARD, GRADIENT, TIME_PERCENTILES
 from normbench.registry import ACTIVATIONS
 
 if TYPE_CHECKING:
@@ -335,3 +335,52 @@ def running_errors(
     mean_err = ((mr - mp).square() / (vp + eps)).mean(1).sqrt()
     var_err = ((vr + eps) / (vp + eps)).log().square().mean(1).sqrt()
     return mean_err, var_err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Over time (sequence models, record.time)
+
+
+def time_percentiles(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The TIME_PERCENTILES of each model's values at each time step over its real sequences and every channel:
+    values (M, N, T, C), mask (M, N, T) True at real positions -> (M, T, len(TIME_PERCENTILES)) float64 (linear
+    interpolation, numpy.percentile's default; NaN at a step with no real position or with a NaN or inf value
+    there) and the real sequences at each step (M, T). One sort of every step's values, padding sorted last."""
+    v, mask = values.detach().cpu(), mask.cpu()
+    real = mask[..., None].expand_as(v)
+    padded = torch.where(real, v, torch.inf).movedim(2, 1).flatten(2)  # (M, T, N * C)
+    ordered = torch.from_numpy(np.sort(padded.numpy(), axis=2))  # numpy's sort: several times torch's, on a CPU
+    count = mask.sum(1) * v.shape[3]  # (M, T) real values
+    qs = torch.tensor(TIME_PERCENTILES, dtype=torch.float64) / 100
+    pos = qs * (count[..., None] - 1).clamp(min=0)  # (M, T, Q)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=(count[..., None] - 1).clamp(min=0))
+    a, b = (ordered.gather(2, i).to(torch.float64) for i in (lo, hi))
+    out = a + (pos - lo) * (b - a)
+    broken = (real & ~torch.isfinite(v)).any(3).any(1) | (count == 0)  # (M, T)
+    return torch.where(broken[..., None], torch.nan, out), mask.sum(1)
+
+
+def time_unit_metrics(
+    act: torch.Tensor, mask: torch.Tensor, activation: str, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """unit_metrics at each time step, from post-activation values (M, N, T, C) and their mask (M, N, T): the share of
+    real values in the saturated region (NaN when the activation has none) and the share of units that are exactly 0
+    in every real sequence, each (M, T) float64; NaN at a step with no real position or with a NaN or inf value."""
+    a = act.detach().to(torch.float64)
+    real = mask[..., None]
+    count = (mask.sum(1) * a.shape[3]).to(torch.float64)  # (M, T) real values
+    saturated = ACTIVATIONS.get(activation).saturated
+    sat = (saturated(a, threshold) & real).sum((1, 3)) / count if saturated else torch.full_like(count, torch.nan)
+    dead = ((a == 0) | ~real).all(1).to(torch.float64).mean(2)  # (M, T)
+    broken = (real & ~torch.isfinite(a)).any(3).any(1) | (count == 0)
+    nan = torch.tensor(torch.nan, dtype=torch.float64, device=a.device)
+    return torch.where(broken, nan, sat).cpu(), torch.where(broken, nan, dead).cpu()
+
+
+def time_grad_norms(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """||dL/dh_t|| at each time step t: each real sequence's norm of the gradient (M, N, T, C) over the channels, then
+    their root mean square over the sequences real at t (so that sequences ending before t do not pull it down),
+    in float64, (M, T); NaN at a step with no real position."""
+    g = torch.where(mask[..., None], grad.detach().to(torch.float64), 0.0)
+    return (g.square().sum((1, 3)) / mask.sum(1)).sqrt().cpu()

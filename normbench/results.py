@@ -25,11 +25,12 @@ import yaml
 from normbench.errors import UserError
 from normbench.finals import CURVE_FINALS
 from normbench.labels import value_text
+from normbench.points import TIME_COLUMNS
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
 from normbench.safe import YAMLLimit, load_yaml, quoted, short
 
 TABLES = ("curves", "layers", "histograms")
-OPTIONAL_TABLES = ("landscape",)  # written by the runs that record them
+OPTIONAL_TABLES = ("landscape", "time")  # written by the runs that record them
 # What produced a run (summary.json's "engine", runs.parquet's engine.* columns): see docs/results-format.md.
 ENGINE = ("kernel", "compiled", "device", "dtype", "threads", "torch", "stack")
 FINISHED = ("ok", "diverged")
@@ -93,6 +94,7 @@ COLUMNS = {
         "max",
     ),
     "landscape": ("run_id", "step", "scale", "distance", "loss", "grad_change"),
+    "time": ("run_id", "step", "layer", "t", "point", *TIME_COLUMNS),
 }
 
 

@@ -3,7 +3,8 @@
     OUT/<name>/config.yaml            the resolved experiment config (after --set)
     OUT/<name>/runs.parquet           one row per run of the current grid (docs/results-format.md)
     OUT/<name>/runs/<run_id>/         config.yaml, summary.json, curves/layers/histograms.parquet
-                                      (and landscape.parquet when record.landscape_every is set)
+                                      (and landscape.parquet when record.landscape_every is set,
+                                      time.parquet for a sequence model with record.time)
     OUT/<name>/figures/               written by `normbench plot`
 
 A run folder is built under a temporary name and renamed into place whole, so a run is either finished or

@@ -22,6 +22,7 @@ from torch import nn
 
 from normbench.engine.base import IMPORTANCE, Probe, accuracies, losses, targets
 from normbench.nn.models import recorded_layers
+from normbench.points import OVER_TIME
 
 if TYPE_CHECKING:
     from normbench.config import RunConfig
@@ -133,24 +134,44 @@ class AutogradKernel:
             out = self._outputs(x)
         return losses(out, y, self.classification)[0], accuracies(out, y, self.classification)
 
-    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe:
-        with self._mode(mode), _capture(self.models) as found:
+    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str, time: bool = False) -> Probe:
+        time = time and getattr(self.models[0], "sequence", False)
+        with self._mode(mode), _capture(self.models, time) as found:
             out = self._outputs(x)
         # The gradient at each hidden layer's norm input, the very tensors its forward hook saw (a sum of the
-        # models' losses: each model's value depends on its own loss only).
-        pre = [key for key in found if key[0] > 0 and key[1] == "pre_norm"]
+        # models' losses: each model's value depends on its own loss only); over time, at each h_t too.
+        pre = [key for key in found if key[0] > 0 and key[1] in ("pre_norm", "state")]
         also = [v for key in pre for calls in found[key] for v in calls]
         grad, at_pre = self._grads(losses(out, y, self.classification)[0], also)
         it = iter(at_pre)
-        for i, _ in pre:
-            found[(i, "grad_pre_norm")] = [[next(it) for _ in calls] for calls in found[(i, "pre_norm")]]
+        for i, point in pre:
+            found[(i, f"grad_{point}")] = [[next(it) for _ in calls] for calls in found[(i, point)]]
+        over_time = {}
+        if time:
+            mask = torch.stack([m.last_mask for m in self.models])
+            for key, values in found.items():
+                if key[0] > 0 and key[1] in (*OVER_TIME, "grad_state"):
+                    over_time[key] = torch.stack([_steps(calls) for calls in values])
+            for key in [k for k in found if k[1] in TIME_ONLY]:
+                del found[key]
         stacked: dict[tuple[int, ...], torch.Tensor] = {}  # one tensor for points that are the same values
         for values in found.values():
             ids = tuple(id(v) for calls in values for v in calls)
             if ids not in stacked:
                 stacked[ids] = torch.stack([_rows(calls, m) for calls, m in zip(values, self.models, strict=True)])
         points = {key: stacked[tuple(id(v) for calls in values for v in calls)] for key, values in found.items()}
-        return Probe(points, grad, _importance(self.models))
+        return Probe(points, grad, _importance(self.models), over_time, mask if time else None)
+
+
+# The points a probe takes over time only (Probe.time): not in the histograms.
+TIME_ONLY = ("pre_norm_h", "post_norm_h", "state", "grad_state")
+
+
+def _steps(calls: list[torch.Tensor]) -> torch.Tensor:
+    """A point's values in one model's sequence forward as (N, T, C): one call over the whole sequence, or one
+    (N, C) per step of a recurrence."""
+    v = calls[0] if len(calls) == 1 and calls[0].dim() == 3 else torch.stack(calls, 1)
+    return v.detach()
 
 
 def _rows(calls: list[torch.Tensor], model: nn.Module) -> torch.Tensor:
@@ -159,8 +180,7 @@ def _rows(calls: list[torch.Tensor], model: nn.Module) -> torch.Tensor:
     if not getattr(model, "sequence", False):
         (v,) = calls
         return v.detach().movedim(1, 0).reshape(v.shape[1], -1)
-    v = calls[0] if len(calls) == 1 and calls[0].dim() == 3 else torch.stack(calls, 1)  # (N, T, C)
-    return v.detach()[model.last_mask].T
+    return _steps(calls)[model.last_mask].T
 
 
 def check_forward_order(names: list[str]) -> None:
@@ -177,10 +197,11 @@ def check_forward_order(names: list[str]) -> None:
 
 
 @contextmanager
-def _capture(models: list[nn.Module]):
+def _capture(models: list[nn.Module], time: bool = False):
     """{(layer, point): for each model, in their order, the values of each call (N, C, ...)} from every recorded
     layer's norm and activation during the forwards inside. A module called once per step of a recurrence gives
-    one (N, C) per step."""
+    one (N, C) per step. `time`: also a sequence layer's hidden-to-hidden norm (pre_norm_h, post_norm_h) and its
+    state h_t (state)."""
     found: dict[tuple[int, str], list[list[torch.Tensor]]] = {}
     handles = []
 
@@ -188,17 +209,25 @@ def _capture(models: list[nn.Module]):
         calls = found.setdefault(key, [[] for _ in models])
         calls[j].append(value)
 
+    def norm_hook(i, j, suffix=""):
+        def on_norm(module, inputs, output):
+            keep((i, f"pre_norm{suffix}"), j, inputs[0])
+            keep((i, f"post_norm{suffix}"), j, output)
+
+        return on_norm
+
     for j, m in enumerate(models):
         for i, block in enumerate(recorded_layers(m)):
-
-            def on_norm(module, inputs, output, i=i, j=j):
-                keep((i, "pre_norm"), j, inputs[0])
-                keep((i, "post_norm"), j, output)
-
-            handles.append(block.norm.register_forward_hook(on_norm))
+            handles.append(block.norm.register_forward_hook(norm_hook(i, j)))
             handles.append(
                 block.act.register_forward_hook(lambda mod, inp, out, i=i, j=j: keep((i, "post_act"), j, out))
             )
+            if time and hasattr(block, "state"):
+                if hasattr(block, "norm_h"):
+                    handles.append(block.norm_h.register_forward_hook(norm_hook(i, j, "_h")))
+                handles.append(
+                    block.state.register_forward_hook(lambda mod, inp, out, i=i, j=j: keep((i, "state"), j, out))
+                )
     try:
         yield found
     finally:

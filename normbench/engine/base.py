@@ -12,6 +12,7 @@ happens over time. Data reach a kernel as `columns(x, y)` has laid them out: x (
     kernel.evaluate(x, y, mode)   losses and accuracies, norms on batch ('train') or running ('eval') statistics;
                                   changes nothing
     kernel.probe(x, y, mode)      a Probe: every recorded point, and the gradient of a backward on (x, y)
+                                  (time=True: a sequence model's points over time too)
     kernel.gradient(x, y)         losses (M,) and gradients (M, P) with batch statistics, as `step` computes them;
                                   changes nothing (a measurement at the current theta, e.g. after moving it)
     kernel.running_stats()        {layer i: (running mean, running variance)}, (M, C) views into the kernel's
@@ -23,7 +24,7 @@ happens over time. Data reach a kernel as `columns(x, y)` has laid them out: x (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -49,6 +50,11 @@ class Probe:
     points: dict[tuple[int, str], torch.Tensor]
     grad: torch.Tensor  # (M, P) gradient of each model's loss (a mean over the probe's samples) on those samples
     importance: dict[int, torch.Tensor]  # hidden layer -> (M, len(IMPORTANCE)), NaN without switchable norm
+    # A sequence model's points over time, when asked for (probe(..., time=True)): (layer, point) -> (M, N, T, C) for
+    # every hidden layer's pre_norm, post_norm, post_act, pre_norm_h and post_norm_h (its hidden-to-hidden norm, if
+    # any), state (h_t) and grad_state (dL/dh_t); `mask` (M, N, T) True at the real positions.
+    time: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    mask: torch.Tensor | None = None
 
 
 class Kernel(Protocol):
@@ -65,7 +71,7 @@ class Kernel(Protocol):
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe: ...
+    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str, time: bool = False) -> Probe: ...
 
     def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 

@@ -24,6 +24,7 @@ from normbench.engine.base import IMPORTANCE, Kernel, Probe
 from normbench.record import (
     ICS,
     RUNNING,
+    TIME_PERCENTILES,
     Histogram,
     Shape,
     auto_ranges,
@@ -31,6 +32,9 @@ from normbench.record import (
     point_shape,
     population_stats,
     running_errors,
+    time_grad_norms,
+    time_percentiles,
+    time_unit_metrics,
     unit_metrics_stacked,
 )
 
@@ -103,7 +107,7 @@ class Recorder:
         if not which:
             return
         rc, kernel = self.rc, self.kernel
-        probe = kernel.probe(*self.splits[rc.eval_split], rc.eval_mode)
+        probe = kernel.probe(*self.splits[rc.eval_split], rc.eval_mode, time=rc.time)
         pick = torch.tensor(which, device=kernel.theta.device)
         picked: dict[int, torch.Tensor] = {}  # a tensor under several points (pre_norm = post_norm without a norm)
         for v in probe.points.values():
@@ -126,6 +130,8 @@ class Recorder:
         importance = {i: v[pick.cpu()].tolist() for i, v in probe.importance.items()}
         same_pass = (rc.eval_split, rc.eval_mode) == ("train", "eval")  # the pass _running_errors needs: no second one
         running = self._running_errors(pick, probe if same_pass else None) if rc.running_stats else {}
+        if probe.time:
+            self._time_rows(step, which, probe, pick)
         nan2 = [(math.nan, math.nan)] * len(which)
         for pos, j in enumerate(which):
             rows = self.rows[j]
@@ -144,6 +150,37 @@ class Recorder:
                         **dict(zip(RUNNING, running.get(i, nan2)[pos], strict=True)),
                     }
                 )
+
+    def _time_rows(self, step: int, which: list[int], probe: Probe, pick: torch.Tensor) -> None:
+        """A sequence model's time table (record.time): for every hidden layer, each point over time at each time step
+        t with a real position, its percentiles over the real sequences and channels; post_act's rows also hold the
+        saturated and dead shares, state's (h_t) the norm of dL/dh_t (record.py's time_* functions)."""
+        mask = probe.mask.index_select(0, pick.to(probe.mask.device))
+        activation = "tanh" if self.cfgs[0].model.name == "lstm" else self.cfgs[0].model.activation
+        nan = torch.full((len(which), mask.shape[2]), math.nan, dtype=torch.float64)
+        rows = []  # (layer, point, n (M, T), percentiles (M, T, Q), saturated, dead, grad_norm (M, T))
+        for (layer, point), values in sorted(probe.time.items()):
+            if point == "grad_state":
+                continue
+            values = values.index_select(0, pick.to(values.device))
+            q, n = time_percentiles(values, mask)
+            sat = dead = grad = nan
+            if point == "post_act":
+                sat, dead = time_unit_metrics(values, mask, activation, self.rc.saturation_threshold)
+            if point == "state":
+                grad = time_grad_norms(probe.time[(layer, "grad_state")].index_select(0, pick.to(values.device)), mask)
+            rows.append((layer, point, n.tolist(), q.tolist(), sat.tolist(), dead.tolist(), grad.tolist()))
+        for pos, j in enumerate(which):
+            out = self.rows[j]["time"]
+            for layer, point, n, q, sat, dead, grad in rows:
+                for t, count in enumerate(n[pos]):
+                    if count == 0:
+                        continue
+                    pct = {f"p{p}": v for p, v in zip(TIME_PERCENTILES, q[pos][t], strict=True)}
+                    out.append(
+                        {"step": step, "layer": layer, "t": t, "point": point, "n": count, **pct}
+                        | {"saturated_fraction": sat[pos][t], "dead_fraction": dead[pos][t], "grad_norm": grad[pos][t]}
+                    )
 
     def _running_errors(self, pick: torch.Tensor, probe: Probe | None = None) -> dict[int, list[tuple[float, float]]]:
         """running_errors of every layer with running statistics, for the picked models, against the statistics of

@@ -386,7 +386,7 @@ class WrittenOutKernel:
         return self.evaluate_fn(self.theta, self.stats_flat, x, y, mode)
 
     @torch.no_grad()
-    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str) -> Probe:
+    def probe(self, x: torch.Tensor, y: torch.Tensor, mode: str, time: bool = False) -> Probe:
         p = self.spec.views(self.theta)
         found: dict[tuple[int, str], torch.Tensor] = {}
         out, tape, _ = forward(self.spec, p, x, mode, self.stats, found)

@@ -14,6 +14,9 @@ Like the mlp's, the models are role-named blocks, so the recorder finds their po
               act tanh (Cooijmans et al.'s BN-LSTM, Ba et al.'s LN-LSTM; norm_paths input: norm_x only)
         transformer: x + attention(attn_norm(x)), then x + fc2(act(fc(norm(x)))) (placement pre), or
               attn_norm(x + attention(x)), then norm(x + fc2(act(fc(x)))) (placement post: the original's)
+    layer{i}.norm_h               the hidden-to-hidden norm (rnn, lstm), recorded over time only
+    layer{i}.state                an identity on the hidden state h_t (the block's output for the transformer):
+                                  where the recorder takes dL/dh_t over time (record.time)
     head                          the linear output layer
 
 Every recorded value is (N, T, C) or, inside a recurrence, (N, C) once per step; `last_mask` holds the padding mask
@@ -100,6 +103,7 @@ class RNNLayer(nn.Module):
         self.norm = _norm(cfg, h, max_steps)
         self.norm_h = _norm(cfg, h, max_steps, cfg.norm if paths == "both" else "none")
         self.act = ACTIVATIONS.get(cfg.activation).make()
+        self.state = nn.Identity()  # h_t, where the recorder takes dL/dh_t (record.time)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         wx = self.fc(x) if self.paths == "sum" else self.norm(self.fc(x), mask)  # (N, T, H)
@@ -111,7 +115,7 @@ class RNNLayer(nn.Module):
                 a = self.norm(wx[:, t] + self.rec(h) + self.b, real, t=t)
             else:
                 a = wx[:, t] + self.norm_h(self.rec(h), real, t=t) + self.b
-            h = torch.where(real[:, None], self.act(a), h)  # a padded step keeps the state
+            h = self.state(torch.where(real[:, None], self.act(a), h))  # a padded step keeps the state
             out.append(h)
         return torch.stack(out, 1)
 
@@ -130,6 +134,7 @@ class LSTMLayer(nn.Module):
         self.norm_h = _norm(cfg, 4 * h, max_steps, cfg.norm if both else "none")
         self.norm = _norm(cfg, h, max_steps, cfg.norm if both else "none")  # on the cell
         self.act = nn.Tanh()
+        self.state = nn.Identity()  # h_t, where the recorder takes dL/dh_t (record.time)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         wx = self.norm_x(self.fc(x), mask)  # (N, T, 4H)
@@ -143,7 +148,7 @@ class LSTMLayer(nn.Module):
             c_new = f.sigmoid() * c + i.sigmoid() * g.tanh()
             h_new = o.sigmoid() * self.act(self.norm(c_new, real, t=t))
             keep = real[:, None]
-            h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+            h, c = self.state(torch.where(keep, h_new, h)), torch.where(keep, c_new, c)
             out.append(h)
         return torch.stack(out, 1)
 
@@ -214,13 +219,14 @@ class TransformerBlock(nn.Module):
         self.fc = nn.Linear(w, 4 * w)
         self.act = ACTIVATIONS.get(cfg.activation).make()
         self.fc2 = nn.Linear(4 * w, w)
+        self.state = nn.Identity()  # the block's output, where the recorder takes dL/dh_t (record.time)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pre:
             x = x + self.attn(self.attn_norm(x, mask), mask)
-            return x + self.fc2(self.act(self.fc(self.norm(x, mask))))
+            return self.state(x + self.fc2(self.act(self.fc(self.norm(x, mask)))))
         x = self.attn_norm(x + self.attn(x, mask), mask)
-        return self.norm(x + self.fc2(self.act(self.fc(x))), mask)
+        return self.state(self.norm(x + self.fc2(self.act(self.fc(x))), mask))
 
 
 class Transformer(SequenceModel):

@@ -28,7 +28,7 @@ from normbench.views.style import (
     seed_count,
     spans_decades,
     spread_band,
-    value_label,
+    variant_label,
 )
 
 
@@ -165,7 +165,7 @@ def _span(values: list[float]) -> str:
 def _cost_legend(fig: plt.Figure, exp: ExperimentData, drawn: list[_Curve]) -> None:
     """The cost figure's legend, headed by its title, above the panels."""
     handles = [
-        matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=2, label=value_label(exp.compare, v))
+        matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=2, label=variant_label(exp, exp.runs, v))
         for i, (v, _) in enumerate(compared_variants(exp, exp.runs))
     ]
     handles.append(
@@ -214,7 +214,7 @@ def final_vs(exp: ExperimentData, key: str):
                 stats = ok.groupby(key)[metric].agg(["mean", "min", "max"]).sort_index()
                 lost = len(vruns) - len(ok)
                 color = COLORS[i % len(COLORS)]
-                label = value_label(exp.compare, value) + (f" ({lost} diverged/failed)" if lost else "")
+                label = variant_label(exp, grp, value) + (f" ({lost} diverged/failed)" if lost else "")
                 ax.plot(stats.index, stats["mean"], "o-", color=color, ms=3, label=label)
                 spread_band(ax, stats.index, stats["min"], stats["max"], color, i)
             xs = runs[key].astype(float)

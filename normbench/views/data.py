@@ -102,7 +102,7 @@ def read_experiment(
     ids = runs.run_id.tolist()
     exp.tables = {
         name: before_divergence(load_table(exp_dir, name, ids), runs)
-        for name in ("curves", "histograms", "layers", "landscape")
+        for name in ("curves", "histograms", "layers", "landscape", "time")
     }
     hists = exp.tables["histograms"]
     if not hists.empty:

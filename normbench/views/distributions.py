@@ -34,12 +34,13 @@ from normbench.views.style import (
     padded,
     panel_grid,
     percent,
+    run_label,
     runs_of_group,
     seed_count,
     step_span,
     subplots,
     title_notes,
-    value_label,
+    variant_label,
 )
 
 
@@ -116,8 +117,8 @@ def overlay(exp: ExperimentData, group: Any, point: str):
     runs, hists, steps = _hist_data(exp, group, point, None)
     fig = _hist_grid(exp, group, point, runs, hists, [(s, [r for _, r in runs.iterrows()]) for s in steps])
     handles = [
-        matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=1.5, label=value_label(exp.compare, v))
-        for i, v in enumerate(runs[exp.compare] if exp.compare else [""])
+        matplotlib.lines.Line2D([], [], color=COLORS[i % len(COLORS)], lw=1.5, label=run_label(exp, runs, r))
+        for i, (_, r) in enumerate(runs.iterrows() if exp.compare else [(0, None)])
     ]
     fig.legend(handles=handles, loc="upper right", ncols=len(handles), frameon=False)
     return fig
@@ -163,7 +164,7 @@ def _hist_grid(
                 ax.set_title("input" if layer == 0 else f"layer {layer}")
             if c == 0:
                 one = shown[0]
-                who = value_label(exp.compare, one[exp.compare]) + "\n" if exp.compare and len(shown) == 1 else ""
+                who = run_label(exp, runs, one) + "\n" if exp.compare and len(shown) == 1 else ""
                 ax.set_ylabel(f"{who}step {step}", fontsize=7.5)
         # One y scale per row, labelled once: the panels of a row compare at a glance (and unlabelled axes
         # without ticks draw several times faster than shared ones).
@@ -278,7 +279,7 @@ def dist(exp: ExperimentData, group: Any):
                     ax.plot(np.r_[x, np.nan, x], np.r_[m["min"], np.nan, m["max"]], color="black", lw=0.7, ls=":")
                 if b == 0 and v == 0:
                     ax.set_title(f"layer {layer}")
-            name = value_label(exp.compare, value) if exp.compare else ""
+            name = variant_label(exp, runs, value) if exp.compare else ""
             axs[r][0].set_ylabel(name, fontsize=7)
         if b < len(points) - 1:
             for ax in axs[r + 1]:
@@ -386,7 +387,7 @@ def ridge(exp: ExperimentData, group: Any, point: str = "post_act"):
                 ax.set_title(f"layer {layer}")
         every = math.ceil(len(steps) / 7)  # at most 7 labelled steps
         axs[r][0].set_yticks(range(0, len(steps), every), [str(s) for s in steps[::every]])
-        axs[r][0].set_ylabel((value_label(exp.compare, run[exp.compare]) + "\n" if exp.compare else "") + "step")
+        axs[r][0].set_ylabel((run_label(exp, runs, run) + "\n" if exp.compare else "") + "step")
     group_runs = runs_of_group(exp, group)
     h = exp.tables["histograms"]
     spread = cdf_spread(h[h.run_id.isin(group_runs.run_id) & (h.point == point)])

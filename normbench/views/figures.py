@@ -23,7 +23,7 @@ import pandas as pd
 from normbench.labels import group_slug, group_title
 from normbench.points import ALL as ALL_POINTS
 from normbench.points import WORDS as POINT_WORDS
-from normbench.views import curves, distributions, optimization, units
+from normbench.views import curves, distributions, optimization, over_time, units
 from normbench.views.data import ExperimentData, PlotError, numeric_axes
 
 
@@ -180,6 +180,31 @@ def _running_caption(fig: Figure) -> tuple[str, str]:
     )
 
 
+def _time_units_caption(fig: Figure) -> tuple[str, str]:
+    return f"Saturated or dead units over time, {fig.title}", (
+        "Saturated values after the activation (the share with |a| above record.saturation_threshold; dead units, "
+        "exactly 0 in every real sequence, where the activation has no saturated region) per layer and time step "
+        "t at the last recorded step, over the real sequences at t (gray: none), one panel per variant, one seed, "
+        f"one colour scale from 0 to 1; {fig.title}."
+    )
+
+
+def _time_grad_caption(fig: Figure) -> tuple[str, str]:
+    return f"Gradient through time, {fig.title}", (
+        "The norm of the loss's gradient with respect to the hidden state h_t against the time step t, on a log "
+        "scale, at the first and the last recorded step, one line per variant, one seed: falling towards t = 0 is "
+        f"the gradient vanishing through time, rising is it exploding; {fig.title}."
+    )
+
+
+def _time_dist_caption(fig: Figure) -> tuple[str, str]:
+    return f"Values after the norm over time, {fig.title}", (
+        "The values after the norm against the time step t at the last recorded step: the median, the 20-80 and "
+        "the 1-99 percentile bands over the real sequences and the units at t, one panel per variant (each with "
+        f"its own y range), one seed; {fig.title}."
+    )
+
+
 # -- when the results give a figure ---------------------------------------------------------------------------------
 
 
@@ -205,6 +230,12 @@ def _has_running_stats(exp: ExperimentData, runs: pd.DataFrame) -> bool:
 
 def _has_landscape(exp: ExperimentData, runs: pd.DataFrame) -> bool:
     table = exp.tables["landscape"]
+    return not table.empty and bool(table.run_id.isin(runs.run_id).any())
+
+
+def _has_time(exp: ExperimentData, runs: pd.DataFrame) -> bool:
+    """The group's runs recorded over time (a sequence model with record.time)."""
+    table = exp.tables.get("time", pd.DataFrame())
     return not table.empty and bool(table.run_id.isin(runs.run_id).any())
 
 
@@ -253,6 +284,9 @@ FIGURES: tuple[FigureKind, ...] = (
     FigureKind("units", units.units, "group", 8, _units_caption, applies=_has_layers),
     FigureKind("landscape", optimization.landscape, "group", 6, _landscape_caption, applies=_has_landscape),
     FigureKind("running", optimization.running, "group", 5, _running_caption, applies=_has_running_stats),
+    FigureKind("time_units", over_time.time_units, "group", 5, _time_units_caption, applies=_has_time),
+    FigureKind("time_grad", over_time.time_grad, "group", 5, _time_grad_caption, applies=_has_time),
+    FigureKind("time_dist", over_time.time_dist, "group", 5, _time_dist_caption, applies=_has_time),
 )
 KINDS = {k.name: k for k in FIGURES}
 OPTIONS = ("overlay", "ridge", "animate")  # the plot options that ask for more figures

@@ -30,7 +30,7 @@ from normbench.views.style import (
     step_span,
     subplots,
     title_notes,
-    value_label,
+    variant_label,
 )
 from normbench.views.summary import landscape_summary
 
@@ -66,7 +66,7 @@ def grad(exp: ExperimentData, group: Any):
         for r, (metric, title) in enumerate(metrics):
             ax = axs[r][c]
             _grad_panel(ax, mine, metric, depth)
-            head = value_label(exp.compare, value) if exp.compare and r == 0 else ""
+            head = variant_label(exp, runs, value) if exp.compare and r == 0 else ""
             ax.set_title(f"{head}\n{title}" if head else title)
             if r == len(metrics) - 1:
                 ax.set_xlabel("step")
@@ -147,7 +147,7 @@ def landscape(exp: ExperimentData, group: Any):
         mine = table[table.run_id == run.run_id]
         band = mine.groupby("step").loss.agg(["min", "max"])
         band = band[np.isfinite(band["min"]) & np.isfinite(band["max"]) & (band["min"] > 0)]
-        label = value_label(exp.compare, value) if exp.compare else run.run_id
+        label = variant_label(exp, runs, value) if exp.compare else run.run_id
         x = band.index.to_numpy(float)
         spread_band(axs[0][0], x, band["min"].to_numpy(), band["max"].to_numpy(), color, k)
         start = mine[mine.scale == 0].set_index("step").loss.reindex(band.index)
@@ -208,7 +208,7 @@ def running(exp: ExperimentData, group: Any):
     for c, (value, vruns) in enumerate(variants):
         run = vruns.iloc[0]
         mine = layers[layers.run_id == run.run_id]
-        name = value_label(exp.compare, value) if exp.compare else ""
+        name = variant_label(exp, runs, value) if exp.compare else ""
         for r, (metric, title) in enumerate(rows):
             ax = axs[r][c]
             for layer, d in mine.groupby("layer"):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from normbench.views.data import ExperimentData
-from normbench.views.style import compared_variants, seed_count, value_label
+from normbench.views.style import compared_variants, run_label, seed_count
 
 
 @dataclass
@@ -41,7 +41,7 @@ def other_seeds_note(exp: ExperimentData, group_runs: pd.DataFrame, drawn: pd.Da
         others = seeds[seeds.status != "diverged"].run_id.tolist()
         lost = int((seeds.status == "diverged").sum())
         value = spread.measure(run.run_id, others) if others else None
-        name = value_label(exp.compare, run[exp.compare]) if exp.compare else "all runs"
+        name = run_label(exp, group_runs, run)
         diverged = f"{lost} diverged" if lost else ""
         if value is None:
             parts.append(f"{name}: {diverged or 'nothing to compare'}")

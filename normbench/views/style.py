@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from normbench.labels import setting, settings
+from normbench.labels import setting, settings, value_text
+from normbench.results import tied_with
 from normbench.views.data import ExperimentData
 
 matplotlib.use("Agg")  # files only, no display needed
@@ -61,8 +62,41 @@ def runs_of_group(exp: ExperimentData, key: Any) -> pd.DataFrame:
     raise KeyError(key)
 
 
+def variant_keys(exp: ExperimentData, runs: pd.DataFrame) -> list[str]:
+    """The grid keys that tell `runs`' variants apart: the compared one, and each key zipped with it that takes
+    several values among runs of one compared value (model.norm_paths both and input, both with norm batch_step);
+    a zipped key that only follows the compared one adds nothing to a label."""
+    if not exp.compare:
+        return []
+    tied = [k for k in tied_with(exp.tied, exp.compare) if k != exp.compare and k in runs.columns]
+    texts = runs[tied].map(value_text)  # a list value (parquet's array) as its text: comparable, hashable
+    same = texts.groupby(runs[exp.compare].map(value_text), sort=False)
+    return [exp.compare, *(k for k in tied if (same[k].nunique() > 1).any())]
+
+
 def compared_variants(exp: ExperimentData, runs: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
-    return list(runs.groupby(exp.compare, sort=False, dropna=False)) if exp.compare else [("", runs)]
+    """`runs` split into variants (their seeds together), each with its values of variant_keys (one value for one
+    key, a tuple for several): what variant_label names."""
+    keys = variant_keys(exp, runs)
+    if not keys:
+        return [("", runs)]
+    return list(runs.groupby(keys if len(keys) > 1 else keys[0], sort=False, dropna=False))
+
+
+def variant_label(exp: ExperimentData, runs: pd.DataFrame, value: Any) -> str:
+    """A variant of `runs` in a figure: 'norm=batch_step, norm_paths=input' (every key of variant_keys,
+    labels.settings, printed literally); 'all runs' without a compared key."""
+    keys = variant_keys(exp, runs)
+    values = value if len(keys) > 1 else (value,)  # one key's value may itself be a tuple (a list-valued key)
+    return settings(keys, values, show=literal) if keys else "all runs"
+
+
+def run_label(exp: ExperimentData, runs: pd.DataFrame, run: pd.Series) -> str:
+    """variant_label of the variant of `runs` that `run` belongs to."""
+    keys = variant_keys(exp, runs)
+    if not keys:
+        return "all runs"
+    return variant_label(exp, runs, tuple(run[k] for k in keys) if len(keys) > 1 else run[keys[0]])
 
 
 def figure_title(exp: ExperimentData, group: Any, runs: pd.DataFrame, what: str) -> str:

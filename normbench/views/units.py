@@ -22,12 +22,12 @@ from normbench.views.style import (
     first_seed,
     fitted_suptitle,
     note,
+    run_label,
     runs_of_group,
     same_variant,
     seed_count,
     step_span,
     title_notes,
-    value_label,
 )
 
 
@@ -65,7 +65,7 @@ def units(exp: ExperimentData, group: Any):
             _units_heatmap(ax, data, metric, run, steps, end, cmap)
             if r == 0:
                 ax.set_title(titles[metric])
-            ax.set_ylabel((value_label(exp.compare, run[exp.compare]) + "\n" if exp.compare else "") + "layer")
+            ax.set_ylabel((run_label(exp, runs, run) + "\n" if exp.compare else "") + "layer")
             if r < len(runs) - 1:  # one step axis, at the bottom: every row's steps line up
                 ax.tick_params(labelbottom=False)
             if spread:
