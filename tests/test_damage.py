@@ -556,13 +556,21 @@ def test_ctrl_c_stops_a_sweep_of_long_stacks_at_once(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As a terminal starts it: Ctrl-C's SIGINT handled, whatever this test's own process inherited (a shell
+        # starts a background job with SIGINT ignored, and an ignored signal stays ignored across exec).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    _wait_for_runs(out / "long" / "runs", 32, proc)  # the fast runs are committed
-    _wait_until_training(proc, 2)  # the slow stacks are training
-    sent = time.monotonic()
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    took = time.monotonic() - sent
+    try:
+        _wait_for_runs(out / "long" / "runs", 32, proc)  # the fast runs are committed
+        _wait_until_training(proc, 2)  # the slow stacks are training
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:  # a sweep that did not stop must not outlive the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     # Stopping needs no training to finish: the parent's KeyboardInterrupt terminates the workers and exits. 20 s
     # is generous for two shared cores under load (a second or two is typical) and far below the minutes the slow
     # stacks would take to finish (a sweep that waited for its workers would fail here).
