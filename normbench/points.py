@@ -18,8 +18,11 @@ FORWARD = ("pre_norm", "post_norm", "post_act")  # in every recorded layer
 PRE_NORM, POST_NORM, POST_ACT = FORWARD
 GRADIENT = ("grad_pre_norm", "grad_weight")  # in every hidden layer
 ALL = (*FORWARD, *GRADIENT)
-STATE = "state"
-OVER_TIME = (*FORWARD, "pre_norm_h", "post_norm_h", STATE)  # the time table's points
+PRE_NORM_H, POST_NORM_H, STATE = "pre_norm_h", "post_norm_h", "state"
+OVER_TIME = (*FORWARD, PRE_NORM_H, POST_NORM_H, STATE)  # the time table's points
+GRAD_STATE = "grad_state"  # dL/dh_t, taken with state: the time table's grad_norm column of state's rows
+TIME_ONLY = (PRE_NORM_H, POST_NORM_H, STATE, GRAD_STATE)  # taken over time only, never histogrammed
+GRADIENT_AT = {PRE_NORM: GRADIENT[0], STATE: GRAD_STATE}  # a point -> the point of the loss's gradient there
 
 TIME_PERCENTILES = (1, 20, 50, 80, 99)  # as the distribution figure's (views/data.py)
 TIME_COLUMNS = (  # the time table's columns after step, layer, t, point (docs/results-format.md)
@@ -38,7 +41,7 @@ WORDS = {  # a figure's title, the report's captions
     "grad_weight": "weight gradient dL/dW",
 }
 TIME_WORDS = WORDS | {  # the time table's points
-    "pre_norm_h": "before the hidden-to-hidden norm",
-    "post_norm_h": "after the hidden-to-hidden norm",
-    "state": "hidden state h_t",
+    PRE_NORM_H: "before the hidden-to-hidden norm",
+    POST_NORM_H: "after the hidden-to-hidden norm",
+    STATE: "hidden state h_t",
 }

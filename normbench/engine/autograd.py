@@ -22,7 +22,18 @@ from torch import nn
 
 from normbench.engine.base import IMPORTANCE, Probe, accuracies, losses, targets
 from normbench.nn.models import recorded_layers
-from normbench.points import OVER_TIME
+from normbench.points import (
+    GRAD_STATE,
+    GRADIENT_AT,
+    OVER_TIME,
+    POST_ACT,
+    POST_NORM,
+    POST_NORM_H,
+    PRE_NORM,
+    PRE_NORM_H,
+    STATE,
+    TIME_ONLY,
+)
 
 if TYPE_CHECKING:
     from normbench.config import RunConfig
@@ -140,17 +151,17 @@ class AutogradKernel:
             out = self._outputs(x)
         # The gradient at each hidden layer's norm input, the very tensors its forward hook saw (a sum of the
         # models' losses: each model's value depends on its own loss only); over time, at each h_t too.
-        pre = [key for key in found if key[0] > 0 and key[1] in ("pre_norm", "state")]
+        pre = [key for key in found if key[0] > 0 and key[1] in GRADIENT_AT]
         also = [v for key in pre for calls in found[key] for v in calls]
         grad, at_pre = self._grads(losses(out, y, self.classification)[0], also)
         it = iter(at_pre)
         for i, point in pre:
-            found[(i, f"grad_{point}")] = [[next(it) for _ in calls] for calls in found[(i, point)]]
+            found[(i, GRADIENT_AT[point])] = [[next(it) for _ in calls] for calls in found[(i, point)]]
         over_time = {}
         if time:
             mask = torch.stack([m.last_mask for m in self.models])
             for key, values in found.items():
-                if key[0] > 0 and key[1] in (*OVER_TIME, "grad_state"):
+                if key[0] > 0 and key[1] in (*OVER_TIME, GRAD_STATE):
                     over_time[key] = torch.stack([_steps(calls) for calls in values])
             for key in [k for k in found if k[1] in TIME_ONLY]:
                 del found[key]
@@ -161,10 +172,6 @@ class AutogradKernel:
                 stacked[ids] = torch.stack([_rows(calls, m) for calls, m in zip(values, self.models, strict=True)])
         points = {key: stacked[tuple(id(v) for calls in values for v in calls)] for key, values in found.items()}
         return Probe(points, grad, _importance(self.models), over_time, mask if time else None)
-
-
-# The points a probe takes over time only (Probe.time): not in the histograms.
-TIME_ONLY = ("pre_norm_h", "post_norm_h", "state", "grad_state")
 
 
 def _steps(calls: list[torch.Tensor]) -> torch.Tensor:
@@ -209,24 +216,22 @@ def _capture(models: list[nn.Module], time: bool = False):
         calls = found.setdefault(key, [[] for _ in models])
         calls[j].append(value)
 
-    def norm_hook(i, j, suffix=""):
+    def norm_hook(i, j, before=PRE_NORM, after=POST_NORM):
         def on_norm(module, inputs, output):
-            keep((i, f"pre_norm{suffix}"), j, inputs[0])
-            keep((i, f"post_norm{suffix}"), j, output)
+            keep((i, before), j, inputs[0])
+            keep((i, after), j, output)
 
         return on_norm
 
     for j, m in enumerate(models):
         for i, block in enumerate(recorded_layers(m)):
             handles.append(block.norm.register_forward_hook(norm_hook(i, j)))
-            handles.append(
-                block.act.register_forward_hook(lambda mod, inp, out, i=i, j=j: keep((i, "post_act"), j, out))
-            )
+            handles.append(block.act.register_forward_hook(lambda mod, inp, out, i=i, j=j: keep((i, POST_ACT), j, out)))
             if time and hasattr(block, "state"):
                 if hasattr(block, "norm_h"):
-                    handles.append(block.norm_h.register_forward_hook(norm_hook(i, j, "_h")))
+                    handles.append(block.norm_h.register_forward_hook(norm_hook(i, j, PRE_NORM_H, POST_NORM_H)))
                 handles.append(
-                    block.state.register_forward_hook(lambda mod, inp, out, i=i, j=j: keep((i, "state"), j, out))
+                    block.state.register_forward_hook(lambda mod, inp, out, i=i, j=j: keep((i, STATE), j, out))
                 )
     try:
         yield found

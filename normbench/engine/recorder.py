@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from normbench.engine.base import IMPORTANCE, Kernel, Probe
+from normbench.points import GRAD_STATE, POST_ACT, STATE
 from normbench.record import (
     ICS,
     RUNNING,
@@ -160,15 +161,15 @@ class Recorder:
         nan = torch.full((len(which), mask.shape[2]), math.nan, dtype=torch.float64)
         rows = []  # (layer, point, n (M, T), percentiles (M, T, Q), saturated, dead, grad_norm (M, T))
         for (layer, point), values in sorted(probe.time.items()):
-            if point == "grad_state":
+            if point == GRAD_STATE:
                 continue
             values = values.index_select(0, pick.to(values.device))
             q, n = time_percentiles(values, mask)
             sat = dead = grad = nan
-            if point == "post_act":
+            if point == POST_ACT:
                 sat, dead = time_unit_metrics(values, mask, activation, self.rc.saturation_threshold)
-            if point == "state":
-                grad = time_grad_norms(probe.time[(layer, "grad_state")].index_select(0, pick.to(values.device)), mask)
+            if point == STATE:
+                grad = time_grad_norms(probe.time[(layer, GRAD_STATE)].index_select(0, pick.to(values.device)), mask)
             rows.append((layer, point, n.tolist(), q.tolist(), sat.tolist(), dead.tolist(), grad.tolist()))
         for pos, j in enumerate(which):
             out = self.rows[j]["time"]
