@@ -25,8 +25,8 @@ from typing import Any
 
 
 def plain(v: Any) -> Any:
-    """A grid value as plain Python (as results.jsonable makes it): numpy scalars and arrays (parquet's lists) as
-    numbers and lists, NaN/inf as None."""
+    """A grid value, or any result, as plain Python and JSON (results.jsonable is this): numpy scalars and arrays
+    (parquet's lists) as numbers and lists, NaN/inf as None."""
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, dict):

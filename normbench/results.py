@@ -24,7 +24,7 @@ import yaml
 
 from normbench.errors import UserError
 from normbench.finals import CURVE_FINALS
-from normbench.labels import value_text
+from normbench.labels import plain, value_text
 from normbench.points import TIME_COLUMNS
 from normbench.registry import ACTIVATIONS, DATASETS, INITS, MODELS, NORMS, OPTIMIZERS, UnknownName
 from normbench.safe import YAMLLimit, load_yaml, quoted, short
@@ -98,19 +98,7 @@ COLUMNS = {
 }
 
 
-def jsonable(obj: Any) -> Any:
-    """NaN and inf are not JSON: they become null (a diverged run's loss is reported by its status instead)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if is_array(obj):  # a numpy array (a list read back from parquet)
-        return jsonable(obj.tolist())
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return jsonable(obj.item())
-    return obj
+jsonable = plain  # results as JSON: NaN and inf are null (a diverged run's loss is reported by its status)
 
 
 def is_array(v: Any) -> bool:
